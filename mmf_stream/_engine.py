@@ -37,8 +37,6 @@ _RESCORE = 4
 _MAX_ITER = 30
 #: refinement iterations for cached (estimated) candidates
 _REBUILD_ITER = 1
-#: exhaustive search is refused beyond this many tuple scorings in total
-_EXHAUSTIVE_LIMIT = 2_000_000
 
 
 @dataclass

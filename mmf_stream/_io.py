@@ -1,0 +1,93 @@
+"""Reading matrices and labels from files (.npy, Zarr, Matrix Market, text)."""
+
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+
+import numpy as np
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def read_matrix(path: str | os.PathLike) -> np.ndarray:
+    """Read a matrix from ``.npy``, a Zarr array (or a group with a ``covariance``
+    array), or Matrix Market ``.mtx`` (dense or sparse).
+
+    Raises
+    ------
+    ValueError
+        If the file is missing, of an unknown kind, unreadable or corrupt.
+    """
+    source = Path(path)
+    if not source.exists():
+        raise ValueError(f"{source}: no such file or directory")
+    suffix = source.suffix.lower()
+    try:
+        if suffix == ".npy":
+            return np.load(source, allow_pickle=False, mmap_mode="r")
+        if suffix == ".mtx":
+            import scipy.io
+
+            matrix = scipy.io.mmread(source)
+            return matrix.toarray() if hasattr(matrix, "toarray") else np.asarray(matrix)
+        if source.is_dir() or suffix == ".zarr":
+            return _read_zarr(source)
+    except ValueError as exc:
+        if str(exc).startswith(str(source)):
+            raise
+        raise ValueError(f"cannot read {source}: {_one_line(exc)}") from None
+    except Exception as exc:  # noqa: BLE001 - any parser failure is "corrupt input"
+        raise ValueError(f"cannot read {source}: {_one_line(exc)}") from None
+    raise ValueError(f"{source}: unknown matrix format {suffix or '(no suffix)'}; use .npy, .zarr or .mtx")
+
+
+def _read_zarr(source: Path):
+    import zarr
+
+    node = zarr.open(str(source), mode="r")
+    if isinstance(node, zarr.Array):
+        return node
+    if "covariance" in node:
+        return node["covariance"]
+    meta = node.attrs.get("mmf_stream", {})
+    if isinstance(meta, dict) and meta.get("format") == "factorization":
+        raise ValueError(f"{source} is a factorization result, not a matrix")
+    raise ValueError(f"{source} is a Zarr group without a 'covariance' array")
+
+
+def read_labels(path: str | os.PathLike) -> np.ndarray:
+    """Read labels: ``.npy`` (1-D), or ``.txt``/``.csv`` with one label per line.
+
+    Text labels are kept as strings (first column for ``.csv``); blank lines
+    are an error, except at the end of the file.
+    """
+    source = Path(path)
+    if not source.exists():
+        raise ValueError(f"{source}: no such file or directory")
+    suffix = source.suffix.lower()
+    try:
+        if suffix == ".npy":
+            return np.load(source, allow_pickle=False)
+        if suffix in (".txt", ".csv", ""):
+            with open(source, newline="", encoding="utf-8") as handle:
+                if suffix == ".csv":
+                    rows = [row[0].strip() if row else "" for row in csv.reader(handle)]
+                else:
+                    rows = [line.rstrip("\r\n").strip() for line in handle]
+            while rows and rows[-1] == "":
+                rows.pop()
+            if "" in rows:
+                raise ValueError(f"{source}: line {rows.index('') + 1} is empty")
+            return np.array(rows, dtype=str)
+    except ValueError as exc:
+        if str(exc).startswith(str(source)):
+            raise
+        raise ValueError(f"cannot read labels from {source}: {_one_line(exc)}") from None
+    except Exception as exc:  # noqa: BLE001
+        raise ValueError(f"cannot read labels from {source}: {_one_line(exc)}") from None
+    raise ValueError(f"{source}: unknown labels format {suffix}; use .npy, .txt or .csv")

@@ -1,0 +1,121 @@
+"""Checks on user input, each failing with a one-line ``ValueError``/``TypeError``."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from mmf_stream import _kernels as K
+
+
+def _as_2d_array(matrix: Any) -> np.ndarray:
+    """Bring any array-like (NumPy, Zarr, SciPy sparse, nested lists) to a NumPy array."""
+    if hasattr(matrix, "toarray") and callable(matrix.toarray):  # SciPy sparse
+        matrix = matrix.toarray()
+    try:
+        array = np.asarray(matrix)
+    except Exception as exc:  # noqa: BLE001 - anything that is not array-like
+        raise TypeError(f"matrix must be array-like, got {type(matrix).__name__}: {exc}") from None
+    return array
+
+
+def symmetric_matrix(matrix: Any, *, tolerance: float = 1e-8) -> np.ndarray:
+    """Validate a symmetric real matrix and return a float64 C-ordered symmetric copy.
+
+    The copy is the symmetric part ``(C + C') / 2``; the input is never modified.
+
+    Raises
+    ------
+    TypeError
+        If the input is not a real numeric array.
+    ValueError
+        If it is empty, not square, has NaN/Inf, or is asymmetric beyond
+        ``tolerance`` relative to its largest entry.
+    """
+    array = _as_2d_array(matrix)
+    if array.dtype == object or not (
+        np.issubdtype(array.dtype, np.number) or array.dtype == np.bool_
+    ):
+        raise TypeError(f"matrix must hold real numbers, got dtype {array.dtype}")
+    if np.issubdtype(array.dtype, np.complexfloating):
+        raise TypeError("matrix must be real, got a complex dtype")
+    if array.ndim != 2:
+        raise ValueError(f"matrix must be 2-D, got {array.ndim} dimension(s) with shape {array.shape}")
+    rows, cols = array.shape
+    if rows == 0 or cols == 0:
+        raise ValueError(f"matrix is empty (shape {array.shape})")
+    if rows != cols:
+        raise ValueError(f"matrix must be square, got shape {rows} x {cols}")
+    if array.dtype not in (np.float64, np.float32):
+        array = array.astype(np.float64)
+    worst, i, j, largest, finite = K.max_asymmetry(array)
+    if not finite:
+        bad = np.argwhere(~np.isfinite(array))[0]
+        raise ValueError(
+            f"matrix has non-finite entries (NaN or Inf), first at ({bad[0]}, {bad[1]})"
+        )
+    if worst > tolerance * max(largest, np.finfo(np.float64).tiny):
+        raise ValueError(
+            f"matrix is not symmetric: largest asymmetry |C[{i},{j}] - C[{j},{i}]| = {worst:.3g} "
+            f"exceeds {tolerance:g} x max|C| = {tolerance * largest:.3g}"
+        )
+    out = np.empty((rows, rows), dtype=np.float64)
+    K.symmetrize_into(array, out)
+    return out
+
+
+def order_and_core(order: Any, core_size: Any, size: int) -> tuple[int, int]:
+    """Check the MMF order ``k`` and core size ``d`` for an ``size x size`` matrix."""
+    if isinstance(order, bool) or not isinstance(order, (int, np.integer)):
+        raise TypeError(f"order must be an integer, got {type(order).__name__}")
+    order = int(order)
+    if order < 2:
+        raise ValueError(f"order must be at least 2, got {order}")
+    if order > size:
+        raise ValueError(f"order {order} exceeds the matrix size {size}")
+    if core_size is None:
+        core_size = order - 1
+    if isinstance(core_size, bool) or not isinstance(core_size, (int, np.integer)):
+        raise TypeError(f"core_size must be an integer or None, got {type(core_size).__name__}")
+    core_size = int(core_size)
+    if not order - 1 <= core_size <= size - 1:
+        raise ValueError(
+            f"core_size must be between order - 1 = {order - 1} and size - 1 = {size - 1}, "
+            f"got {core_size}"
+        )
+    return order, core_size
+
+
+def labels_for(labels: Any, size: int) -> np.ndarray | None:
+    """Validate class labels: one per row, unique, integers or strings."""
+    if labels is None:
+        return None
+    if isinstance(labels, (str, bytes)):
+        raise TypeError("labels must be a sequence of labels, not a single string")
+    array = np.asarray(labels)
+    if array.ndim != 1:
+        raise ValueError(f"labels must be 1-D, got shape {array.shape}")
+    if array.shape[0] != size:
+        raise ValueError(f"got {array.shape[0]} labels for a matrix of size {size}")
+    if np.issubdtype(array.dtype, np.integer) or array.dtype == np.bool_:
+        array = array.astype(np.int64)
+    elif array.dtype.kind in "UST":
+        array = np.array([str(x) for x in array.tolist()], dtype=str)
+    elif array.dtype == object:
+        if not all(isinstance(x, str) for x in array):
+            raise TypeError("labels must be all integers or all strings")
+        array = array.astype(str)
+    else:
+        raise TypeError(f"labels must be integers or strings, got dtype {array.dtype}")
+    unique, counts = np.unique(array, return_counts=True)
+    if unique.shape[0] != size:
+        raise ValueError(f"labels must be unique; {unique[counts > 1][0]!r} appears {counts.max()} times")
+    return array
+
+
+def check_choice(name: str, value: Any, choices: Sequence[str]) -> str:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}")
+    return value
