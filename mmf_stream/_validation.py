@@ -94,6 +94,13 @@ def labels_for(labels: Any, size: int) -> np.ndarray | None:
         return None
     if isinstance(labels, (str, bytes)):
         raise TypeError("labels must be a sequence of labels, not a single string")
+    if not isinstance(labels, np.ndarray):
+        items = list(labels)
+        kinds = {str if isinstance(x, (str, np.str_)) else int if isinstance(x, (int, np.integer)) else type(x)
+                 for x in items}
+        if len(kinds) > 1 or not kinds <= {str, int}:
+            raise TypeError("labels must be all integers or all strings")
+        labels = np.array(items, dtype=str if kinds == {str} else np.int64) if items else np.array([])
     array = np.asarray(labels)
     if array.ndim != 1:
         raise ValueError(f"labels must be 1-D, got shape {array.shape}")
@@ -111,7 +118,7 @@ def labels_for(labels: Any, size: int) -> np.ndarray | None:
         raise TypeError(f"labels must be integers or strings, got dtype {array.dtype}")
     unique, counts = np.unique(array, return_counts=True)
     if unique.shape[0] != size:
-        raise ValueError(f"labels must be unique; {unique[counts > 1][0]!r} appears {counts.max()} times")
+        raise ValueError(f"labels must be unique; {unique[counts > 1][0].item()!r} appears {counts.max()} times")
     return array
 
 

@@ -1,0 +1,121 @@
+"""The mmf-stream command end to end."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import scipy.io
+
+import mmf_stream as ms
+from mmf_stream.cli import main
+
+from conftest import random_symmetric
+
+
+def _run(*args, cwd=None):
+    """The installed console script in a subprocess (what a user types)."""
+    return subprocess.run(
+        [sys.executable, "-m", "mmf_stream.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+    )
+
+
+def test_factorize_then_info_end_to_end(tmp_path):
+    C = random_symmetric(20, seed=1)
+    np.save(tmp_path / "c.npy", C)
+    (tmp_path / "labels.txt").write_text("\n".join(f"class {i}" for i in range(20)) + "\n")
+    out = tmp_path / "r.zarr"
+    done = _run("factorize", tmp_path / "c.npy", "--order", 4, "--core-size", 5, "--labels",
+                tmp_path / "labels.txt", "--seed", 2, "--out", out)
+    assert done.returncode == 0, done.stderr
+    assert "levels      15" in done.stdout and "class" in done.stdout
+    result = ms.load(out)
+    expected = ms.factorize(C, order=4, core_size=5, seed=2)
+    np.testing.assert_array_equal(result.tuples, expected.tuples)
+    assert result.labels[0] == "class 0"
+    info = _run("info", out, "--levels", 3)
+    assert info.returncode == 0
+    assert f"{result.error:.6g}" in info.stdout and "first 3 levels" in info.stdout
+    assert "*class" in info.stdout  # wavelet marked, with its label
+
+
+def test_factorize_matrix_market_sparse(tmp_path):
+    C = ms.karate_laplacian()
+    import scipy.sparse
+
+    scipy.io.mmwrite(tmp_path / "k.mtx", scipy.sparse.coo_matrix(C), symmetry="symmetric")
+    assert main(["factorize", str(tmp_path / "k.mtx"), "-k", "4", "--core-size", "6", "-o", str(tmp_path / "k.zarr"), "-q"]) == 0
+    assert np.isclose(ms.load(tmp_path / "k.zarr").error, ms.factorize(C, order=4, core_size=6).error)
+
+
+def test_demo_runs_and_saves(tmp_path, capsys):
+    assert main(["demo", "--size", "200", "--out", str(tmp_path / "d.zarr")]) == 0
+    out = capsys.readouterr().out
+    assert "first 8 levels" in out and "inside one leaf" in out
+    assert ms.load(tmp_path / "d.zarr").size == 200
+
+
+def _assert_clean_error(done, *fragments):
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+def test_bad_inputs_give_one_line_errors(tmp_path):
+    np.save(tmp_path / "rect.npy", np.ones((3, 4)))
+    asym = random_symmetric(5)
+    asym[0, 1] += 1
+    np.save(tmp_path / "asym.npy", asym)
+    nan = random_symmetric(5)
+    nan[1, 1] = np.nan
+    np.save(tmp_path / "nan.npy", nan)
+    np.save(tmp_path / "ok.npy", random_symmetric(6))
+    (tmp_path / "corrupt.npy").write_bytes(b"garbage")
+    (tmp_path / "three.txt").write_text("a\nb\nc\n")
+    out = tmp_path / "o.zarr"
+    cases = [
+        (("factorize", tmp_path / "rect.npy", "--out", out), "must be square"),
+        (("factorize", tmp_path / "asym.npy", "--order", 2, "--out", out), "not symmetric"),
+        (("factorize", tmp_path / "nan.npy", "--order", 2, "--out", out), "non-finite"),
+        (("factorize", tmp_path / "ok.npy", "--order", 1, "--out", out), "order must be at least 2"),
+        (("factorize", tmp_path / "ok.npy", "--order", 7, "--out", out), "exceeds the matrix size"),
+        (("factorize", tmp_path / "ok.npy", "--order", 3, "--core-size", 9, "--out", out), "core_size must be between"),
+        (("factorize", tmp_path / "missing.npy", "--out", out), "no such file"),
+        (("factorize", tmp_path / "corrupt.npy", "--out", out), "cannot read"),
+        (("factorize", tmp_path / "ok.npy", "--order", 2, "--labels", tmp_path / "three.txt", "--out", out), "got 3 labels"),
+        (("info", tmp_path / "ok.npy"), "not a Zarr group"),
+        (("info", tmp_path / "nothing.zarr"), "no such file"),
+        (("factorize", tmp_path / "ok.npy", "--order", "two", "--out", out), "invalid int value"),
+    ]
+    for args, fragment in cases:
+        _assert_clean_error(_run(*args), fragment)
+    assert not out.exists()
+
+
+def test_existing_output_is_not_overwritten(tmp_path):
+    np.save(tmp_path / "ok.npy", random_symmetric(6))
+    out = tmp_path / "r.zarr"
+    assert main(["factorize", str(tmp_path / "ok.npy"), "-k", "2", "-o", str(out), "-q"]) == 0
+    before = ms.load(out).tuples.copy()
+    np.save(tmp_path / "other.npy", random_symmetric(6, seed=5))
+    done = _run("factorize", tmp_path / "other.npy", "-k", "2", "-o", out)
+    _assert_clean_error(done, "already exists")
+    np.testing.assert_array_equal(ms.load(out).tuples, before)
+    assert main(["factorize", str(tmp_path / "other.npy"), "-k", "2", "-o", str(out), "-q", "--overwrite"]) == 0
+    expected = ms.factorize(np.load(tmp_path / "other.npy"), order=2)
+    np.testing.assert_array_equal(ms.load(out).tuples, expected.tuples)
+
+
+def test_help_lists_subcommands():
+    done = _run("--help")
+    assert done.returncode == 0
+    for name in ("factorize", "info", "demo"):
+        assert name in done.stdout
