@@ -9,9 +9,18 @@ from pathlib import Path
 import numpy as np
 
 
-def _one_line(exc: BaseException) -> str:
+def one_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its type name if empty)."""
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
+
+
+def existing_path(path: str | os.PathLike) -> Path:
+    """``path`` as a Path, or a one-line ValueError if nothing is there."""
+    source = Path(path)
+    if not source.exists():
+        raise ValueError(f"{source}: no such file or directory")
+    return source
 
 
 def read_matrix(path: str | os.PathLike) -> np.ndarray:
@@ -23,9 +32,7 @@ def read_matrix(path: str | os.PathLike) -> np.ndarray:
     ValueError
         If the file is missing, of an unknown kind, unreadable or corrupt.
     """
-    source = Path(path)
-    if not source.exists():
-        raise ValueError(f"{source}: no such file or directory")
+    source = existing_path(path)
     suffix = source.suffix.lower()
     try:
         if suffix == ".npy":
@@ -40,9 +47,9 @@ def read_matrix(path: str | os.PathLike) -> np.ndarray:
     except ValueError as exc:
         if str(exc).startswith(str(source)):
             raise
-        raise ValueError(f"cannot read {source}: {_one_line(exc)}") from None
+        raise ValueError(f"cannot read {source}: {one_line(exc)}") from None
     except Exception as exc:  # noqa: BLE001 - any parser failure is "corrupt input"
-        raise ValueError(f"cannot read {source}: {_one_line(exc)}") from None
+        raise ValueError(f"cannot read {source}: {one_line(exc)}") from None
     raise ValueError(f"{source}: unknown matrix format {suffix or '(no suffix)'}; use .npy, .zarr or .mtx")
 
 
@@ -66,9 +73,7 @@ def read_labels(path: str | os.PathLike) -> np.ndarray:
     Text labels are kept as strings (first column for ``.csv``); blank lines
     are an error, except at the end of the file.
     """
-    source = Path(path)
-    if not source.exists():
-        raise ValueError(f"{source}: no such file or directory")
+    source = existing_path(path)
     suffix = source.suffix.lower()
     try:
         if suffix == ".npy":
@@ -87,7 +92,7 @@ def read_labels(path: str | os.PathLike) -> np.ndarray:
     except ValueError as exc:
         if str(exc).startswith(str(source)):
             raise
-        raise ValueError(f"cannot read labels from {source}: {_one_line(exc)}") from None
+        raise ValueError(f"cannot read labels from {source}: {one_line(exc)}") from None
     except Exception as exc:  # noqa: BLE001
-        raise ValueError(f"cannot read labels from {source}: {_one_line(exc)}") from None
+        raise ValueError(f"cannot read labels from {source}: {one_line(exc)}") from None
     raise ValueError(f"{source}: unknown labels format {suffix}; use .npy, .txt or .csv")

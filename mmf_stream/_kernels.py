@@ -287,6 +287,16 @@ def tuple_block(matrix, t):
 
 
 @njit(cache=True)
+def _filled(positions):
+    """The leading slots of a top-``count`` list that were filled (not -1)."""
+    found = 0
+    for i in range(positions.shape[0]):
+        if positions[i] >= 0:
+            found += 1
+    return positions[:found].copy()
+
+
+@njit(cache=True)
 def nearest_neighbours(row, scale, active, pivot, count):
     """The ``count`` active positions ``j != pivot`` with largest ``|row[j]| * scale[j]``.
 
@@ -310,11 +320,7 @@ def nearest_neighbours(row, scale, active, pivot, count):
             slot -= 1
         best_val[slot] = value
         best_pos[slot] = j
-    found = 0
-    for i in range(count):
-        if best_pos[i] >= 0:
-            found += 1
-    return best_pos[:found].copy()
+    return _filled(best_pos)
 
 
 @njit(cache=True)
@@ -483,11 +489,7 @@ def smallest_scores(scores, active, tie_break, count):
         best_val[slot] = value
         best_tie[slot] = tie
         best_pos[slot] = p
-    found = 0
-    for i in range(count):
-        if best_pos[i] >= 0:
-            found += 1
-    return best_pos[:found].copy()
+    return _filled(best_pos)
 
 
 @njit(cache=True)

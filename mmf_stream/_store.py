@@ -31,6 +31,8 @@ from typing import Any
 
 import numpy as np
 
+from mmf_stream._io import existing_path, one_line
+
 FORMAT = "factorization"
 FORMAT_VERSION = 1
 _ARRAYS = ("tuples", "wavelets", "rotations", "level_errors", "diagonal", "core", "core_block")
@@ -101,13 +103,11 @@ def load_factorization(path: str | os.PathLike):
     from mmf_stream._engine import RawFactorization
     from mmf_stream._factorization import Factorization
 
-    source = Path(path)
-    if not source.exists():
-        raise ValueError(f"{source}: no such file or directory")
+    source = existing_path(path)
     try:
         group = zarr.open_group(str(source), mode="r")
     except Exception as exc:  # noqa: BLE001 - zarr raises several types for non-groups
-        raise ValueError(f"{source} is not a Zarr group: {_one_line(exc)}") from None
+        raise ValueError(f"{source} is not a Zarr group: {one_line(exc)}") from None
     meta = group.attrs.get("mmf_stream")
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise ValueError(f"{source} is not an mmf_stream factorization (no 'mmf_stream' format attribute)")
@@ -120,7 +120,7 @@ def load_factorization(path: str | os.PathLike):
         arrays = {name: np.asarray(group[name][...]) for name in _ARRAYS}
         labels = np.asarray(group["labels"][...]) if meta.get("labels") else None
     except Exception as exc:  # noqa: BLE001
-        raise ValueError(f"{source} is corrupt: {_one_line(exc)}") from None
+        raise ValueError(f"{source} is corrupt: {one_line(exc)}") from None
     order, size = int(meta["order"]), int(meta["size"])
     n_levels, core_size = int(meta["n_levels"]), int(meta["core_size"])
     expected = {
@@ -152,8 +152,3 @@ def load_factorization(path: str | os.PathLike):
         labels=labels,
         metadata={"seed": meta.get("seed"), "candidates": meta.get("candidates")},
     )
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
