@@ -10,6 +10,8 @@ True
 from __future__ import annotations
 
 from mmf_stream import datasets
+from mmf_stream._class_store import Store, SymmetricCovariance
+from mmf_stream._covariance import ClassCovariance, class_covariance
 from mmf_stream._factorization import Factorization, Level, factorize
 from mmf_stream._io import read_labels, read_matrix
 from mmf_stream._store import FORMAT_VERSION
@@ -19,10 +21,12 @@ from mmf_stream.datasets import grid_laplacian, hierarchical_covariance, karate_
 __version__ = "0.1.0"
 
 __all__ = [
+    "ClassCovariance",
     "FORMAT_VERSION",
     "Factorization",
     "Level",
     "__version__",
+    "class_covariance",
     "datasets",
     "factorize",
     "grid_laplacian",
@@ -31,4 +35,6 @@ __all__ = [
     "load",
     "read_labels",
     "read_matrix",
+    "Store",
+    "SymmetricCovariance",
 ]

@@ -24,8 +24,9 @@ def existing_path(path: str | os.PathLike) -> Path:
 
 
 def read_matrix(path: str | os.PathLike) -> np.ndarray:
-    """Read a matrix from ``.npy``, a Zarr array (or a group with a ``covariance``
-    array), or Matrix Market ``.mtx`` (dense or sparse).
+    """Read a matrix from ``.npy``, a Zarr array, a class store (its covariance,
+    centred/normalised per the store's options), a Zarr group with a
+    ``covariance`` array, or Matrix Market ``.mtx`` (dense or sparse).
 
     Raises
     ------
@@ -59,11 +60,15 @@ def _read_zarr(source: Path):
     node = zarr.open(str(source), mode="r")
     if isinstance(node, zarr.Array):
         return node
-    if "covariance" in node:
-        return node["covariance"]
     meta = node.attrs.get("mmf_stream", {})
+    if isinstance(meta, dict) and meta.get("format") == "class-store":
+        from mmf_stream._class_store import Store
+
+        return Store.open(source, mode="r").matrix()
     if isinstance(meta, dict) and meta.get("format") == "factorization":
         raise ValueError(f"{source} is a factorization result, not a matrix")
+    if "covariance" in node:
+        return node["covariance"]
     raise ValueError(f"{source} is a Zarr group without a 'covariance' array")
 
 

@@ -62,19 +62,16 @@ def _factorize(args: argparse.Namespace) -> int:
 
 
 def _stored_labels(path: str):
-    """Labels kept in a covariance store (a Zarr group with 'covariance' and 'labels')."""
+    """Labels of a class store (None for other inputs)."""
     source = Path(path)
     if not source.is_dir():
         return None
-    import zarr
+    import mmf_stream as ms
 
     try:
-        node = zarr.open(str(source), mode="r")
-    except Exception:  # noqa: BLE001 - read_matrix already reported real problems
+        return ms.Store.open(source, mode="r").labels
+    except ValueError:
         return None
-    if isinstance(node, zarr.Group) and "covariance" in node and "labels" in node:
-        return node["labels"][...]
-    return None
 
 
 def _info(args: argparse.Namespace) -> int:
