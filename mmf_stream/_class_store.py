@@ -207,7 +207,16 @@ class Store:
             if mode != "r+":
                 raise ValueError(f"{source} has an unfinished write; open it with mode='r+' to recover it")
             store._recover()
+        elif mode == "r+":
+            store._drop_orphan_journals()
         return store
+
+    def _drop_orphan_journals(self) -> None:
+        """Journals never named as pending belong to writes that did not happen."""
+        folder = self.path / "journal"
+        folder.mkdir(exist_ok=True)
+        for leftover in folder.glob("*.npz"):
+            leftover.unlink(missing_ok=True)
 
     # ------------------------------------------------------------ properties
     @property

@@ -74,6 +74,64 @@ def _stored_labels(path: str):
         return None
 
 
+def _read_features(path: str):
+    from mmf_stream._io import existing_path
+
+    source = existing_path(path)
+    if source.suffix.lower() == ".npy":
+        import numpy as np
+
+        try:
+            return np.load(source, allow_pickle=False, mmap_mode="r")
+        except Exception as exc:  # noqa: BLE001
+            raise ValueError(f"cannot read {source}: {str(exc).splitlines()[0] if str(exc) else exc!r}") from None
+    if source.is_dir() or source.suffix.lower() == ".zarr":
+        import zarr
+
+        try:
+            node = zarr.open(str(source), mode="r")
+        except Exception as exc:  # noqa: BLE001
+            raise ValueError(f"cannot read {source}: {str(exc).splitlines()[0] if str(exc) else exc!r}") from None
+        if not isinstance(node, zarr.Array):
+            raise ValueError(f"{source} is a Zarr group; FEATURES must be a Zarr array")
+        return node
+    raise ValueError(f"{source}: unknown features format {source.suffix or '(no suffix)'}; use .npy or .zarr")
+
+
+def _covariance(args: argparse.Namespace) -> int:
+    import mmf_stream as ms
+
+    features = _read_features(args.features)
+    labels = ms.read_labels(args.labels)
+    out = Path(args.out)
+    if out.exists() and not (args.overwrite or args.append):
+        raise ValueError(f"{out} already exists (use --append to add to it or --overwrite to replace it)")
+    if args.append and out.exists():
+        store = ms.Store.open(out)
+    else:
+        # check the input before replacing anything
+        from mmf_stream._covariance import _feature_shape, encode_labels
+
+        encode_labels(labels, _feature_shape(features)[0])
+        store = ms.Store.create(out, center=args.center, normalize=args.normalize, overwrite=args.overwrite)
+    start = time.perf_counter()
+    try:
+        report = store.add_classes(features, labels, max_per_class=args.max_per_class, seed=args.seed)
+    except (ValueError, TypeError):
+        if not args.append and store.size == 0:
+            import shutil
+
+            shutil.rmtree(out, ignore_errors=True)  # do not leave an empty store behind
+        raise
+    seconds = time.perf_counter() - start
+    print(
+        f"{len(report['added'])} classes added, {len(report['updated'])} updated from "
+        f"{features.shape[0]:,} x {features.shape[1]} features in {seconds:.2f} s -> {out} "
+        f"({store.size} classes, center={store.center}, normalize={store.normalize})"
+    )
+    return 0
+
+
 def _info(args: argparse.Namespace) -> int:
     import mmf_stream as ms
 
@@ -120,7 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     fac = sub.add_parser("factorize", help="factor a symmetric matrix and save the result as Zarr")
-    fac.add_argument("input", help="matrix: .npy, .mtx (Matrix Market) or Zarr array/store")
+    fac.add_argument("input", help="matrix: .npy, .mtx (Matrix Market), Zarr array, or a class store (keeps labels)")
     fac.add_argument("--order", "-k", type=int, default=5, help="indices per rotation (default 5)")
     fac.add_argument("--core-size", type=int, default=None, help="core size (default order - 1, full depth)")
     fac.add_argument("--labels", help="labels file: .npy, .txt or .csv, one per row")
@@ -131,6 +189,18 @@ def build_parser() -> argparse.ArgumentParser:
     fac.add_argument("--show", type=int, default=5, help="levels to print (default 5)")
     fac.add_argument("--quiet", "-q", action="store_true", help="no progress bar or summary")
     fac.set_defaults(run=_factorize)
+
+    cov = sub.add_parser("covariance", help="class covariance of features into a class store (Zarr)")
+    cov.add_argument("features", help="features, n x D: .npy or Zarr array")
+    cov.add_argument("labels", help="class of each row: .npy, .txt or .csv (one per line)")
+    cov.add_argument("--out", "-o", required=True, help="store directory (Zarr group)")
+    cov.add_argument("--center", action="store_true", help="subtract the global mean (store default)")
+    cov.add_argument("--normalize", action="store_true", help="cosine similarities (store default)")
+    cov.add_argument("--max-per-class", type=int, default=None, help="sample at most N instances per class")
+    cov.add_argument("--seed", type=int, default=0)
+    cov.add_argument("--append", action="store_true", help="add to an existing store")
+    cov.add_argument("--overwrite", action="store_true", help="replace an existing store")
+    cov.set_defaults(run=_covariance)
 
     info = sub.add_parser("info", help="summarise a saved factorization")
     info.add_argument("result", help="result directory written by 'factorize'")

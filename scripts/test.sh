@@ -7,6 +7,9 @@ if [ ! -x .venv/bin/python ]; then
     python3 -m venv .venv
 fi
 .venv/bin/python -m pip install --quiet --upgrade pip
-.venv/bin/python -m pip install --quiet -e '.[dev]'
+# the CPU build of PyTorch for the adapter's tests (a local file on this machine kind;
+# any other version would pull a multi-GB CUDA build)
+.venv/bin/python -m pip install --quiet torch==2.13.0
+.venv/bin/python -m pip install --quiet -e '.[dev,torch]'
 # exit code 5 ("no tests collected") must fail too: there must be tests
 .venv/bin/python -m pytest "$@"

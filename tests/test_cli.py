@@ -119,3 +119,47 @@ def test_help_lists_subcommands():
     assert done.returncode == 0
     for name in ("factorize", "info", "demo"):
         assert name in done.stdout
+
+
+def test_covariance_command_builds_a_store(tmp_path):
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(90, 4)).astype(np.float32)
+    names = rng.choice(["bread", "bun", "fries", "ketchup"], size=90)
+    np.save(tmp_path / "f.npy", features)
+    (tmp_path / "l.txt").write_text("\n".join(names) + "\n")
+    out = tmp_path / "s.zarr"
+    done = _run("covariance", tmp_path / "f.npy", tmp_path / "l.txt", "--out", out, "--normalize")
+    assert done.returncode == 0, done.stderr
+    assert "4 classes added" in done.stdout
+    store = ms.Store.open(out)
+    assert store.normalize and sorted(store.labels.tolist()) == ["bread", "bun", "fries", "ketchup"]
+    expected = ms.class_covariance(features, names)
+    order = np.argsort(store.labels)
+    np.testing.assert_allclose(np.asarray(store.covariance)[np.ix_(order, order)], expected.matrix, rtol=1e-6)
+    # appending the same data again updates the classes (counts double, means unchanged)
+    again = _run("covariance", tmp_path / "f.npy", tmp_path / "l.txt", "--out", out, "--append")
+    assert again.returncode == 0 and "0 classes added, 4 updated" in again.stdout
+    assert ms.Store.open(out).n_instances == 180
+    # an existing store is never replaced silently
+    _assert_clean_error(_run("covariance", tmp_path / "f.npy", tmp_path / "l.txt", "--out", out), "already exists")
+
+
+def test_covariance_command_bad_input(tmp_path):
+    np.save(tmp_path / "f.npy", np.ones((5, 3)))
+    (tmp_path / "four.txt").write_text("a\nb\nc\nd\n")
+    (tmp_path / "five.txt").write_text("a\nb\nc\nd\ne\n")
+    bad = np.ones((5, 3))
+    bad[1, 1] = np.nan
+    np.save(tmp_path / "nan.npy", bad)
+    out = tmp_path / "s.zarr"
+    _assert_clean_error(_run("covariance", tmp_path / "f.npy", tmp_path / "four.txt", "-o", out), "got 4 labels for 5 feature rows")
+    assert not out.exists()
+    _assert_clean_error(_run("covariance", tmp_path / "nan.npy", tmp_path / "five.txt", "-o", out), "non-finite")
+    assert not out.exists()
+    _assert_clean_error(_run("covariance", tmp_path / "missing.npy", tmp_path / "five.txt", "-o", out), "no such file")
+    assert _run("covariance", tmp_path / "f.npy", tmp_path / "five.txt", "-o", out).returncode == 0
+    np.save(tmp_path / "wide.npy", np.ones((5, 4)))
+    _assert_clean_error(
+        _run("covariance", tmp_path / "wide.npy", tmp_path / "five.txt", "-o", out, "--append"), "dimension 4"
+    )
+    assert ms.Store.open(out).n_instances == 5

@@ -1,0 +1,173 @@
+"""The class store: appends equal a recompute, updates, crash consistency, bad input."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import zarr
+
+import mmf_stream as ms
+
+
+def _recompute(features, labels, store):
+    """Class covariance from scratch, in the store's slot order."""
+    full = ms.class_covariance(features, labels)
+    position = {label: i for i, label in enumerate(full.labels.tolist())}
+    order = [position[label] for label in store.labels.tolist()]
+    return full.matrix[np.ix_(order, order)], full.means[order], full.counts[order]
+
+
+def test_appends_and_updates_equal_a_recompute(tmp_path):
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(400, 12))
+    labels = rng.integers(0, 30, size=400)
+    store = ms.Store.create(tmp_path / "s.zarr")
+    for start in range(0, 400, 57):  # batches mixing new and known classes
+        report = store.add_classes(features[start : start + 57], labels[start : start + 57])
+        assert set(report["added"]) | set(report["updated"]) == set(labels[start : start + 57].tolist())
+    matrix, means, counts = _recompute(features, labels, store)
+    np.testing.assert_allclose(np.asarray(store.covariance), matrix, atol=1e-12)
+    np.testing.assert_allclose(store.means, means, atol=1e-13)
+    np.testing.assert_array_equal(store.counts, counts)
+    assert store.n_instances == 400 and store.size == 30 and store.dim == 12
+    reopened = ms.Store.open(tmp_path / "s.zarr", mode="r")
+    np.testing.assert_allclose(np.asarray(reopened.covariance), matrix, atol=1e-12)
+    np.testing.assert_array_equal(reopened.labels, store.labels)
+
+
+def test_string_labels_add_means_and_views(tmp_path):
+    store = ms.Store.create(tmp_path / "s.zarr", center=True, normalize=True)
+    rng = np.random.default_rng(1)
+    means = rng.normal(size=(6, 4))
+    names = ["bread", "bun", "fries", "ketchup", "salad", "soda"]
+    store.add_means(means[:4], names[:4], counts=[1, 2, 3, 4])
+    store.add_means(means[4], "salad", counts=5)
+    store.add_means(means[5:], names[5:], counts=6)
+    assert store.labels.tolist() == names
+    M = means
+    np.testing.assert_allclose(np.asarray(store.covariance), M @ M.T, atol=1e-12)
+    view = store.covariance
+    np.testing.assert_allclose(view[1:5, 0:3], (M @ M.T)[1:5, 0:3], atol=1e-12)
+    np.testing.assert_allclose(view[4], (M @ M.T)[4], atol=1e-12)
+    np.testing.assert_allclose(view[:, 2], (M @ M.T)[:, 2], atol=1e-12)
+    assert np.isclose(view[0, 5], (M @ M.T)[0, 5])
+    counts = np.array([1, 2, 3, 4, 5, 6])
+    expected = ms._covariance.covariance_from_means(M, counts, center=True, normalize=True)
+    np.testing.assert_allclose(store.matrix(), expected, atol=1e-12)
+    np.testing.assert_allclose(store.matrix(center=False, normalize=False), M @ M.T, atol=1e-12)
+
+
+def test_factorize_reads_a_store_with_labels(tmp_path):
+    from mmf_stream.cli import main
+
+    rng = np.random.default_rng(2)
+    features = rng.normal(size=(200, 6))
+    labels = rng.choice(list("abcdefghij"), size=200)
+    store = ms.Store.create(tmp_path / "s.zarr")
+    store.add_classes(features, labels)
+    assert main(["factorize", str(tmp_path / "s.zarr"), "-k", "3", "-o", str(tmp_path / "r.zarr"), "-q"]) == 0
+    result = ms.load(tmp_path / "r.zarr")
+    np.testing.assert_array_equal(result.labels, store.labels)
+    expected = ms.factorize(np.asarray(store.covariance), order=3)
+    assert np.isclose(result.error, expected.error)
+
+
+def test_bad_input_leaves_store_unchanged(tmp_path):
+    store = ms.Store.create(tmp_path / "s.zarr")
+    store.add_classes(np.ones((4, 3)), [1, 1, 2, 2])
+    before = (np.asarray(store.covariance).copy(), store.labels.copy(), store.n_instances)
+    cases = [
+        (lambda: store.add_classes(np.ones((4, 5)), [3, 3, 4, 4]), ValueError, "dimension 5, the store holds dimension 3"),
+        (lambda: store.add_classes(np.ones((4, 3)), ["a", "b", "c", "d"]), TypeError, "labels are ints"),
+        (lambda: store.add_classes(np.full((2, 3), np.inf), [7, 8]), ValueError, "non-finite"),
+        (lambda: store.add_classes(np.ones((3, 3)), [7, 8]), ValueError, "got 2 labels for 3 feature rows"),
+        (lambda: store.add_means(np.ones((2, 3)), [7, 8], counts=0), ValueError, "counts must be at least 1"),
+    ]
+    for call, error, message in cases:
+        with pytest.raises(error, match=message):
+            call()
+    reopened = ms.Store.open(tmp_path / "s.zarr")
+    np.testing.assert_array_equal(np.asarray(reopened.covariance), before[0])
+    np.testing.assert_array_equal(reopened.labels, before[1])
+    assert reopened.n_instances == before[2]
+
+
+def test_open_errors(tmp_path):
+    with pytest.raises(ValueError, match="no such file"):
+        ms.Store.open(tmp_path / "missing")
+    zarr.open_group(str(tmp_path / "g.zarr"), mode="w")
+    with pytest.raises(ValueError, match="not an mmf_stream class store"):
+        ms.Store.open(tmp_path / "g.zarr")
+    ms.Store.create(tmp_path / "s.zarr")
+    with pytest.raises(ValueError, match="already exists"):
+        ms.Store.create(tmp_path / "s.zarr")
+    readonly = ms.Store.open(tmp_path / "s.zarr", mode="r")
+    with pytest.raises(ValueError, match="read-only"):
+        readonly.add_means(np.ones(3), [1])
+
+
+_WRITER = r"""
+import sys
+import numpy as np
+import mmf_stream as ms
+store = ms.Store.open(sys.argv[1])
+rng = np.random.default_rng(int(sys.argv[2]))
+for step in range(int(sys.argv[3])):
+    labels = rng.integers(0, 60, size=40)
+    store.add_classes(rng.normal(size=(40, 8)), labels)
+    print(step, flush=True)
+"""
+
+
+def _writer(path, seed, steps, crash_at=None):
+    env = {**os.environ}
+    if crash_at:
+        env["MMF_STREAM_CRASH_AT"] = crash_at
+    return subprocess.Popen(
+        [sys.executable, "-c", _WRITER, str(path), str(seed), str(steps)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )
+
+
+def _assert_consistent(path):
+    store = ms.Store.open(path)
+    means = store.means
+    np.testing.assert_allclose(np.asarray(store.covariance), means @ means.T, atol=1e-10)
+    np.testing.assert_allclose(store.sums / store.counts[:, None], means, atol=1e-12)
+    assert store.counts.sum() == store.n_instances
+    assert len(set(store.labels.tolist())) == store.size
+    assert not list((path / "journal").iterdir())
+    return store
+
+
+@pytest.mark.parametrize("point", ["journal-written", "journal-named", "mid-apply"])
+def test_writer_dying_at_each_point_leaves_a_consistent_store(tmp_path, point):
+    path = tmp_path / "s.zarr"
+    store = ms.Store.create(path)
+    store.add_classes(np.random.default_rng(9).normal(size=(100, 8)), np.arange(100) % 50)
+    before = store.n_instances
+    proc = _writer(path, 1, 3, crash_at=point)
+    proc.wait(timeout=120)
+    assert proc.returncode == 17  # it died at the crash point
+    recovered = _assert_consistent(path)
+    if point == "journal-written":  # not yet committed: the old state
+        assert recovered.n_instances == before
+    else:  # committed in the journal: replayed on open
+        assert recovered.n_instances == before + 40
+
+
+def test_killed_writer_then_reopen(tmp_path):
+    path = tmp_path / "s.zarr"
+    ms.Store.create(path).add_classes(np.ones((2, 8)), [0, 1])
+    for seed, delay in ((3, 0.8), (4, 1.5)):
+        proc = _writer(path, seed, 10_000)
+        proc.stdout.readline()  # it is writing
+        time.sleep(delay)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+        store = _assert_consistent(path)
+        assert store.n_instances > 2
