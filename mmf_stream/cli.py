@@ -135,6 +135,19 @@ def _covariance(args: argparse.Namespace) -> int:
 def _info(args: argparse.Namespace) -> int:
     import mmf_stream as ms
 
+    source = Path(args.result)
+    if source.is_dir() and (source / "journal").is_dir():  # a class store
+        store = ms.Store.open(source, mode="r")
+        print(f"class store {source}")
+        print(f"classes     {store.size}")
+        print(f"dimension   {store.dim}")
+        print(f"instances   {store.n_instances}")
+        print(f"options     center={store.center} normalize={store.normalize}")
+        shown = store.labels[: args.levels].tolist()
+        if shown:
+            more = f" ... ({store.size - len(shown)} more)" if store.size > len(shown) else ""
+            print("labels      " + ", ".join(map(str, shown)) + more)
+        return 0
     result = ms.load(args.result)
     print(f"MMF factorization {args.result}")
     print(result.summary(levels=args.levels))
@@ -202,8 +215,8 @@ def build_parser() -> argparse.ArgumentParser:
     cov.add_argument("--overwrite", action="store_true", help="replace an existing store")
     cov.set_defaults(run=_covariance)
 
-    info = sub.add_parser("info", help="summarise a saved factorization")
-    info.add_argument("result", help="result directory written by 'factorize'")
+    info = sub.add_parser("info", help="summarise a saved factorization or a class store")
+    info.add_argument("result", help="result directory written by 'factorize', or a class store")
     info.add_argument("--levels", type=int, default=10, help="levels to list (default 10)")
     info.set_defaults(run=_info)
 

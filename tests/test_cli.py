@@ -140,6 +140,8 @@ def test_covariance_command_builds_a_store(tmp_path):
     again = _run("covariance", tmp_path / "f.npy", tmp_path / "l.txt", "--out", out, "--append")
     assert again.returncode == 0 and "0 classes added, 4 updated" in again.stdout
     assert ms.Store.open(out).n_instances == 180
+    info = _run("info", out)
+    assert info.returncode == 0 and "classes     4" in info.stdout and "instances   180" in info.stdout
     # an existing store is never replaced silently
     _assert_clean_error(_run("covariance", tmp_path / "f.npy", tmp_path / "l.txt", "--out", out), "already exists")
 
