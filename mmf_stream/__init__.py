@@ -9,7 +9,7 @@ True
 
 from __future__ import annotations
 
-from mmf_stream import datasets
+from mmf_stream import datasets, views
 from mmf_stream._class_store import Store, SymmetricCovariance
 from mmf_stream._covariance import ClassCovariance, class_covariance
 from mmf_stream._factorization import Factorization, Level, factorize
@@ -35,6 +35,7 @@ __all__ = [
     "load",
     "read_labels",
     "read_matrix",
+    "views",
     "Store",
     "SymmetricCovariance",
 ]

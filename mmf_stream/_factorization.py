@@ -214,6 +214,12 @@ class Factorization:
 
         save_factorization(self, path, overwrite=overwrite)
 
+    def plot(self, **kwargs: Any):
+        """The MMF graph as a matplotlib figure (see :func:`mmf_stream.views.plot`)."""
+        from mmf_stream.views import plot
+
+        return plot(self, **kwargs)
+
     def summary(self, levels: int = 10) -> str:
         """A short text report: sizes, error and the first ``levels`` levels."""
         lines = [

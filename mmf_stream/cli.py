@@ -13,6 +13,8 @@ from collections.abc import Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
+
 EXIT_USAGE = 2
 
 
@@ -154,6 +156,78 @@ def _info(args: argparse.Namespace) -> int:
     return 0
 
 
+_FIGURE_SUFFIXES = (".svg", ".png", ".pdf")
+
+
+def _show(args: argparse.Namespace) -> int:
+    import mmf_stream as ms
+
+    out = Path(args.out)
+    suffix = out.suffix.lower()
+    if suffix not in _FIGURE_SUFFIXES + (".html",):
+        raise ValueError(f"--out must end in .svg, .png, .pdf or .html, got {out.name!r}")
+    result = ms.load(args.result)
+    matrix = None
+    if args.compare == "dendrogram":
+        if args.matrix:
+            matrix = ms.read_matrix(args.matrix)
+            if matrix.shape != (result.size, result.size):
+                raise ValueError(f"--matrix has shape {matrix.shape}, the result is for size {result.size}")
+            matrix = np.asarray(matrix, dtype=np.float64)
+        else:
+            if result.size > 5000:
+                raise ValueError("give the factored matrix with --matrix for a dendrogram of more than 5000 classes")
+            print("mmf-stream: dendrogram of the reconstruction M(C); pass --matrix for the exact matrix", file=sys.stderr)
+            matrix = result.reconstruct()
+    options = {"start": args.start, "highlight": args.highlight, "index_labels": args.index_labels}
+    if suffix == ".html":
+        ms.views.to_html(result, out, levels=args.levels, matrix=matrix, title=f"MMF graph of {Path(args.result).name}", **options)
+    else:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        matplotlib.rcParams["svg.fonttype"] = "none"  # labels stay text in SVG
+        import matplotlib.pyplot as plt
+
+        levels = 30 if args.levels is None else args.levels
+        if matrix is not None:
+            fig = ms.views.plot_with_dendrogram(result, matrix, levels=levels, **options)
+        else:
+            fig = ms.views.plot(result, levels=levels, **options)
+        fig.savefig(out, dpi=args.dpi, bbox_inches="tight")
+        plt.close(fig)
+    print(f"wrote {out}")
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    import mmf_stream as ms
+
+    results = [ms.load(path) for path in args.results]
+    names = args.names or [Path(path).stem for path in args.results]
+    if len(names) != len(results):
+        raise ValueError(f"--names gives {len(names)} names for {len(results)} results")
+    comparison = ms.views.compare(results, names, levels=args.levels, threshold=args.threshold)
+    print(comparison.table())
+    saturated = [f"{names[p]} -> {names[p + 1]}" for p, flag in enumerate(comparison.saturated) if flag]
+    if saturated:
+        print("saturation: the first levels compose the same classes in " + "; ".join(saturated))
+    if args.out:
+        out = Path(args.out)
+        if out.suffix.lower() not in _FIGURE_SUFFIXES:
+            raise ValueError(f"--out must end in .svg, .png or .pdf, got {out.name!r}")
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig = ms.views.plot_comparison(comparison)
+        fig.savefig(out, dpi=110, bbox_inches="tight")
+        plt.close(fig)
+        print(f"wrote {out}")
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     import numpy as np
 
@@ -219,6 +293,26 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("result", help="result directory written by 'factorize', or a class store")
     info.add_argument("--levels", type=int, default=10, help="levels to list (default 10)")
     info.set_defaults(run=_info)
+
+    show = sub.add_parser("show", help="draw the MMF graph: .svg/.png/.pdf figure or interactive .html page")
+    show.add_argument("result", help="result directory written by 'factorize'")
+    show.add_argument("--out", "-o", required=True, help="graph.svg, graph.png, graph.pdf or graph.html")
+    show.add_argument("--levels", type=int, default=None, help="levels to show (figures: 30, html: all)")
+    show.add_argument("--start", type=int, default=1, help="first level shown (to page through large results)")
+    show.add_argument("--highlight", nargs="+", default=None, metavar="LABEL", help="labels to highlight")
+    show.add_argument("--compare", choices=["dendrogram"], default=None, help="draw a baseline beside the graph")
+    show.add_argument("--matrix", default=None, help="the factored matrix (for --compare; default: reconstruction)")
+    show.add_argument("--index-labels", action="store_true", help="name classes by row index if there are no labels")
+    show.add_argument("--dpi", type=int, default=110)
+    show.set_defaults(run=_show)
+
+    comp = sub.add_parser("compare", help="compare the MMF graphs of several results (e.g. layers), level by level")
+    comp.add_argument("results", nargs="+", help="two or more result directories with the same labels")
+    comp.add_argument("--names", nargs="+", default=None, help="a name per result (default: file names)")
+    comp.add_argument("--levels", type=int, default=None, help="deepest level compared")
+    comp.add_argument("--threshold", type=float, default=0.8, help="overlap flagged as saturation (default 0.8)")
+    comp.add_argument("--out", "-o", default=None, help="also draw the comparison (.svg, .png, .pdf)")
+    comp.set_defaults(run=_compare)
 
     demo = sub.add_parser("demo", help="factor the built-in hierarchical covariance and print the result")
     demo.add_argument("--size", type=int, default=1000)

@@ -11,5 +11,13 @@ fi
 # any other version would pull a multi-GB CUDA build)
 .venv/bin/python -m pip install --quiet torch==2.13.0
 .venv/bin/python -m pip install --quiet -e '.[dev,torch]'
+# the browser test drives Debian's chromium (headless) through Playwright
+if ! command -v chromium >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ]; then
+        (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null
+    else
+        echo "scripts/test.sh: chromium is missing; the browser test will be skipped (install Debian's chromium)" >&2
+    fi
+fi
 # exit code 5 ("no tests collected") must fail too: there must be tests
 .venv/bin/python -m pytest "$@"
