@@ -13,6 +13,7 @@ from mmf_stream import datasets, views
 from mmf_stream._class_store import Store, SymmetricCovariance
 from mmf_stream._covariance import ClassCovariance, class_covariance
 from mmf_stream._factorization import Factorization, Level, factorize
+from mmf_stream._incremental import InsertionReport, factorize_incremental
 from mmf_stream._io import read_labels, read_matrix
 from mmf_stream._store import FORMAT_VERSION
 from mmf_stream._store import load_factorization as load
@@ -29,6 +30,8 @@ __all__ = [
     "class_covariance",
     "datasets",
     "factorize",
+    "factorize_incremental",
+    "InsertionReport",
     "grid_laplacian",
     "hierarchical_covariance",
     "karate_laplacian",

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from numba import njit
@@ -32,11 +32,13 @@ from mmf_stream import _kernels as K
 
 #: candidates rescored exactly at each level (cheap; guards against drift of
 #: the cached scores and lets the multi-start wavelet optimiser choose)
-_RESCORE = 4
+_RESCORE = 2
 #: iterations of the wavelet-direction refinement
-_MAX_ITER = 30
+_MAX_ITER = 10
 #: refinement iterations for cached (estimated) candidates
 _REBUILD_ITER = 1
+#: Jacobi vectors refined when a candidate is rescored exactly
+_STARTS = 2
 
 
 @dataclass
@@ -50,6 +52,9 @@ class RawFactorization:
     diagonal: np.ndarray  # (m,) float64: diagonal of the final compression
     core: np.ndarray  # (d,) int64
     core_block: np.ndarray  # (d, d) float64
+    #: insertion state: snapshots (levels before it, active indices, their block of
+    #: the compression), shallowest first
+    snapshots: list = field(default_factory=list)
 
 
 @njit(cache=True)
@@ -111,11 +116,14 @@ def greedy_factorize(
     refresh: int | None = None,
     seed: int = 0,
     progress: Callable[[int], None] | None = None,
+    snapshot_sizes: tuple[int, ...] = (),
 ) -> RawFactorization:
     """Run the greedy level loop on a symmetric float64 matrix.
 
     ``matrix`` is consumed: it is used as the working buffer. ``progress`` is
-    called with the number of levels completed since its last call.
+    called with the number of levels completed since its last call. For each of
+    ``snapshot_sizes``, the active block of the compression is copied when that
+    many indices are still active (the insertion state of incremental MMF).
     """
     m = matrix.shape[0]
     k = order
@@ -143,6 +151,10 @@ def greedy_factorize(
         stale = np.zeros(m, dtype=np.bool_)
         _rebuild(work, energy, active, np.arange(m), k, tuples, grams, directions, scores)
 
+    wanted = {int(size) for size in snapshot_sizes if k - 1 < int(size) <= m}
+    snapshots = []
+    if m in wanted:
+        snapshots.append((0, positions.copy(), work.copy()))
     pending = 0
     for level in range(levels):
         if exhaustive:
@@ -166,6 +178,9 @@ def greedy_factorize(
             stale &= active
 
         n_active = m - level - 1
+        if n_active in wanted:
+            live = np.flatnonzero(active)
+            snapshots.append((level + 1, positions[live].copy(), work[np.ix_(live, live)].copy()))
         if n_active * 2 <= n and n >= 64 and level + 1 < levels:
             previous = n
             keep, n = _compact(buffer, n, active)
@@ -199,6 +214,7 @@ def greedy_factorize(
         diagonal=diagonal,
         core=core,
         core_block=core_block,
+        snapshots=snapshots,
     )
 
 
@@ -229,7 +245,7 @@ def _best_cached(work, energy, active, stale, tie_break, tuples, grams, directio
         t = tuples[p]
         gram = K.tuple_gram(work, t)
         block = K.tuple_block(work, t)
-        direction, value = K.wavelet_direction(gram, block, k, _MAX_ITER)
+        direction, value = K.wavelet_direction(gram, block, _STARTS, _MAX_ITER)
         grams[p] = gram
         directions[p] = direction
         scores[p] = max(value, 0.0)

@@ -203,6 +203,63 @@ class Factorization:
         K.apply_rotations(approx, self._raw.tuples, self._raw.rotations, True)
         return 0.5 * (approx + approx.T)
 
+    # -------------------------------------------------------------- insertion
+    @property
+    def insertion_report(self):
+        """The :class:`InsertionReport` of the insertion that made this result (None for batch)."""
+        return self.metadata.get("insertion_report")
+
+    def insert(self, column: Any, diagonal: float, label: Any = None, *, repair: bool | None = None) -> Factorization:
+        """Factorization of ``[[C, column], [column', diagonal]]`` (incremental MMF).
+
+        ``self`` is not modified. The result's :attr:`insertion_report` says
+        which levels changed, where the new index landed, the error it added
+        and its novelty.
+
+        Parameters
+        ----------
+        column : array of shape (size,)
+            Couplings of the new class with the existing ones.
+        diagonal : float
+            Its own entry (for a class covariance: ``||mu_new||^2``).
+        label : optional
+            Its label (required when the factorization has labels).
+        repair : bool, optional
+            Re-run the levels from the shallow snapshot (costlier, lower error).
+            By default every ``repair_every``-th insertion does (see module
+            :mod:`mmf_stream._incremental`).
+        """
+        column_array = np.asarray(column, dtype=np.float64) if np.ndim(column) else None
+        if column_array is None or column_array.ndim != 1:
+            raise ValueError(f"column must be 1-D with {self.size} entries")
+        return self.insert_many(
+            column_array[:, None], np.array([[float(np.asarray(diagonal, dtype=np.float64))]]),
+            None if label is None else [label], repair=repair,
+        )
+
+    def insert_many(
+        self, columns: Any, diagonals: Any = None, labels: Sequence[Any] | None = None, *, repair: bool | None = None
+    ) -> Factorization:
+        """Insert ``b`` new indices in one pass.
+
+        Parameters
+        ----------
+        columns : array of shape (size + b, b) or (size, b)
+            The new columns. With ``size + b`` rows, the last ``b`` rows are the
+            ``b x b`` block among the new indices.
+        diagonals : array of shape (b, b), optional
+            The block among the new indices, when ``columns`` has ``size`` rows
+            (a length-``b`` vector is accepted only for ``b = 1``).
+        labels : sequence of length b, optional
+            Required when the factorization has labels.
+        repair : bool, optional
+            Force (True) or skip (False) re-running from the shallow snapshot;
+            by default it runs for blocks of 10 or more and every 10 insertions.
+        """
+        from mmf_stream._incremental import REPAIR_EVERY, build_insertion
+
+        return build_insertion(self, columns, diagonals, labels, repair=repair, repair_every=REPAIR_EVERY)
+
     # --------------------------------------------------------------- storage
     def save(self, path: str | os.PathLike, *, overwrite: bool = False) -> None:
         """Write the factorization as a Zarr group (layout in ``docs/format.md``).
@@ -262,6 +319,7 @@ def factorize(
     candidates: str = "neighbors",
     symmetry_tolerance: float = 1e-8,
     progress: Callable[[int], None] | None = None,
+    incremental: bool = True,
 ) -> Factorization:
     """Multiresolution matrix factorization of a symmetric matrix.
 
@@ -288,6 +346,10 @@ def factorize(
         Largest accepted ``|C - C'|`` relative to ``max |C|``.
     progress : callable, optional
         Called with the number of levels finished since its last call.
+    incremental : bool, default True
+        Keep the insertion state (snapshots of the compression at about 30%
+        and 6% of the size, about 10% of the matrix's memory) so that
+        :meth:`Factorization.insert` can extend the result.
 
     Returns
     -------
@@ -320,8 +382,11 @@ def factorize(
                 "for matrices of this size"
             )
     norm = float(np.linalg.norm(work))
+    from mmf_stream._incremental import snapshot_sizes
+
     raw = greedy_factorize(
-        work, order, n_levels, candidates=candidates, seed=int(seed), progress=progress
+        work, order, n_levels, candidates=candidates, seed=int(seed), progress=progress,
+        snapshot_sizes=snapshot_sizes(size, order) if incremental else (),
     )
     del work
     return Factorization(

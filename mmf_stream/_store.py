@@ -1,6 +1,6 @@
 """Factorizations on disk: one Zarr (v3) group per result.
 
-Layout (format version 1; ``docs/format.md`` is the user-facing copy):
+Layout (format version 2; ``docs/format.md`` is the user-facing copy):
 
 ==============  ===========  =========  ==========================================
 array           shape        dtype      content
@@ -13,6 +13,8 @@ diagonal        (m,)         float64    diagonal of H
 core            (d,)         int64      core indices, sorted
 core_block      (d, d)       float64    H on the core
 labels          (m,)         int64/str  optional class labels
+snapshot_i_*    (n_i,),      int64,     insertion state: indices active at cut
+                (n_i, n_i)   float64    level i and their block of the compression
 ==============  ===========  =========  ==========================================
 
 Group attribute ``mmf_stream`` holds ``format`` ("factorization"),
@@ -34,7 +36,9 @@ import numpy as np
 from mmf_stream._io import existing_path, one_line
 
 FORMAT = "factorization"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+#: versions this release reads (1 has no insertion state)
+READABLE_VERSIONS = (1, 2)
 _ARRAYS = ("tuples", "wavelets", "rotations", "level_errors", "diagonal", "core", "core_block")
 
 
@@ -57,6 +61,15 @@ def save_factorization(factorization: Any, path: str | os.PathLike, *, overwrite
             array = group.create_array(name, shape=data.shape, dtype=data.dtype, chunks=_chunks(data.shape))
             if data.size:
                 array[...] = data
+        snapshot_levels = []
+        for number, (level, indices, block) in enumerate(factorization._raw.snapshots):
+            snapshot_levels.append(int(level))
+            for suffix, data in (("indices", indices), ("block", block)):
+                data = np.ascontiguousarray(data)
+                array = group.create_array(
+                    f"snapshot_{number}_{suffix}", shape=data.shape, dtype=data.dtype, chunks=_chunks(data.shape)
+                )
+                array[...] = data
         labels = factorization.labels
         if labels is not None:
             dtype = str if labels.dtype.kind == "U" else labels.dtype
@@ -76,6 +89,9 @@ def save_factorization(factorization: Any, path: str | os.PathLike, *, overwrite
             "seed": factorization.metadata.get("seed"),
             "candidates": factorization.metadata.get("candidates"),
             "library_version": __version__,
+            "snapshot_levels": snapshot_levels,
+            "since_repair": int(factorization.metadata.get("since_repair", 0)),
+            "drift": float(factorization.metadata.get("drift", 0.0)),
         }
         if target.exists():
             backup = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
@@ -112,13 +128,17 @@ def load_factorization(path: str | os.PathLike):
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise ValueError(f"{source} is not an mmf_stream factorization (no 'mmf_stream' format attribute)")
     version = meta.get("format_version")
-    if version != FORMAT_VERSION:
+    if version not in READABLE_VERSIONS:
         raise ValueError(
             f"{source} has factorization format version {version}; this mmf_stream reads version {FORMAT_VERSION}"
         )
     try:
         arrays = {name: np.asarray(group[name][...]) for name in _ARRAYS}
         labels = np.asarray(group["labels"][...]) if meta.get("labels") else None
+        snapshots = [
+            (int(level), np.asarray(group[f"snapshot_{i}_indices"][...]), np.asarray(group[f"snapshot_{i}_block"][...]))
+            for i, level in enumerate(meta.get("snapshot_levels", []))
+        ]
     except Exception as exc:  # noqa: BLE001
         raise ValueError(f"{source} is corrupt: {one_line(exc)}") from None
     order, size = int(meta["order"]), int(meta["size"])
@@ -144,11 +164,21 @@ def load_factorization(path: str | os.PathLike):
         values = arrays[name]
         if values.size and (values.min() < 0 or values.max() >= size):
             raise ValueError(f"{source} is corrupt: {name} holds indices outside 0..{size - 1}")
-    raw = RawFactorization(**arrays)
+    for level, indices, block in snapshots:
+        n = indices.shape[0]
+        if block.shape != (n, n) or not 0 <= level <= n_levels or (n and (indices.min() < 0 or indices.max() >= size)):
+            raise ValueError(f"{source} is corrupt: an insertion snapshot does not fit the factorization")
+    raw = RawFactorization(**arrays, snapshots=snapshots)
     return Factorization(
         raw,
         order=order,
         norm=float(meta["norm"]),
         labels=labels,
-        metadata={"seed": meta.get("seed"), "candidates": meta.get("candidates")},
+        metadata={
+            "seed": meta.get("seed"),
+            "candidates": meta.get("candidates"),
+            "format_version": version,
+            "since_repair": int(meta.get("since_repair", 0)),
+            "drift": float(meta.get("drift", 0.0)),
+        },
     )
