@@ -138,6 +138,8 @@ def insert_block(
     size = raw.diagonal.shape[0]
     count = columns.shape[1]
     new_size = size + count
+    if not np.any(columns):
+        return _append_unrelated(raw, order, block, seed), raw.wavelets.shape[0]
     if shallow:  # the snapshot closest to the shallow target size
         target = SNAPSHOT_FRACTIONS[0] * new_size
         cut_index = int(np.argmin([abs(snap[1].shape[0] - target) for snap in raw.snapshots]))
@@ -191,6 +193,40 @@ def insert_block(
         snapshots=snapshots,
     )
     return result, cut_level
+
+
+def _append_unrelated(raw: RawFactorization, order: int, block: np.ndarray, seed: int) -> RawFactorization:
+    """New indices coupled to nothing old: every old level stays; they join the core's levels."""
+    size = raw.diagonal.shape[0]
+    count = block.shape[0]
+    core = raw.core
+    n = core.shape[0] + count
+    matrix = np.zeros((n, n))
+    matrix[: core.shape[0], : core.shape[0]] = raw.core_block
+    matrix[core.shape[0] :, core.shape[0] :] = block
+    indices = np.concatenate([core, np.arange(size, size + count)])
+    tail = greedy_factorize(matrix, order, n - (order - 1), seed=seed)
+    diagonal = np.concatenate([raw.diagonal, np.zeros(count)])
+    diagonal[indices] = tail.diagonal
+    new_core = indices[tail.core]
+    ordering = np.argsort(new_core)
+    snapshots = []
+    for level, snap_indices, snap in raw.snapshots:  # still valid: the new rows are zero there
+        m = snap_indices.shape[0]
+        grown = np.zeros((m + count, m + count))
+        grown[:m, :m] = snap
+        grown[m:, m:] = block
+        snapshots.append((level, np.concatenate([snap_indices, np.arange(size, size + count)]), grown))
+    return RawFactorization(
+        tuples=np.vstack([raw.tuples, indices[tail.tuples]]),
+        wavelets=np.concatenate([raw.wavelets, indices[tail.wavelets]]),
+        rotations=np.concatenate([raw.rotations, tail.rotations]),
+        level_errors=np.concatenate([raw.level_errors, tail.level_errors]),
+        diagonal=diagonal,
+        core=new_core[ordering],
+        core_block=tail.core_block[np.ix_(ordering, ordering)],
+        snapshots=snapshots,
+    )
 
 
 def changed_levels(old: RawFactorization, new: RawFactorization, start: int) -> int:

@@ -180,8 +180,20 @@ def _show(args: argparse.Namespace) -> int:
             print("mmf-stream: dendrogram of the reconstruction M(C); pass --matrix for the exact matrix", file=sys.stderr)
             matrix = result.reconstruct()
     options = {"start": args.start, "highlight": args.highlight, "index_labels": args.index_labels}
-    if suffix == ".html":
-        ms.views.to_html(result, out, levels=args.levels, matrix=matrix, title=f"MMF graph of {Path(args.result).name}", **options)
+    before = ms.load(args.before) if args.before else None
+    if before is not None and suffix != ".html":
+        import matplotlib
+
+        matplotlib.use("Agg")
+        matplotlib.rcParams["svg.fonttype"] = "none"
+        import matplotlib.pyplot as plt
+
+        fig = ms.views.plot_insertion(before, result, levels=20 if args.levels is None else args.levels)
+        fig.savefig(out, dpi=args.dpi, bbox_inches="tight")
+        plt.close(fig)
+    elif suffix == ".html":
+        ms.views.to_html(result, out, levels=args.levels, matrix=matrix, before=before,
+                         title=f"MMF graph of {Path(args.result).name}", **options)
     else:
         import matplotlib
 
@@ -303,6 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--compare", choices=["dendrogram"], default=None, help="draw a baseline beside the graph")
     show.add_argument("--matrix", default=None, help="the factored matrix (for --compare; default: reconstruction)")
     show.add_argument("--index-labels", action="store_true", help="name classes by row index if there are no labels")
+    show.add_argument("--before", default=None, help="the result before an insertion: draw a before/after view")
     show.add_argument("--dpi", type=int, default=110)
     show.set_defaults(run=_show)
 

@@ -159,3 +159,49 @@ def plot_with_dendrogram(factorization: Any, matrix: np.ndarray, **kwargs: Any):
     plot_dendrogram(matrix, names, ax=bottom)
     fig.tight_layout()
     return fig
+
+
+def inserted_labels(before: Any, after: Any) -> list[str]:
+    """Labels of ``after`` that ``before`` lacks (the inserted classes)."""
+    if before.labels is None or after.labels is None:
+        raise ValueError("a before/after view needs both results to have labels")
+    known = {str(x) for x in before.labels.tolist()}
+    new = [str(x) for x in after.labels.tolist() if str(x) not in known]
+    missing = known - {str(x) for x in after.labels.tolist()}
+    if missing:
+        raise ValueError(f"the 'after' result lacks {len(missing)} class(es) of 'before' (e.g. {sorted(missing)[0]!r})")
+    if not new:
+        raise ValueError("the 'after' result holds no class that 'before' lacks")
+    return new
+
+
+def plot_insertion(before: Any, after: Any, *, levels: int = 20):
+    """Before/after view of an insertion: the graphs around where the new classes landed.
+
+    The inserted classes and their tuple partners are highlighted in both.
+    """
+    import matplotlib.pyplot as plt
+
+    new = inserted_labels(before, after)
+    names = [str(x) for x in after.labels.tolist()]
+    new_index = {names.index(label) for label in new}
+    landing = [lvl.number for lvl in after.levels if lvl.wavelet in new_index]
+    focus = min(landing) if landing else after.n_levels
+    partners = set(new)
+    for lvl in after.levels:
+        if new_index & set(lvl.indices.tolist()):
+            partners.update(names[i] for i in lvl.indices.tolist())
+    known = {str(x) for x in before.labels.tolist()}
+    start_after = max(1, min(focus - levels // 2, after.n_levels - levels + 1))
+    start_before = max(1, min(start_after, before.n_levels - levels + 1))
+    graph_after = layout(after, levels=levels, start=start_after, highlight=sorted(partners))
+    graph_before = layout(before, levels=levels, start=start_before, highlight=sorted(partners & known))
+    width = max(_column_width(graph_after), _column_width(graph_before))
+    fig_width = min(200.0, max(8.0, width * levels + 1.5))
+    height = 1.6 + _ROW * after.order
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(fig_width, 2 * height + 0.6))
+    draw_graph(graph_before, top, "before")
+    shown = ", ".join(new[:5]) + (" ..." if len(new) > 5 else "")
+    draw_graph(graph_after, bottom, f"after inserting {shown} (highlighted with their partners)")
+    fig.tight_layout()
+    return fig

@@ -207,6 +207,7 @@ def to_html(
     index_labels: bool = False,
     title: str = "MMF graph",
     matrix: Any = None,
+    before: Any = None,
 ) -> str:
     """Write the interactive MMF graph as one self-contained HTML file.
 
@@ -221,12 +222,21 @@ def to_html(
     matrix : array, optional
         With it, the agglomerative-clustering dendrogram of the same matrix is
         drawn below the graph.
+    before : Factorization, optional
+        The result before an insertion: the inserted classes are highlighted
+        and the page says which they are (a before/after view).
 
     Returns
     -------
     str
         The page.
     """
+    if before is not None:
+        from mmf_stream.views._figure import inserted_labels
+
+        new = inserted_labels(before, factorization)
+        highlight = sorted(set(highlight or []) | set(new))
+        title = f"{title}: after inserting {', '.join(new[:5])}{' ...' if len(new) > 5 else ''} (highlighted)"
     graph = layout(factorization, levels=levels, start=start, highlight=highlight, index_labels=index_labels)
     dendrogram_svg = None
     if matrix is not None:
