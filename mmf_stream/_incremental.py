@@ -31,7 +31,7 @@ from numba import njit
 from mmf_stream._engine import RawFactorization, greedy_factorize
 
 #: fractions of the size at which snapshots are kept (shallowest first)
-SNAPSHOT_FRACTIONS = (0.30, 0.06)
+SNAPSHOT_FRACTIONS = (0.30, 0.04)
 #: smallest snapshot kept (indices)
 _MIN_SNAPSHOT = 24
 
