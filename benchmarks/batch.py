@@ -28,8 +28,10 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import mmf_stream as ms  # noqa: E402
+from _common import STATUS_MB, print_table  # noqa: E402
 
 #: (seconds, absolute error) of the C++ reference, from issue 2
 REFERENCE = {
@@ -43,16 +45,7 @@ _CHILD = r"""
 import json, sys, time
 import numpy as np
 import mmf_stream as ms
-
-def status_mb(key):
-    # VmHWM (peak) and VmRSS (current) belong to this process image; getrusage's
-    # ru_maxrss would carry over the parent's peak across fork + exec
-    with open("/proc/self/status") as handle:
-        for line in handle:
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError(key)
-
+""" + STATUS_MB + r"""
 ms.factorize(ms.karate_laplacian(), order=int(sys.argv[2]), core_size=int(sys.argv[3]) if int(sys.argv[3]) < 34 else 6)
 baseline = status_mb("VmRSS")
 C = np.load(sys.argv[1])
@@ -124,17 +117,11 @@ def main() -> None:
         ])
         print("  done:", " | ".join(map(str, rows[-1])), file=sys.stderr, flush=True)
 
-    print(f"batch MMF, {datetime.date.today().isoformat()}, median of {args.repeats} runs, single thread, "
-          f"mmf_stream {ms.__version__}, numba threads 1; ref = C++ MMF (issue 2, quoted)")
-    if args.markdown:
-        print("| " + " | ".join(header) + " |")
-        print("|" + "|".join("---" for _ in header) + "|")
-        for row in rows:
-            print("| " + " | ".join(map(str, row)) + " |")
-    else:
-        widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
-        for row in [header, *rows]:
-            print("  ".join(str(x).rjust(w) for x, w in zip(row, widths)))
+    print_table(
+        f"batch MMF, {datetime.date.today().isoformat()}, median of {args.repeats} runs, single thread, "
+        f"mmf_stream {ms.__version__}, numba threads 1; ref = C++ MMF (issue 2, quoted)",
+        header, rows, args.markdown,
+    )
 
 
 if __name__ == "__main__":

@@ -30,20 +30,16 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import mmf_stream as ms  # noqa: E402
+from _common import STATUS_MB, print_table  # noqa: E402
 
 _CHILD = r"""
 import json, sys, time
 import numpy as np, zarr
 import mmf_stream as ms
-
-def status_mb(key):
-    with open("/proc/self/status") as handle:
-        for line in handle:
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) / 1024
-
+""" + STATUS_MB + r"""
 features = zarr.open_array(sys.argv[1], mode="r")
 labels = np.load(sys.argv[2])
 ms.class_covariance(np.ones((4, 3), dtype=np.float32), np.arange(4))  # compile
@@ -140,17 +136,11 @@ def main() -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
     header = ["task", "data", "seconds", "GB/s", "peak MB"]
-    print(f"class covariance, {datetime.date.today().isoformat()}, mmf_stream {ms.__version__}, "
-          f"{os.cpu_count()} cores; appends: median of 20")
-    if args.markdown:
-        print("| " + " | ".join(header) + " |")
-        print("|" + "|".join("---" for _ in header) + "|")
-        for row in rows:
-            print("| " + " | ".join(row) + " |")
-    else:
-        widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
-        for row in [header, *rows]:
-            print("  ".join(str(x).ljust(w) for x, w in zip(row, widths)))
+    print_table(
+        f"class covariance, {datetime.date.today().isoformat()}, mmf_stream {ms.__version__}, "
+        f"{os.cpu_count()} cores; appends: median of 20",
+        header, rows, args.markdown,
+    )
 
 
 if __name__ == "__main__":

@@ -23,8 +23,10 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import mmf_stream as ms  # noqa: E402
+from _common import print_table  # noqa: E402
 
 ORDER = 5
 
@@ -83,17 +85,11 @@ def main() -> None:
         rows.extend(run(m0))
     header = ["m0", "inserted", "median / insert", "amortised / insert", "batch (final)",
               "speedup median", "speedup amortised", "error / batch"]
-    print(f"incremental MMF, {datetime.date.today().isoformat()}, order {ORDER}, full depth, "
-          f"hierarchical covariance; baseline: batch ms.factorize of the same final matrix")
-    if args.markdown:
-        print("| " + " | ".join(header) + " |")
-        print("|" + "|".join("---" for _ in header) + "|")
-        for row in rows:
-            print("| " + " | ".join(row) + " |")
-    else:
-        widths = [max(len(x) for x in col) for col in zip(header, *rows)]
-        for row in [header, *rows]:
-            print("  ".join(x.ljust(w) for x, w in zip(row, widths)))
+    print_table(
+        f"incremental MMF, {datetime.date.today().isoformat()}, order {ORDER}, full depth, "
+        "hierarchical covariance; baseline: batch ms.factorize of the same final matrix",
+        header, rows, args.markdown,
+    )
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ import numpy as np
 from numba import njit
 
 from mmf_stream._engine import RawFactorization, greedy_factorize
+from mmf_stream._kernels import rotate_rows_inplace
 
 #: fractions of the size at which snapshots are kept (shallowest first)
 SNAPSHOT_FRACTIONS = (0.30, 0.04)
@@ -43,24 +44,12 @@ def head_pass(columns, tuples, rotations, wavelets, start, stop, extras):
     ``columns`` (m x b) holds the new indices' columns in the current basis;
     ``extras[l]`` receives ``2 * sum_j columns[s_l, j]^2`` after level ``l``.
     """
-    k = tuples.shape[1]
-    b = columns.shape[1]
-    tmp = np.empty((k, b))
+    tmp = np.empty((tuples.shape[1], columns.shape[1]))
     for level in range(start, stop):
-        t = tuples[level]
-        rotation = rotations[level]
-        for a in range(k):
-            for c in range(b):
-                total = 0.0
-                for j in range(k):
-                    total += rotation[a, j] * columns[t[j], c]
-                tmp[a, c] = total
-        for a in range(k):
-            for c in range(b):
-                columns[t[a], c] = tmp[a, c]
+        rotate_rows_inplace(columns, tuples[level], rotations[level], False, tmp)
         s = wavelets[level]
         energy = 0.0
-        for c in range(b):
+        for c in range(columns.shape[1]):
             energy += columns[s, c] * columns[s, c]
         extras[level] += 2.0 * energy
 

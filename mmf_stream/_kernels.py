@@ -544,24 +544,28 @@ def symmetrize_into(source, out):
             out[j, i] = value
 
 
+@njit(cache=True, inline="always")
+def rotate_rows_inplace(matrix, t, rotation, transpose, tmp):
+    """``matrix[t, :] = O @ matrix[t, :]`` (or ``O' @ ...``), using ``tmp`` (k x ncols)."""
+    k = t.shape[0]
+    ncols = matrix.shape[1]
+    for a in range(k):
+        for c in range(ncols):
+            total = 0.0
+            for b in range(k):
+                weight = rotation[b, a] if transpose else rotation[a, b]
+                total += weight * matrix[t[b], c]
+            tmp[a, c] = total
+    for a in range(k):
+        for c in range(ncols):
+            matrix[t[a], c] = tmp[a, c]
+
+
 @njit(cache=True)
 def apply_rotations(matrix, tuples, rotations, inverse):
     """Apply ``Q_L ... Q_1`` (or its transpose) to the rows of ``matrix`` in place."""
     levels = tuples.shape[0]
-    k = tuples.shape[1]
-    ncols = matrix.shape[1]
-    tmp = np.empty((k, ncols))
+    tmp = np.empty((tuples.shape[1], matrix.shape[1]))
     for step in range(levels):
         level = levels - 1 - step if inverse else step
-        t = tuples[level]
-        rotation = rotations[level]
-        for a in range(k):
-            for c in range(ncols):
-                total = 0.0
-                for b in range(k):
-                    weight = rotation[b, a] if inverse else rotation[a, b]
-                    total += weight * matrix[t[b], c]
-                tmp[a, c] = total
-        for a in range(k):
-            for c in range(ncols):
-                matrix[t[a], c] = tmp[a, c]
+        rotate_rows_inplace(matrix, tuples[level], rotations[level], inverse, tmp)
