@@ -386,7 +386,7 @@ def factorize(
 
     raw = greedy_factorize(
         work, order, n_levels, candidates=candidates, seed=int(seed), progress=progress,
-        snapshot_sizes=snapshot_sizes(size, order) if incremental else (),
+        snapshot_sizes=snapshot_sizes(size, order, core_size) if incremental else (),
     )
     del work
     return Factorization(

@@ -54,10 +54,12 @@ def head_pass(columns, tuples, rotations, wavelets, start, stop, extras):
         extras[level] += 2.0 * energy
 
 
-def snapshot_sizes(size: int, order: int) -> tuple[int, ...]:
+def snapshot_sizes(size: int, order: int, core_size: int | None = None) -> tuple[int, ...]:
+    """Active-set sizes at which snapshots are taken (above the core, below ``size``)."""
+    floor = max(_MIN_SNAPSHOT, order + 1, (order - 1 if core_size is None else core_size) + order)
     sizes = []
     for fraction in SNAPSHOT_FRACTIONS:
-        target = max(_MIN_SNAPSHOT, order + 1, int(round(fraction * size)))
+        target = max(floor, int(round(fraction * size)))
         if target < size and target not in sizes:
             sizes.append(target)
     return tuple(sizes)
@@ -153,8 +155,9 @@ def insert_block(
     tail_indices = grown[-1][1]
     tail_matrix = grown[-1][2]
     n_tail = tail_indices.shape[0]
-    wanted = tuple(s for s in snapshot_sizes(new_size, order) if s < n_tail)
-    tail = greedy_factorize(tail_matrix.copy(), order, n_tail - (order - 1), seed=seed, snapshot_sizes=wanted)
+    core_size = raw.core.shape[0]  # kept: the result has the same core size
+    wanted = tuple(s for s in snapshot_sizes(new_size, order, core_size) if s < n_tail)
+    tail = greedy_factorize(tail_matrix.copy(), order, n_tail - core_size, seed=seed, snapshot_sizes=wanted)
     tuples = np.vstack([raw.tuples[:cut_level], tail_indices[tail.tuples]])
     wavelets = np.concatenate([raw.wavelets[:cut_level], tail_indices[tail.wavelets]])
     rotations = np.concatenate([raw.rotations[:cut_level], tail.rotations])
@@ -194,7 +197,7 @@ def _append_unrelated(raw: RawFactorization, order: int, block: np.ndarray, seed
     matrix[: core.shape[0], : core.shape[0]] = raw.core_block
     matrix[core.shape[0] :, core.shape[0] :] = block
     indices = np.concatenate([core, np.arange(size, size + count)])
-    tail = greedy_factorize(matrix, order, n - (order - 1), seed=seed)
+    tail = greedy_factorize(matrix, order, n - core.shape[0], seed=seed)
     diagonal = np.concatenate([raw.diagonal, np.zeros(count)])
     diagonal[indices] = tail.diagonal
     new_core = indices[tail.core]

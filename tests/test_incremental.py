@@ -170,3 +170,15 @@ def test_insert_is_deterministic(grown):
     np.testing.assert_array_equal(a.tuples, b.tuples)
     np.testing.assert_array_equal(a.rotations, b.rotations)
     assert a.insertion_report == b.insertion_report
+
+
+def test_insertion_keeps_a_larger_core():
+    C = ms.hierarchical_covariance(160, seed=6)
+    f = ms.factorize(C[:150, :150], order=4, core_size=20)
+    g = f
+    for i in range(150, 156):
+        g = g.insert(C[:i, i], C[i, i])
+    assert g.core.shape == (20,) and g.n_levels == 136
+    _check_valid(g, C[:156, :156])
+    h = f.insert(np.zeros(150), 1.0)
+    assert h.core.shape == (20,) and h.error == pytest.approx(f.error)
