@@ -62,7 +62,8 @@ def snapshot_sizes(size: int, order: int, core_size: int | None = None) -> tuple
         target = max(floor, int(round(fraction * size)))
         if target < size and target not in sizes:
             sizes.append(target)
-    return tuple(sizes)
+    # small matrices: the whole matrix is the snapshot (insertions re-run the batch)
+    return tuple(sizes) if sizes else (size,)
 
 
 @dataclass

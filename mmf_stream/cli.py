@@ -240,6 +240,57 @@ def _compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _insert(args: argparse.Namespace) -> int:
+    import mmf_stream as ms
+
+    out = Path(args.out)
+    if out.exists() and not args.overwrite:
+        raise ValueError(f"{out} already exists (use --overwrite to replace it)")
+    result = ms.load(args.result)
+    if result.labels is None:
+        raise ValueError(f"{args.result} has no labels; insert matches classes by label")
+    store = ms.Store.open(args.store, mode="r")
+    if store.center:
+        raise ValueError(
+            "the store's covariance is centred: adding classes moves the global mean and changes every "
+            "entry, so factor it again instead of inserting"
+        )
+    store_labels = [x for x in store.labels.tolist()]
+    slot = {label: i for i, label in enumerate(store_labels)}
+    old = result.labels.tolist()
+    missing = [label for label in old if label not in slot]
+    if missing:
+        raise ValueError(f"class {missing[0]!r} of the result is not in the store")
+    wanted = args.labels if args.labels else [label for label in store_labels if label not in set(old)]
+    if not wanted:
+        raise ValueError("the store holds no class that the result lacks")
+    kind = type(old[0]) if old else str
+    new = []
+    for label in wanted:
+        key = kind(label) if not isinstance(label, kind) else label
+        if key not in slot:
+            raise ValueError(f"class {label!r} is not in the store")
+        if key in set(old):
+            raise ValueError(f"class {label!r} is already in the factorization")
+        new.append(key)
+    order = np.array([slot[label] for label in old + new])
+    matrix = store.matrix()[np.ix_(order, order[len(old):])]  # (size + b) x b
+    start = time.perf_counter()
+    grown = result.insert_many(matrix, labels=new) if len(new) > 1 else result.insert(
+        matrix[: len(old), 0], matrix[len(old), 0], label=new[0]
+    )
+    seconds = time.perf_counter() - start
+    grown.save(out, overwrite=args.overwrite)
+    report = grown.insertion_report
+    print(f"inserted {len(new)} class(es) in {seconds:.2f} s -> {out}")
+    print(f"error {result.error:.6g} -> {grown.error:.6g}; levels 1..{report.cut_level} kept, "
+          f"{report.changed_levels} later levels changed{' (repair)' if report.repaired else ''}")
+    for label, level, partners, novelty in zip(report.labels, report.wavelet_levels, report.partners, report.novelty):
+        where = f"wavelet at level {level}" if level else "in the core"
+        print(f"  {label}: {where}, with {', '.join(map(str, partners))}; novelty {novelty:.2f}")
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     import numpy as np
 
@@ -326,6 +377,14 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("--threshold", type=float, default=0.8, help="overlap flagged as saturation (default 0.8)")
     comp.add_argument("--out", "-o", default=None, help="also draw the comparison (.svg, .png, .pdf)")
     comp.set_defaults(run=_compare)
+
+    ins = sub.add_parser("insert", help="insert classes of a class store into a saved factorization (incremental MMF)")
+    ins.add_argument("result", help="result directory written by 'factorize' (with labels)")
+    ins.add_argument("store", help="class store holding the result's classes and the new ones")
+    ins.add_argument("--labels", nargs="+", default=None, help="classes to insert (default: all the result lacks)")
+    ins.add_argument("--out", "-o", required=True, help="new result directory")
+    ins.add_argument("--overwrite", action="store_true")
+    ins.set_defaults(run=_insert)
 
     demo = sub.add_parser("demo", help="factor the built-in hierarchical covariance and print the result")
     demo.add_argument("--size", type=int, default=1000)

@@ -165,3 +165,32 @@ def test_covariance_command_bad_input(tmp_path):
         _run("covariance", tmp_path / "wide.npy", tmp_path / "five.txt", "-o", out, "--append"), "dimension 4"
     )
     assert ms.Store.open(out).n_instances == 5
+
+
+def test_insert_command_streams_new_classes_from_a_store(tmp_path):
+    rng = np.random.default_rng(0)
+    names = [f"class{i}" for i in range(14)]
+    centres = rng.normal(size=(14, 8))
+    labels = rng.integers(0, 14, 420)
+    features = centres[labels] + 0.3 * rng.normal(size=(420, 8))
+    first = labels < 12
+    np.save(tmp_path / "f1.npy", features[first])
+    (tmp_path / "l1.txt").write_text("\n".join(names[i] for i in labels[first]) + "\n")
+    np.save(tmp_path / "f2.npy", features[~first])
+    (tmp_path / "l2.txt").write_text("\n".join(names[i] for i in labels[~first]) + "\n")
+    store, before, after = tmp_path / "s.zarr", tmp_path / "r.zarr", tmp_path / "r2.zarr"
+    assert _run("covariance", tmp_path / "f1.npy", tmp_path / "l1.txt", "-o", store).returncode == 0
+    assert _run("factorize", store, "-k", 3, "-o", before, "-q").returncode == 0
+    _assert_clean_error(_run("insert", before, store, "-o", after), "holds no class that the result lacks")
+    assert _run("covariance", tmp_path / "f2.npy", tmp_path / "l2.txt", "-o", store, "--append").returncode == 0
+    done = _run("insert", before, store, "-o", after)
+    assert done.returncode == 0, done.stderr
+    assert "inserted 2 class(es)" in done.stdout and "class12" in done.stdout
+    grown = ms.load(after)
+    opened = ms.Store.open(store)
+    slot = {label: i for i, label in enumerate(opened.labels.tolist())}
+    order = [slot[label] for label in grown.labels.tolist()]
+    C = np.asarray(opened.covariance)[np.ix_(order, order)]
+    assert np.isclose(grown.error, np.linalg.norm(C - grown.reconstruct()))
+    _assert_clean_error(_run("insert", before, store, "--labels", "nope", "-o", tmp_path / "x.zarr"), "not in the store")
+    _assert_clean_error(_run("insert", before, store, "-o", after), "already exists")
