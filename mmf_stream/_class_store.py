@@ -49,7 +49,7 @@ from mmf_stream._covariance import (
     encode_labels,
     sample_mask,
 )
-from mmf_stream._io import existing_path, one_line
+from mmf_stream._io import as_str_array, open_tagged_group
 
 FORMAT = "class-store"
 FORMAT_VERSION = 1
@@ -185,23 +185,9 @@ class Store:
     @classmethod
     def open(cls, path: str | os.PathLike, mode: str = "r+") -> Store:
         """Open a store; a write interrupted by a crash is completed first (needs ``mode='r+'``)."""
-        import zarr
-
         if mode not in ("r", "r+"):
             raise ValueError(f"mode must be 'r' or 'r+', got {mode!r}")
-        source = existing_path(path)
-        try:
-            group = zarr.open_group(str(source), mode=mode)
-            meta = group.attrs.get("mmf_stream")
-        except Exception as exc:  # noqa: BLE001
-            raise ValueError(f"{source} is not a Zarr group: {one_line(exc)}") from None
-        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-            raise ValueError(f"{source} is not an mmf_stream class store")
-        if meta.get("format_version") != FORMAT_VERSION:
-            raise ValueError(
-                f"{source} has store format version {meta.get('format_version')}; "
-                f"this mmf_stream reads version {FORMAT_VERSION}"
-            )
+        source, group, meta = open_tagged_group(path, FORMAT, (FORMAT_VERSION,), "class store", mode=mode)
         store = cls(source, group, writable=mode == "r+")
         if meta.get("pending") is not None:
             if mode != "r+":
@@ -248,7 +234,7 @@ class Store:
             return np.array([])
         values = np.asarray(self._group["labels"][: self.size])
         if values.dtype.kind in "OT":
-            values = np.array([str(x) for x in values.tolist()], dtype=str)
+            values = as_str_array(values)
         return values
 
     @property
@@ -353,8 +339,11 @@ class Store:
                 new_labels.append(label)
         new_size = size + len(new_labels)
         old = slots < size
-        old_sums = self.sums[slots[old]] if old.any() else np.zeros((0, sums.shape[1]))
-        old_counts = self.counts[slots[old]] if old.any() else np.zeros(0, np.int64)
+        if old.any():  # only the updated classes' rows
+            old_sums = np.asarray(self._group["sums"].oindex[slots[old], :])
+            old_counts = np.asarray(self._group["counts"].oindex[slots[old]])
+        else:
+            old_sums, old_counts = np.zeros((0, sums.shape[1])), np.zeros(0, np.int64)
         sums = sums.copy()
         counts = counts.copy()
         sums[old] += old_sums
@@ -378,7 +367,7 @@ class Store:
 
     def _means_buffer(self, needed: int, dim: int) -> np.ndarray:
         """In-memory means with spare rows (the committed ones are ``[:size]``)."""
-        buffer = getattr(self, "_buffer", None)
+        buffer = self._buffer
         if buffer is None or buffer.shape[0] < needed or buffer.shape[1] != dim:
             grown = np.zeros((max(needed, 2 * (0 if buffer is None else buffer.shape[0]), 64), dim))
             if self.size:

@@ -113,7 +113,6 @@ def greedy_factorize(
     levels: int,
     *,
     candidates: str = "neighbors",
-    refresh: int | None = None,
     seed: int = 0,
     progress: Callable[[int], None] | None = None,
     snapshot_sizes: tuple[int, ...] = (),
@@ -161,7 +160,7 @@ def greedy_factorize(
             t, direction = _best_exhaustive(work, active, k)
         else:
             t, direction = _best_cached(
-                work, energy, active, stale, tie_break, tuples, grams, directions, scores, k, refresh
+                work, energy, active, stale, tie_break, tuples, grams, directions, scores, k
             )
         block = K.tuple_block(work, t)
         rotation, pos = K.rotation_from_wavelet(direction, block)
@@ -218,28 +217,17 @@ def greedy_factorize(
     )
 
 
-def _best_cached(work, energy, active, stale, tie_break, tuples, grams, directions, scores, k, refresh):
+def _best_cached(work, energy, active, stale, tie_break, tuples, grams, directions, scores, k):
     """Select the level's tuple from the candidate cache.
 
-    Stale candidates (their tuple met an earlier winner) are rebuilt lazily: the
-    ``refresh`` stalest-looking (lowest old score) every level, and any that
-    reach the top of the ranking before it is trusted.
+    Stale candidates (their tuple met an earlier winner) are rebuilt first; the
+    best ``_RESCORE`` are then rescored exactly.
     """
-    pool = active & stale
-    if refresh is None or refresh >= pool.sum():
-        rebuild = np.flatnonzero(pool)
-    elif refresh <= 0:
-        rebuild = np.empty(0, dtype=np.int64)
-    else:
-        rebuild = K.smallest_scores(scores, pool, tie_break, refresh)
-    while True:
-        if rebuild.size:
-            _rebuild(work, energy, active, rebuild, k, tuples, grams, directions, scores)
-            stale[rebuild] = False
-        top = K.smallest_scores(scores, active, tie_break, _RESCORE)
-        rebuild = top[stale[top]]
-        if not rebuild.size:
-            break
+    rebuild = np.flatnonzero(active & stale)
+    if rebuild.size:
+        _rebuild(work, energy, active, rebuild, k, tuples, grams, directions, scores)
+        stale[rebuild] = False
+    top = K.smallest_scores(scores, active, tie_break, _RESCORE)
     best = None
     for p in top:
         t = tuples[p]

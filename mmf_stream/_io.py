@@ -15,6 +15,33 @@ def one_line(exc: BaseException) -> str:
     return text[0] if text else type(exc).__name__
 
 
+def as_str_array(values: np.ndarray) -> np.ndarray:
+    """Fixed-width ``str`` array from object or NumPy variable-length strings (as Zarr returns)."""
+    return np.array([str(x) for x in values.tolist()], dtype=str)
+
+
+def open_tagged_group(path: str | os.PathLike, fmt: str, versions: tuple[int, ...], kind: str, mode: str = "r"):
+    """Open an mmf_stream Zarr group; check its ``format`` and ``format_version``.
+
+    Returns ``(path, group, metadata)``; one-line ValueErrors otherwise.
+    """
+    import zarr
+
+    source = existing_path(path)
+    try:
+        group = zarr.open_group(str(source), mode=mode)
+        meta = group.attrs.get("mmf_stream")
+    except Exception as exc:  # noqa: BLE001 - zarr raises several types for non-groups
+        raise ValueError(f"{source} is not a Zarr group: {one_line(exc)}") from None
+    if not isinstance(meta, dict) or meta.get("format") != fmt:
+        raise ValueError(f"{source} is not an mmf_stream {kind} (no matching 'mmf_stream' format attribute)")
+    version = meta.get("format_version")
+    if version not in versions:
+        readable = ", ".join(map(str, versions))
+        raise ValueError(f"{source} has {kind} format version {version}; this mmf_stream reads version {readable}")
+    return source, group, dict(meta)
+
+
 def existing_path(path: str | os.PathLike) -> Path:
     """``path`` as a Path, or a one-line ValueError if nothing is there."""
     source = Path(path)
@@ -52,6 +79,25 @@ def read_matrix(path: str | os.PathLike) -> np.ndarray:
     except Exception as exc:  # noqa: BLE001 - any parser failure is "corrupt input"
         raise ValueError(f"cannot read {source}: {one_line(exc)}") from None
     raise ValueError(f"{source}: unknown matrix format {suffix or '(no suffix)'}; use .npy, .zarr or .mtx")
+
+
+def read_features(path: str | os.PathLike):
+    """Open features (n x D) without loading them: ``.npy`` (memory-mapped) or a Zarr array."""
+    source = existing_path(path)
+    suffix = source.suffix.lower()
+    if suffix not in (".npy", ".zarr") and not source.is_dir():
+        raise ValueError(f"{source}: unknown features format {suffix or '(no suffix)'}; use .npy or .zarr")
+    try:
+        if suffix == ".npy":
+            return np.load(source, allow_pickle=False, mmap_mode="r")
+        import zarr
+
+        node = zarr.open(str(source), mode="r")
+    except Exception as exc:  # noqa: BLE001 - any parser failure is "corrupt input"
+        raise ValueError(f"cannot read {source}: {one_line(exc)}") from None
+    if not isinstance(node, zarr.Array):
+        raise ValueError(f"{source} is a Zarr group; FEATURES must be a Zarr array")
+    return node
 
 
 def _read_zarr(source: Path):

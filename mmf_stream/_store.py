@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from mmf_stream._io import existing_path, one_line
+from mmf_stream._io import as_str_array, one_line, open_tagged_group
 
 FORMAT = "factorization"
 FORMAT_VERSION = 2
@@ -114,24 +114,11 @@ def _chunks(shape: tuple[int, ...]) -> tuple[int, ...]:
 
 def load_factorization(path: str | os.PathLike):
     """Read a factorization written by :meth:`Factorization.save`."""
-    import zarr
-
     from mmf_stream._engine import RawFactorization
     from mmf_stream._factorization import Factorization
 
-    source = existing_path(path)
-    try:
-        group = zarr.open_group(str(source), mode="r")
-    except Exception as exc:  # noqa: BLE001 - zarr raises several types for non-groups
-        raise ValueError(f"{source} is not a Zarr group: {one_line(exc)}") from None
-    meta = group.attrs.get("mmf_stream")
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise ValueError(f"{source} is not an mmf_stream factorization (no 'mmf_stream' format attribute)")
-    version = meta.get("format_version")
-    if version not in READABLE_VERSIONS:
-        raise ValueError(
-            f"{source} has factorization format version {version}; this mmf_stream reads version {FORMAT_VERSION}"
-        )
+    source, group, meta = open_tagged_group(path, FORMAT, READABLE_VERSIONS, "factorization")
+    version = meta["format_version"]
     try:
         arrays = {name: np.asarray(group[name][...]) for name in _ARRAYS}
         labels = np.asarray(group["labels"][...]) if meta.get("labels") else None
@@ -159,7 +146,7 @@ def load_factorization(path: str | os.PathLike):
         if labels.shape != (size,):
             raise ValueError(f"{source} is corrupt: labels has shape {labels.shape}, expected {(size,)}")
         if labels.dtype.kind in "OT":  # zarr returns variable-length strings
-            labels = np.array([str(x) for x in labels.tolist()], dtype=str)
+            labels = as_str_array(labels)
     for name in ("tuples", "wavelets", "core"):
         values = arrays[name]
         if values.size and (values.min() < 0 or values.max() >= size):

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from mmf_stream import _kernels as K
+from mmf_stream._io import as_str_array
 
 
 def _as_2d_array(matrix: Any) -> np.ndarray:
@@ -109,7 +110,7 @@ def labels_for(labels: Any, size: int) -> np.ndarray | None:
     if np.issubdtype(array.dtype, np.integer) or array.dtype == np.bool_:
         array = array.astype(np.int64)
     elif array.dtype.kind in "UST":
-        array = np.array([str(x) for x in array.tolist()], dtype=str)
+        array = as_str_array(array)
     elif array.dtype == object:
         if not all(isinstance(x, str) for x in array):
             raise TypeError("labels must be all integers or all strings")

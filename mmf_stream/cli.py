@@ -76,34 +76,12 @@ def _stored_labels(path: str):
         return None
 
 
-def _read_features(path: str):
-    from mmf_stream._io import existing_path
-
-    source = existing_path(path)
-    if source.suffix.lower() == ".npy":
-        import numpy as np
-
-        try:
-            return np.load(source, allow_pickle=False, mmap_mode="r")
-        except Exception as exc:  # noqa: BLE001
-            raise ValueError(f"cannot read {source}: {str(exc).splitlines()[0] if str(exc) else exc!r}") from None
-    if source.is_dir() or source.suffix.lower() == ".zarr":
-        import zarr
-
-        try:
-            node = zarr.open(str(source), mode="r")
-        except Exception as exc:  # noqa: BLE001
-            raise ValueError(f"cannot read {source}: {str(exc).splitlines()[0] if str(exc) else exc!r}") from None
-        if not isinstance(node, zarr.Array):
-            raise ValueError(f"{source} is a Zarr group; FEATURES must be a Zarr array")
-        return node
-    raise ValueError(f"{source}: unknown features format {source.suffix or '(no suffix)'}; use .npy or .zarr")
-
-
 def _covariance(args: argparse.Namespace) -> int:
     import mmf_stream as ms
 
-    features = _read_features(args.features)
+    from mmf_stream._io import read_features
+
+    features = read_features(args.features)
     labels = ms.read_labels(args.labels)
     out = Path(args.out)
     if out.exists() and not (args.overwrite or args.append):

@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from mmf_stream.views._layout import GraphLayout, layout
+from mmf_stream.views._layout import GraphLayout, display_labels, layout
 
 _ROW = 0.55  # vertical distance between members of a level (inches)
 
@@ -151,7 +151,7 @@ def plot_with_dendrogram(factorization: Any, matrix: np.ndarray, **kwargs: Any):
         highlight=kwargs.get("highlight"), index_labels=kwargs.get("index_labels", False),
     )
     width = _column_width(graph)
-    names = [str(x) for x in (factorization.labels.tolist() if factorization.labels is not None else range(factorization.size))]
+    names = display_labels(factorization, index_labels=True)
     fig_width = min(200.0, max(8.0, width * len(graph.levels) + 1.5, 0.25 * len(names)))
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(fig_width, 2.2 + _ROW * graph.order + 4.0),
                                       gridspec_kw={"height_ratios": [1.6 + _ROW * graph.order, 4.0]})

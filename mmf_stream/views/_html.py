@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from mmf_stream.views._layout import GraphLayout, layout
+from mmf_stream.views._layout import GraphLayout, display_labels, layout
 
 _COL_PAD = 36
 _ROW_H = 34
@@ -247,7 +247,7 @@ def to_html(
 
         from mmf_stream.views._figure import plot_dendrogram
 
-        names = [str(x) for x in (factorization.labels.tolist() if factorization.labels is not None else range(factorization.size))]
+        names = display_labels(factorization, index_labels=True)
         fig = plot_dendrogram(np.asarray(matrix), names)
         buffer = io.StringIO()
         fig.savefig(buffer, format="svg", bbox_inches="tight")
