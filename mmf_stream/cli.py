@@ -10,7 +10,6 @@ import argparse
 import sys
 import time
 from collections.abc import Sequence
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -23,14 +22,11 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
 
 
-@contextmanager
 def _progress_bar(total: int, desc: str, quiet: bool):
-    """A tqdm bar on stderr (levels done, rate, ETA), silent when not a terminal."""
-    from tqdm import tqdm
+    """The shared progress bar (levels done, rate, ETA); silent when not a terminal."""
+    from mmf_stream._progress import progress
 
-    disable = True if quiet else None  # None: tqdm turns itself off on non-TTYs
-    with tqdm(total=total, desc=desc, unit="level", disable=disable, file=sys.stderr, leave=False) as bar:
-        yield bar.update
+    return progress(total, desc, unit="level", quiet=quiet)
 
 
 def _factorize(args: argparse.Namespace) -> int:
