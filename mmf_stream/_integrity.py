@@ -1,0 +1,171 @@
+"""Safety of data on disk: complete reads, durable writes, what may be replaced.
+
+Zarr reads a missing chunk as the array's fill value, silently. Every array
+mmf_stream writes is written with ``write_empty_chunks=True`` (see
+:func:`writing_every_chunk`), so each chunk that holds committed data exists as a
+file, and a reader can refuse an array with a chunk missing instead of reading
+zeros (:func:`require_complete`).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from itertools import product
+from pathlib import Path
+from typing import Any
+
+#: the ``format`` attributes of groups that mmf_stream writes (and so may replace)
+OWN_FORMATS = ("factorization", "class-store")
+
+
+@contextmanager
+def writing_every_chunk() -> Iterator[None]:
+    """Zarr arrays opened or created inside write every chunk, zeros too.
+
+    With Zarr's default (``write_empty_chunks=False``) a chunk equal to the fill
+    value is not stored (or is deleted), which would make a missing chunk
+    indistinguishable from a lost one.
+    """
+    import zarr
+
+    with zarr.config.set({"array.write_empty_chunks": True}):
+        yield
+
+
+def _chunk_file(array: Any, coords: tuple[int, ...]) -> Path | None:
+    root = getattr(array.store, "root", None)
+    if root is None:  # not a local store: cannot check cheaply
+        return None
+    key = array.metadata.encode_chunk_key(coords)
+    return Path(root) / array.path / key
+
+
+def missing_chunks(
+    array: Any,
+    rows: int | None = None,
+    keep: Callable[[tuple[int, ...]], bool] | None = None,
+    limit: int = 1,
+) -> list[tuple[int, ...]]:
+    """Chunks of ``array`` that should hold data but have no file.
+
+    Parameters
+    ----------
+    array : zarr.Array
+        An array in a local store (other stores are not checked: returns []).
+    rows : int, optional
+        Only chunks overlapping the first ``rows`` entries along axis 0 (and,
+        for square 2-D arrays, the first ``rows`` columns) are expected.
+    keep : callable, optional
+        ``keep(chunk_coords)`` says whether a chunk is expected at all (e.g. only
+        the lower triangle of a covariance).
+    limit : int
+        Stop after this many missing chunks.
+    """
+    if getattr(array.store, "root", None) is None or array.size == 0:
+        return []
+    chunks = array.chunks
+    shape = list(array.shape)
+    if rows is not None:
+        shape[0] = min(shape[0], rows)
+        if len(shape) == 2 and array.shape[0] == array.shape[1]:
+            shape[1] = min(shape[1], rows)
+    counts = [-(-n // c) for n, c in zip(shape, chunks)]
+    found: list[tuple[int, ...]] = []
+    for coords in product(*(range(n) for n in counts)):
+        if keep is not None and not keep(coords):
+            continue
+        path = _chunk_file(array, coords)
+        if path is not None and not path.is_file():
+            found.append(coords)
+            if len(found) >= limit:
+                break
+    return found
+
+
+def require_complete(
+    array: Any,
+    what: str,
+    rows: int | None = None,
+    keep: Callable[[tuple[int, ...]], bool] | None = None,
+) -> None:
+    """Raise a one-line ``ValueError`` if a chunk of ``array`` that holds data is missing.
+
+    ``what`` names the array in the message ("result.zarr: rotations").
+    """
+    missing = missing_chunks(array, rows=rows, keep=keep, limit=1)
+    if missing:
+        key = array.metadata.encode_chunk_key(missing[0])
+        raise ValueError(f"{what} is incomplete: chunk {key} is missing")
+
+
+def fsync_tree(path: Path) -> None:
+    """fsync every file and directory under ``path`` (and ``path`` itself)."""
+    for root, _dirs, files in os.walk(path):
+        for name in files:
+            _fsync_path(Path(root) / name)
+        _fsync_path(Path(root))
+
+
+def fsync_dir(path: Path) -> None:
+    """fsync a directory (makes a rename inside it durable)."""
+    _fsync_path(path)
+
+
+def _fsync_path(path: Path) -> None:
+    flags = os.O_RDONLY | (os.O_DIRECTORY if path.is_dir() else 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some filesystems refuse fsync on directories
+    finally:
+        os.close(fd)
+
+
+def own_format(path: Path) -> str | None:
+    """The mmf_stream format of the group at ``path`` (None if it is not one of ours)."""
+    import json
+
+    meta_file = path / "zarr.json"
+    try:
+        meta = json.loads(meta_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    attrs = meta.get("attributes", {}) if isinstance(meta, dict) else {}
+    tag = attrs.get("mmf_stream") if isinstance(attrs, dict) else None
+    fmt = tag.get("format") if isinstance(tag, dict) else None
+    return fmt if fmt in OWN_FORMATS else None
+
+
+def check_replaceable(path: str | os.PathLike, overwrite: bool, kinds: tuple[str, ...] = OWN_FORMATS) -> None:
+    """Refuse to replace anything but an mmf_stream result or store (or an empty directory).
+
+    Raises a one-line ``ValueError`` if ``path`` exists and either ``overwrite``
+    is false or ``path`` is not recognisably something mmf_stream wrote (one of
+    ``kinds``). Nothing is deleted here.
+    """
+    target = Path(path)
+    if not target.exists() and not target.is_symlink():
+        return
+    if not overwrite:
+        raise ValueError(f"{target} already exists (use --overwrite / overwrite=True to replace it)")
+    if target.is_symlink():
+        raise ValueError(f"{target} is a symbolic link; refusing to replace it")
+    if not target.is_dir():
+        raise ValueError(f"{target} is a file, not an mmf_stream result or store; refusing to replace it")
+    if not any(target.iterdir()):
+        return
+    fmt = own_format(target)
+    if fmt is None:
+        raise ValueError(
+            f"{target} is not an mmf_stream result or store; refusing to replace it "
+            "(--overwrite only replaces what mmf_stream wrote)"
+        )
+    if fmt not in kinds:
+        wanted = " or ".join(kinds)
+        raise ValueError(f"{target} is a {fmt}, not a {wanted}; refusing to replace it")
