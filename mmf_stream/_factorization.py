@@ -12,8 +12,35 @@ import numpy as np
 from mmf_stream import _kernels as K
 from mmf_stream import _validation as V
 from mmf_stream._engine import RawFactorization, greedy_factorize
+from mmf_stream._fingerprint import of_matrix
 
 CANDIDATE_METHODS = ("neighbors", "exhaustive")
+#: exhaustive search refuses to score more tuples than this (over all levels)
+EXHAUSTIVE_MAX_TUPLES = 2_000_000
+#: exhaustive search warns when its estimated time exceeds this many seconds
+EXHAUSTIVE_WARN_SECONDS = 10.0
+#: measured cost of scoring one k-tuple exhaustively, per k**3 (seconds, 2-core machine)
+EXHAUSTIVE_SECONDS_PER_K3 = 1.5e-6
+
+
+def _check_exhaustive_cost(size: int, order: int, n_levels: int) -> None:
+    """Refuse exhaustive searches that cannot finish; warn before long ones."""
+    import warnings
+    from math import comb
+
+    scorings = sum(comb(size - level, order) for level in range(n_levels))
+    if scorings > EXHAUSTIVE_MAX_TUPLES:
+        raise ValueError(
+            f"exhaustive search would score {scorings:,} tuples; use candidates='neighbors' "
+            "for matrices of this size"
+        )
+    seconds = scorings * order**3 * EXHAUSTIVE_SECONDS_PER_K3
+    if seconds > EXHAUSTIVE_WARN_SECONDS:
+        warnings.warn(
+            f"exhaustive search scores {scorings:,} tuples of {order}: about {seconds:.0f} s "
+            "(candidates='neighbors' takes well under a second)",
+            stacklevel=3,
+        )
 
 
 @dataclass(frozen=True)
@@ -203,6 +230,14 @@ class Factorization:
         K.apply_rotations(approx, self._raw.tuples, self._raw.rotations, True)
         return 0.5 * (approx + approx.T)
 
+    @property
+    def fingerprint(self):
+        """The :class:`~mmf_stream._fingerprint.Fingerprint` of the factored matrix
+        (its diagonal and a fixed random probe ``C r``), used to check that a
+        class store still holds the factored classes before inserting; None for
+        results saved by versions without it."""
+        return self.metadata.get("fingerprint")
+
     # -------------------------------------------------------------- insertion
     @property
     def insertion_report(self):
@@ -373,15 +408,9 @@ def factorize(
     labels_array = V.labels_for(labels, size)
     n_levels = size - core_size
     if candidates == "exhaustive":
-        from math import comb
-
-        scorings = sum(comb(size - level, order) for level in range(n_levels))
-        if scorings > 2_000_000:
-            raise ValueError(
-                f"exhaustive search would score {scorings:,} tuples; use candidates='neighbors' "
-                "for matrices of this size"
-            )
+        _check_exhaustive_cost(size, order, n_levels)
     norm = float(np.linalg.norm(work))
+    fingerprint = of_matrix(work)  # before the engine consumes ``work``
     from mmf_stream._incremental import snapshot_sizes
 
     raw = greedy_factorize(
@@ -394,5 +423,5 @@ def factorize(
         order=order,
         norm=norm,
         labels=labels_array,
-        metadata={"seed": int(seed), "candidates": candidates},
+        metadata={"seed": int(seed), "candidates": candidates, "fingerprint": fingerprint},
     )

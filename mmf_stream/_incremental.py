@@ -29,6 +29,7 @@ import numpy as np
 from numba import njit
 
 from mmf_stream._engine import RawFactorization, greedy_factorize
+from mmf_stream._fingerprint import extend, of_matrix
 from mmf_stream._kernels import rotate_rows_inplace
 
 #: fractions of the size at which snapshots are kept (shallowest first)
@@ -315,6 +316,7 @@ def build_insertion(factorization: Any, columns: Any, diagonals: Any, labels: An
     extras = new_raw.level_errors[:cut_level] - raw.level_errors[:cut_level]
     shallow_cut = new_raw.snapshots[0][0]
     drift = float(factorization.metadata.get("drift", 0.0)) + float(np.sum(extras[: min(cut_level, shallow_cut)]))
+    fingerprint = factorization.metadata.get("fingerprint")
     result = Factorization(
         new_raw,
         order=factorization.order,
@@ -324,6 +326,7 @@ def build_insertion(factorization: Any, columns: Any, diagonals: Any, labels: An
             **{k: v for k, v in factorization.metadata.items() if k != "insertion_report"},
             "since_repair": 0 if shallow else since,
             "drift": drift,
+            "fingerprint": None if fingerprint is None else extend(fingerprint, old, block),
         },
     )
     new_ids = list(range(size, size + count))
@@ -446,5 +449,6 @@ def factorize_incremental(
         order=order,
         norm=float(np.linalg.norm(work)),
         labels=label_array,
-        metadata={"seed": seed, "candidates": "neighbors", "refreshes": refreshes, "since_repair": 0, "drift": 0.0},
+        metadata={"seed": seed, "candidates": "neighbors", "refreshes": refreshes, "since_repair": 0, "drift": 0.0,
+                  "fingerprint": of_matrix(work)},
     )

@@ -42,6 +42,23 @@ def open_tagged_group(path: str | os.PathLike, fmt: str, versions: tuple[int, ..
     return source, group, dict(meta)
 
 
+def load_npy(source: Path, *, mmap: bool) -> np.ndarray:
+    """Load a ``.npy`` file (never unpickling), with one-line errors that say what is wrong."""
+    with open(source, "rb") as handle:
+        if handle.read(6) != b"\x93NUMPY":
+            raise ValueError(f"{source} is not a .npy file (it does not start with the NumPy header)")
+    try:
+        return np.load(source, allow_pickle=False, mmap_mode="r" if mmap else None)
+    except ValueError as exc:
+        if "allow_pickle" in str(exc) or "pickle" in str(exc).lower() or "Python objects" in str(exc):
+            raise ValueError(
+                f"{source} holds Python objects, not numbers or strings (object arrays are not read, for safety)"
+            ) from None
+        raise ValueError(f"{source} is not a valid .npy file: {one_line(exc)}") from None
+    except (OSError, EOFError) as exc:
+        raise ValueError(f"{source} is not a valid .npy file: {one_line(exc)}") from None
+
+
 def existing_path(path: str | os.PathLike) -> Path:
     """``path`` as a Path, or a one-line ValueError if nothing is there."""
     source = Path(path)
@@ -64,7 +81,7 @@ def read_matrix(path: str | os.PathLike) -> np.ndarray:
     suffix = source.suffix.lower()
     try:
         if suffix == ".npy":
-            return np.load(source, allow_pickle=False, mmap_mode="r")
+            return load_npy(source, mmap=True)
         if suffix == ".mtx":
             import scipy.io
 
@@ -89,7 +106,7 @@ def read_features(path: str | os.PathLike):
         raise ValueError(f"{source}: unknown features format {suffix or '(no suffix)'}; use .npy or .zarr")
     try:
         if suffix == ".npy":
-            return np.load(source, allow_pickle=False, mmap_mode="r")
+            return load_npy(source, mmap=True)
         import zarr
 
         node = zarr.open(str(source), mode="r")
@@ -128,9 +145,10 @@ def read_labels(path: str | os.PathLike) -> np.ndarray:
     suffix = source.suffix.lower()
     try:
         if suffix == ".npy":
-            return np.load(source, allow_pickle=False)
+            return load_npy(source, mmap=False)
         if suffix in (".txt", ".csv", ""):
-            with open(source, newline="", encoding="utf-8") as handle:
+            # utf-8-sig: a byte-order mark (as some editors write) is not part of the first label
+            with open(source, newline="", encoding="utf-8-sig") as handle:
                 if suffix == ".csv":
                     rows = [row[0].strip() if row else "" for row in csv.reader(handle)]
                 else:

@@ -19,8 +19,11 @@ snapshot_i_*    (n_i,),      int64,     insertion state: indices active at cut
 
 Group attribute ``mmf_stream`` holds ``format`` ("factorization"),
 ``format_version``, ``order``, ``size``, ``n_levels``, ``core_size``, ``error``,
-``norm``, ``relative_error``, ``labels`` (true/false), ``seed``, ``candidates``
-and ``library_version``.
+``norm``, ``relative_error``, ``labels`` (true/false), ``seed``, ``candidates``,
+``library_version`` and ``fingerprint_scale`` (with the arrays
+``fingerprint_diagonal`` and ``fingerprint_probe``: see
+:mod:`mmf_stream._fingerprint`). Every chunk is written (zeros too), so a
+missing chunk file is detected on load.
 """
 
 from __future__ import annotations
@@ -33,6 +36,15 @@ from typing import Any
 
 import numpy as np
 
+from mmf_stream._fingerprint import Fingerprint
+from mmf_stream._integrity import (
+    check_replaceable,
+    fsync_dir,
+    fsync_tree,
+    own_format,
+    require_complete,
+    writing_every_chunk,
+)
 from mmf_stream._io import as_str_array, one_line, open_tagged_group
 
 FORMAT = "factorization"
@@ -43,38 +55,35 @@ _ARRAYS = ("tuples", "wavelets", "rotations", "level_errors", "diagonal", "core"
 
 
 def save_factorization(factorization: Any, path: str | os.PathLike, *, overwrite: bool = False) -> None:
+    """Write ``factorization`` at ``path`` atomically and durably.
+
+    The group is written beside ``path`` (``.NAME.tmp-PID-XXXX``), every file and
+    directory is fsynced, and it is then swapped into place: with Linux's
+    ``renameat2(RENAME_EXCHANGE)`` in one step, elsewhere in two renames with the
+    old result kept aside as ``.NAME.replaced-XXXX`` until the new one is in
+    place. :func:`load_factorization` restores such an aside copy if a crash
+    came between the two renames. ``overwrite`` replaces only an existing
+    mmf_stream factorization.
+    """
     import zarr
 
     from mmf_stream import __version__
 
     target = Path(path)
-    if target.exists() and not overwrite:
-        raise ValueError(f"{target} already exists (pass overwrite=True / --overwrite to replace it)")
-    if target.exists() and not target.is_dir():
-        raise ValueError(f"{target} exists and is not a directory")
+    check_replaceable(target, overwrite, kinds=(FORMAT,))
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
+    _drop_dead_staging(target)
+    staging = target.parent / f".{target.name}{_STAGING}{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
-        group = zarr.open_group(str(staging), mode="w")
-        for name in _ARRAYS:
-            data = np.ascontiguousarray(getattr(factorization, name))
-            array = group.create_array(name, shape=data.shape, dtype=data.dtype, chunks=_chunks(data.shape))
-            if data.size:
-                array[...] = data
-        snapshot_levels = []
-        for number, (level, indices, block) in enumerate(factorization._raw.snapshots):
-            snapshot_levels.append(int(level))
-            for suffix, data in (("indices", indices), ("block", block)):
+        with writing_every_chunk():
+            group = zarr.open_group(str(staging), mode="w")
+            for name, data in _arrays_to_save(factorization):
                 data = np.ascontiguousarray(data)
-                array = group.create_array(
-                    f"snapshot_{number}_{suffix}", shape=data.shape, dtype=data.dtype, chunks=_chunks(data.shape)
-                )
-                array[...] = data
-        labels = factorization.labels
-        if labels is not None:
-            dtype = str if labels.dtype.kind == "U" else labels.dtype
-            array = group.create_array("labels", shape=labels.shape, dtype=dtype)
-            array[...] = labels
+                dtype = str if data.dtype.kind == "U" else data.dtype
+                array = group.create_array(name, shape=data.shape, dtype=dtype, chunks=_chunks(data.shape))
+                if data.size:
+                    array[...] = data
+        fingerprint = factorization.fingerprint
         group.attrs["mmf_stream"] = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
@@ -85,24 +94,136 @@ def save_factorization(factorization: Any, path: str | os.PathLike, *, overwrite
             "error": factorization.error,
             "norm": factorization.norm,
             "relative_error": factorization.relative_error,
-            "labels": labels is not None,
+            "labels": factorization.labels is not None,
             "seed": factorization.metadata.get("seed"),
             "candidates": factorization.metadata.get("candidates"),
             "library_version": __version__,
-            "snapshot_levels": snapshot_levels,
+            "snapshot_levels": [int(level) for level, _, _ in factorization._raw.snapshots],
             "since_repair": int(factorization.metadata.get("since_repair", 0)),
             "drift": float(factorization.metadata.get("drift", 0.0)),
+            "fingerprint_scale": None if fingerprint is None else float(fingerprint.scale),
         }
-        if target.exists():
-            backup = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
-            target.rename(backup)
-            staging.rename(target)
-            shutil.rmtree(backup, ignore_errors=True)
-        else:
-            staging.rename(target)
+        fsync_tree(staging)
+        _swap_into_place(staging, target)
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
+
+
+def _arrays_to_save(factorization: Any) -> list[tuple[str, np.ndarray]]:
+    arrays = [(name, getattr(factorization, name)) for name in _ARRAYS]
+    for number, (_level, indices, block) in enumerate(factorization._raw.snapshots):
+        arrays += [(f"snapshot_{number}_indices", indices), (f"snapshot_{number}_block", block)]
+    if factorization.labels is not None:
+        arrays.append(("labels", factorization.labels))
+    fingerprint = factorization.fingerprint
+    if fingerprint is not None:
+        arrays += [("fingerprint_diagonal", fingerprint.diagonal), ("fingerprint_probe", fingerprint.probe)]
+    return arrays
+
+
+#: name parts of the sibling directories a save makes beside its target
+_STAGING = ".tmp-"
+_REPLACED = ".replaced-"
+#: renameat2 flag: swap two paths atomically (Linux 3.15+, most local filesystems)
+_RENAME_EXCHANGE = 2
+#: test hook: a point at which a saving process exits abruptly (see tests)
+_CRASH_ENV = "MMF_STREAM_CRASH_AT"
+
+
+def _crash_point(name: str) -> None:
+    if os.environ.get(_CRASH_ENV) == name:
+        os._exit(17)
+
+
+def _exchange(first: Path, second: Path) -> bool:
+    """Swap two paths in one atomic step; False where the system cannot."""
+    if os.environ.get("MMF_STREAM_NO_EXCHANGE"):  # test hook: force the two-rename path
+        return False
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd = -100
+    done = renameat2(at_fdcwd, os.fsencode(first), at_fdcwd, os.fsencode(second), _RENAME_EXCHANGE)
+    return done == 0
+
+
+def _swap_into_place(staging: Path, target: Path) -> None:
+    parent = target.parent
+    if not target.exists():
+        os.rename(staging, target)
+        fsync_dir(parent)
+        _drop_replaced(target)
+        return
+    if _exchange(staging, target):  # staging now holds the old result
+        fsync_dir(parent)
+        shutil.rmtree(staging, ignore_errors=True)
+        return
+    aside = parent / f".{target.name}{_REPLACED}{uuid.uuid4().hex[:8]}"
+    os.rename(target, aside)
+    fsync_dir(parent)
+    _crash_point("save-between-renames")
+    os.rename(staging, target)
+    fsync_dir(parent)
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+def _siblings(target: Path, part: str) -> list[Path]:
+    prefix = f".{target.name}{part}"
+    if not target.parent.is_dir():
+        return []
+    return [p for p in target.parent.iterdir() if p.name.startswith(prefix) and own_format(p) == FORMAT]
+
+
+def _drop_replaced(target: Path) -> None:
+    """Aside copies are stale once a result is in place again."""
+    for aside in _siblings(target, _REPLACED):
+        shutil.rmtree(aside, ignore_errors=True)
+
+
+def _drop_dead_staging(target: Path) -> None:
+    """Remove staging directories of saves whose process is gone (a killed save)."""
+    prefix = f".{target.name}{_STAGING}"
+    if not target.parent.is_dir():
+        return
+    for staging in target.parent.iterdir():
+        if not staging.name.startswith(prefix):
+            continue
+        pid = staging.name[len(prefix):].split("-")[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def recover_interrupted_save(path: str | os.PathLike) -> bool:
+    """Put back the result a save set aside if it was killed between its two renames.
+
+    Returns True when a result was restored at ``path``.
+    """
+    target = Path(path)
+    if target.exists() or target.is_symlink():
+        return False
+    candidates = sorted(_siblings(target, _REPLACED), key=lambda p: p.stat().st_mtime, reverse=True)
+    if not candidates:
+        return False
+    os.rename(candidates[0], target)
+    fsync_dir(target.parent)
+    _drop_replaced(target)
+    _drop_dead_staging(target)
+    return True
 
 
 def _chunks(shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -117,16 +238,31 @@ def load_factorization(path: str | os.PathLike):
     from mmf_stream._engine import RawFactorization
     from mmf_stream._factorization import Factorization
 
+    recover_interrupted_save(path)
     source, group, meta = open_tagged_group(path, FORMAT, READABLE_VERSIONS, "factorization")
     version = meta["format_version"]
+
+    def read(name: str) -> np.ndarray:
+        if name not in group:
+            raise ValueError(f"{source} is corrupt: array {name!r} is missing")
+        array = group[name]
+        require_complete(array, f"{source}: {name}")
+        return np.asarray(array[...])
+
+    has_fingerprint = meta.get("fingerprint_scale") is not None
     try:
-        arrays = {name: np.asarray(group[name][...]) for name in _ARRAYS}
-        labels = np.asarray(group["labels"][...]) if meta.get("labels") else None
+        arrays = {name: read(name) for name in _ARRAYS}
+        labels = read("labels") if meta.get("labels") else None
         snapshots = [
-            (int(level), np.asarray(group[f"snapshot_{i}_indices"][...]), np.asarray(group[f"snapshot_{i}_block"][...]))
+            (int(level), read(f"snapshot_{i}_indices"), read(f"snapshot_{i}_block"))
             for i, level in enumerate(meta.get("snapshot_levels", []))
         ]
-    except Exception as exc:  # noqa: BLE001
+        fingerprint_arrays = (read("fingerprint_diagonal"), read("fingerprint_probe")) if has_fingerprint else None
+    except ValueError as exc:
+        if str(exc).startswith(str(source)):
+            raise
+        raise ValueError(f"{source} is corrupt: {one_line(exc)}") from None
+    except Exception as exc:  # noqa: BLE001 - codec and store errors on damaged chunks
         raise ValueError(f"{source} is corrupt: {one_line(exc)}") from None
     order, size = int(meta["order"]), int(meta["size"])
     n_levels, core_size = int(meta["n_levels"]), int(meta["core_size"])
@@ -155,6 +291,14 @@ def load_factorization(path: str | os.PathLike):
         n = indices.shape[0]
         if block.shape != (n, n) or not 0 <= level <= n_levels or (n and (indices.min() < 0 or indices.max() >= size)):
             raise ValueError(f"{source} is corrupt: an insertion snapshot does not fit the factorization")
+    fingerprint = None
+    if fingerprint_arrays is not None:
+        if any(a.shape != (size,) for a in fingerprint_arrays):
+            raise ValueError(f"{source} is corrupt: the fingerprint does not fit the factorization")
+        fingerprint = Fingerprint(*fingerprint_arrays, scale=float(meta["fingerprint_scale"]))
+    for name in ("rotations", "level_errors", "diagonal", "core_block"):
+        if not np.all(np.isfinite(arrays[name])):
+            raise ValueError(f"{source} is corrupt: {name} has non-finite values")
     raw = RawFactorization(**arrays, snapshots=snapshots)
     return Factorization(
         raw,
@@ -167,5 +311,6 @@ def load_factorization(path: str | os.PathLike):
             "format_version": version,
             "since_repair": int(meta.get("since_repair", 0)),
             "drift": float(meta.get("drift", 0.0)),
+            "fingerprint": fingerprint,
         },
     )

@@ -11,6 +11,10 @@ from mmf_stream import _kernels as K
 from mmf_stream._io import as_str_array
 
 
+#: largest accepted |C_ij|: MMF sums squared entries, and float64 overflows near 1e308
+MAX_ABS_ENTRY = 1e150
+
+
 def _as_2d_array(matrix: Any) -> np.ndarray:
     """Bring any array-like (NumPy, Zarr, SciPy sparse, nested lists) to a NumPy array."""
     if hasattr(matrix, "toarray") and callable(matrix.toarray):  # SciPy sparse
@@ -56,6 +60,11 @@ def symmetric_matrix(matrix: Any, *, tolerance: float = 1e-8) -> np.ndarray:
         bad = np.argwhere(~np.isfinite(array))[0]
         raise ValueError(
             f"matrix has non-finite entries (NaN or Inf), first at ({bad[0]}, {bad[1]})"
+        )
+    if largest > MAX_ABS_ENTRY:
+        raise ValueError(
+            f"matrix entries reach {largest:.3g}: beyond {MAX_ABS_ENTRY:g} their squares overflow in the "
+            "error; rescale the matrix (for example divide it by its largest entry)"
         )
     if worst > tolerance * max(largest, np.finfo(np.float64).tiny):
         raise ValueError(

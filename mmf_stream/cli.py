@@ -14,6 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
+from mmf_stream._integrity import check_replaceable
+from mmf_stream._io import one_line
+
 EXIT_USAGE = 2
 
 
@@ -33,14 +36,14 @@ def _factorize(args: argparse.Namespace) -> int:
     import mmf_stream as ms
 
     out = Path(args.out)
-    if out.exists() and not args.overwrite:
-        raise ValueError(f"{out} already exists (use --overwrite to replace it)")
+    check_replaceable(out, args.overwrite, kinds=("factorization",))
     matrix = ms.read_matrix(args.input)
     labels = ms.read_labels(args.labels) if args.labels else _stored_labels(args.input)
     shape = getattr(matrix, "shape", (0,))
     size = shape[0] if len(shape) else 0
     core = args.core_size if args.core_size is not None else args.order - 1
     start = time.perf_counter()
+    _compile_notice(args.quiet)
     with _progress_bar(max(size - core, 0), "factorize", args.quiet) as update:
         result = ms.factorize(
             matrix,
@@ -80,24 +83,35 @@ def _covariance(args: argparse.Namespace) -> int:
     features = read_features(args.features)
     labels = ms.read_labels(args.labels)
     out = Path(args.out)
-    if out.exists() and not (args.overwrite or args.append):
-        raise ValueError(f"{out} already exists (use --append to add to it or --overwrite to replace it)")
-    if args.append and out.exists():
+    appending = args.append and out.exists()
+    if not appending:
+        check_replaceable(out, args.overwrite, kinds=("class-store",))
+    if args.append and args.overwrite:
+        raise ValueError("--append and --overwrite exclude each other")
+    start = time.perf_counter()
+    if appending:
         store = ms.Store.open(out)
+        for option in ("center", "normalize"):
+            given = getattr(args, option)
+            if given and not getattr(store, option):
+                raise ValueError(
+                    f"--{option} conflicts with the store's {option}=False (fixed when {out} was made); "
+                    f"factor it with the option instead, or make a new store"
+                )
     else:
         # check the input before replacing anything
         from mmf_stream._covariance import _feature_shape, encode_labels
 
         encode_labels(labels, _feature_shape(features)[0])
         store = ms.Store.create(out, center=args.center, normalize=args.normalize, overwrite=args.overwrite)
-    start = time.perf_counter()
+    _compile_notice(False)
     try:
         report = store.add_classes(features, labels, max_per_class=args.max_per_class, seed=args.seed)
-    except (ValueError, TypeError):
-        if not args.append and store.size == 0:
+    except BaseException:
+        if not appending and store.size == 0:
             import shutil
 
-            shutil.rmtree(out, ignore_errors=True)  # do not leave an empty store behind
+            shutil.rmtree(out, ignore_errors=True)  # ours, just made and still empty: leave nothing behind
         raise
     seconds = time.perf_counter() - start
     print(
@@ -217,9 +231,9 @@ def _compare(args: argparse.Namespace) -> int:
 def _insert(args: argparse.Namespace) -> int:
     import mmf_stream as ms
 
+    start = time.perf_counter()
     out = Path(args.out)
-    if out.exists() and not args.overwrite:
-        raise ValueError(f"{out} already exists (use --overwrite to replace it)")
+    check_replaceable(out, args.overwrite, kinds=("factorization",))
     result = ms.load(args.result)
     if result.labels is None:
         raise ValueError(f"{args.result} has no labels; insert matches classes by label")
@@ -235,34 +249,64 @@ def _insert(args: argparse.Namespace) -> int:
     missing = [label for label in old if label not in slot]
     if missing:
         raise ValueError(f"class {missing[0]!r} of the result is not in the store")
-    wanted = args.labels if args.labels else [label for label in store_labels if label not in set(old)]
+    known = set(old)
+    wanted = args.labels if args.labels else [label for label in store_labels if label not in known]
     if not wanted:
         raise ValueError("the store holds no class that the result lacks")
     kind = type(old[0]) if old else str
     new = []
     for label in wanted:
-        key = kind(label) if not isinstance(label, kind) else label
+        try:
+            key = kind(label) if not isinstance(label, kind) else label
+        except ValueError:
+            raise ValueError(f"class {label!r} is not in the store") from None
         if key not in slot:
             raise ValueError(f"class {label!r} is not in the store")
-        if key in set(old):
+        if key in known:
             raise ValueError(f"class {label!r} is already in the factorization")
         new.append(key)
     order = np.array([slot[label] for label in old + new])
-    matrix = store.matrix()[np.ix_(order, order[len(old):])]  # (size + b) x b
-    start = time.perf_counter()
+    full = store.matrix()
+    _check_same_classes(result, full[np.ix_(order[: len(old)], order[: len(old)])], args.result, args.store)
+    matrix = full[np.ix_(order, order[len(old):])]  # (size + b) x b
+    del full
+    _compile_notice(False)
     grown = result.insert_many(matrix, labels=new) if len(new) > 1 else result.insert(
         matrix[: len(old), 0], matrix[len(old), 0], label=new[0]
     )
-    seconds = time.perf_counter() - start
     grown.save(out, overwrite=args.overwrite)
+    seconds = time.perf_counter() - start
     report = grown.insertion_report
-    print(f"inserted {len(new)} class(es) in {seconds:.2f} s -> {out}")
+    print(f"inserted {len(new)} class(es) in {seconds:.2f} s (reading, inserting and saving) -> {out}")
     print(f"error {result.error:.6g} -> {grown.error:.6g}; levels 1..{report.cut_level} kept, "
           f"{report.changed_levels} later levels changed{' (repair)' if report.repaired else ''}")
     for label, level, partners, novelty in zip(report.labels, report.wavelet_levels, report.partners, report.novelty):
         where = f"wavelet at level {level}" if level else "in the core"
         print(f"  {label}: {where}, with {', '.join(map(str, partners))}; novelty {novelty:.2f}")
     return 0
+
+
+def _check_same_classes(result, matrix: np.ndarray, result_path: str, store_path: str) -> None:
+    """Refuse to insert when the store's copies of the factored classes differ from what was factored."""
+    from mmf_stream._fingerprint import mismatches, probe_vector
+
+    fingerprint = result.fingerprint
+    if fingerprint is None:
+        print(
+            f"mmf-stream: warning: {result_path} has no fingerprint (saved by an older version); "
+            f"cannot check that {store_path} still holds the classes it factored",
+            file=sys.stderr,
+        )
+        return
+    changed = mismatches(fingerprint, np.diag(matrix).copy(), matrix @ probe_vector(matrix.shape[0]))
+    if changed.size:
+        names = ", ".join(repr(result.labels[i].item()) for i in changed[:3])
+        more = f" and {changed.size - 3} more" if changed.size > 3 else ""
+        raise ValueError(
+            f"{store_path} does not hold the classes {result_path} factored: {changed.size} of "
+            f"{result.size} differ ({names}{more}; updated since, or another store); "
+            "factor the store again instead of inserting"
+        )
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -278,6 +322,7 @@ def _demo(args: argparse.Namespace) -> int:
     )
     core = args.core_size if args.core_size is not None else max(args.order - 1, args.size // 8)
     start = time.perf_counter()
+    _compile_notice(False)
     with _progress_bar(args.size - core, "factorize", False) as update:
         result = ms.factorize(C, order=args.order, core_size=core, seed=args.seed, labels=labels, progress=update)
     seconds = time.perf_counter() - start
@@ -291,9 +336,44 @@ def _demo(args: argparse.Namespace) -> int:
         "(random tuples: under 0.01%)"
     )
     if args.out:
-        result.save(args.out, overwrite=True)
+        result.save(args.out, overwrite=True)  # replaces only an mmf_stream result
         print(f"saved to {args.out} (inspect with: mmf-stream info {args.out})")
     return 0
+
+
+def _int_at_least(lowest: int):
+    """An argparse type: an integer >= ``lowest`` (argparse names the option on error)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < lowest:
+            raise argparse.ArgumentTypeError(f"must be at least {lowest}, got {value}")
+        return value
+
+    parse.__name__ = f"integer >= {lowest}"
+    return parse
+
+
+def _kernels_cached() -> bool:
+    """Whether numba's on-disk cache already holds the engine's kernels."""
+    import os
+
+    import mmf_stream
+
+    folder = Path(os.environ.get("NUMBA_CACHE_DIR") or Path(mmf_stream.__file__).parent / "__pycache__")
+    return folder.is_dir() and any(folder.rglob("_kernels.*.nbi"))
+
+
+def _compile_notice(quiet: bool) -> None:
+    """Say once, on the first run in an environment, that numba is compiling the kernels."""
+    if quiet:
+        return
+    if not _kernels_cached():
+        print("mmf-stream: compiling the numba kernels (first run in this environment only; "
+              "about a minute, then cached)", file=sys.stderr, flush=True)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -303,14 +383,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     fac = sub.add_parser("factorize", help="factor a symmetric matrix and save the result as Zarr")
     fac.add_argument("input", help="matrix: .npy, .mtx (Matrix Market), Zarr array, or a class store (keeps labels)")
-    fac.add_argument("--order", "-k", type=int, default=5, help="indices per rotation (default 5)")
-    fac.add_argument("--core-size", type=int, default=None, help="core size (default order - 1, full depth)")
+    fac.add_argument("--order", "-k", type=_int_at_least(2), default=5, help="indices per rotation (default 5)")
+    fac.add_argument("--core-size", type=_int_at_least(1), default=None,
+                     help="core size (default order - 1, full depth)")
     fac.add_argument("--labels", help="labels file: .npy, .txt or .csv, one per row")
-    fac.add_argument("--seed", type=int, default=0)
-    fac.add_argument("--candidates", choices=["neighbors", "exhaustive"], default="neighbors")
+    fac.add_argument("--seed", type=_int_at_least(0), default=0, help="seed for tie-breaks (default 0)")
+    fac.add_argument("--candidates", choices=["neighbors", "exhaustive"], default="neighbors",
+                     help="tuples scored per level: 'neighbors' (each index with its most coupled neighbours, "
+                     "fast) or 'exhaustive' (every k-subset: tiny matrices only, warns when it will be slow)")
     fac.add_argument("--out", "-o", required=True, help="result directory (Zarr group)")
-    fac.add_argument("--overwrite", action="store_true", help="replace an existing result")
-    fac.add_argument("--show", type=int, default=5, help="levels to print (default 5)")
+    fac.add_argument("--overwrite", action="store_true", help="replace an existing result (nothing else)")
+    fac.add_argument("--show", type=_int_at_least(0), default=5, help="levels to print (default 5)")
     fac.add_argument("--quiet", "-q", action="store_true", help="no progress bar or summary")
     fac.set_defaults(run=_factorize)
 
@@ -320,15 +403,17 @@ def build_parser() -> argparse.ArgumentParser:
     cov.add_argument("--out", "-o", required=True, help="store directory (Zarr group)")
     cov.add_argument("--center", action="store_true", help="subtract the global mean (store default)")
     cov.add_argument("--normalize", action="store_true", help="cosine similarities (store default)")
-    cov.add_argument("--max-per-class", type=int, default=None, help="sample at most N instances per class")
-    cov.add_argument("--seed", type=int, default=0)
-    cov.add_argument("--append", action="store_true", help="add to an existing store")
-    cov.add_argument("--overwrite", action="store_true", help="replace an existing store")
+    cov.add_argument("--max-per-class", type=_int_at_least(1), default=None,
+                     help="sample at most N instances per class")
+    cov.add_argument("--seed", type=_int_at_least(0), default=0, help="seed of the sampling (default 0)")
+    cov.add_argument("--append", action="store_true",
+                     help="add to an existing store (new labels append classes, known labels update them)")
+    cov.add_argument("--overwrite", action="store_true", help="replace an existing class store (nothing else)")
     cov.set_defaults(run=_covariance)
 
     info = sub.add_parser("info", help="summarise a saved factorization or a class store")
     info.add_argument("result", help="result directory written by 'factorize', or a class store")
-    info.add_argument("--levels", type=int, default=10, help="levels to list (default 10)")
+    info.add_argument("--levels", type=_int_at_least(0), default=10, help="levels to list (default 10)")
     info.set_defaults(run=_info)
 
     show = sub.add_parser("show", help="draw the MMF graph: .svg/.png/.pdf figure or interactive .html page")
@@ -357,16 +442,16 @@ def build_parser() -> argparse.ArgumentParser:
     ins.add_argument("store", help="class store holding the result's classes and the new ones")
     ins.add_argument("--labels", nargs="+", default=None, help="classes to insert (default: all the result lacks)")
     ins.add_argument("--out", "-o", required=True, help="new result directory")
-    ins.add_argument("--overwrite", action="store_true")
+    ins.add_argument("--overwrite", action="store_true", help="replace an existing result (nothing else)")
     ins.set_defaults(run=_insert)
 
     demo = sub.add_parser("demo", help="factor the built-in hierarchical covariance and print the result")
-    demo.add_argument("--size", type=int, default=1000)
-    demo.add_argument("--order", "-k", type=int, default=4)
-    demo.add_argument("--core-size", type=int, default=None, help="default size / 8")
-    demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--show", type=int, default=8)
-    demo.add_argument("--out", default=None, help="also save the result here")
+    demo.add_argument("--size", type=_int_at_least(8), default=1000, help="classes generated (default 1000)")
+    demo.add_argument("--order", "-k", type=_int_at_least(2), default=4, help="indices per rotation (default 4)")
+    demo.add_argument("--core-size", type=_int_at_least(1), default=None, help="core size (default size / 8)")
+    demo.add_argument("--seed", type=_int_at_least(0), default=0, help="seed of the generator and tie-breaks")
+    demo.add_argument("--show", type=_int_at_least(0), default=8, help="levels to print (default 8)")
+    demo.add_argument("--out", default=None, help="also save the result here (a directory; replaces a result)")
     demo.set_defaults(run=_demo)
     return parser
 
@@ -377,18 +462,37 @@ def _version() -> str:
     return __version__
 
 
+def _one_line_warnings(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"mmf-stream: warning: {message}", file=sys.stderr if file is None else file)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    import os
+    import warnings
+
     parser = build_parser()
     args = parser.parse_args(argv)
+    previous = warnings.showwarning
+    warnings.showwarning = _one_line_warnings
     try:
         return int(args.run(args) or 0)
     except (ValueError, TypeError, OSError) as exc:
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        print(f"mmf-stream: error: {message}", file=sys.stderr)
+        print(f"mmf-stream: error: {one_line(exc)}", file=sys.stderr)
+        return EXIT_USAGE
+    except MemoryError:
+        print("mmf-stream: error: not enough memory for this input", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("mmf-stream: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # noqa: BLE001 - a bug, not bad input: still one line unless debugging
+        if os.environ.get("MMF_STREAM_DEBUG"):
+            raise
+        print(f"mmf-stream: internal error: {type(exc).__name__}: {one_line(exc)} "
+              "(set MMF_STREAM_DEBUG=1 for the traceback, and please report it)", file=sys.stderr)
+        return 1
+    finally:
+        warnings.showwarning = previous
 
 
 if __name__ == "__main__":

@@ -85,7 +85,7 @@ def test_bad_inputs_give_one_line_errors(tmp_path):
         (("factorize", tmp_path / "rect.npy", "--out", out), "must be square"),
         (("factorize", tmp_path / "asym.npy", "--order", 2, "--out", out), "not symmetric"),
         (("factorize", tmp_path / "nan.npy", "--order", 2, "--out", out), "non-finite"),
-        (("factorize", tmp_path / "ok.npy", "--order", 1, "--out", out), "order must be at least 2"),
+        (("factorize", tmp_path / "ok.npy", "--order", 1, "--out", out), "--order/-k: must be at least 2"),
         (("factorize", tmp_path / "ok.npy", "--order", 7, "--out", out), "exceeds the matrix size"),
         (("factorize", tmp_path / "ok.npy", "--order", 3, "--core-size", 9, "--out", out), "core_size must be between"),
         (("factorize", tmp_path / "missing.npy", "--out", out), "no such file"),

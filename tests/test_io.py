@@ -38,7 +38,7 @@ def test_read_zarr_group_with_covariance(tmp_path):
 @pytest.mark.parametrize(
     "name, content, message",
     [
-        ("bad.npy", b"not a numpy file", "cannot read"),
+        ("bad.npy", b"not a numpy file", "is not a .npy file"),
         ("bad.mtx", b"%%MatrixMarket nonsense\n1 2\n", "cannot read"),
         ("bad.csv", b"1,2\n", "unknown matrix format"),
     ],

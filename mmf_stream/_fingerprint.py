@@ -1,0 +1,88 @@
+"""A fingerprint of the matrix a factorization was made from.
+
+Inserting new classes into a saved factorization only makes sense if the
+classes it factored are still the ones in the store: if an append updated some
+of them, or the store is another one with the same labels, the reported error
+would be silently wrong. A result therefore keeps, per factored index ``i``,
+
+* ``diagonal[i] = C[i, i]`` and
+* ``probe[i] = (C r)[i]`` for a fixed pseudo-random vector ``r`` (entries in
+  [-1, 1), the same for every result: :func:`probe_vector`),
+
+which together pin every row of ``C`` down up to rounding (O(m) numbers; the
+check costs one product with ``C``, or ``M (M' r)`` from class means). An
+insertion extends both exactly (:func:`extend`), so the fingerprint of a grown
+result is that of the grown matrix.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+#: seed of the probe vector (changing it invalidates every stored fingerprint)
+PROBE_SEED = 0x6D6D66
+#: relative tolerance of the check, times ``m * max|C|`` (rounding of ``C r`` is
+#: about ``1e-16 m max|C|``; a changed class moves its row far more)
+FINGERPRINT_RTOL = 1e-9
+
+
+def probe_vector(size: int) -> np.ndarray:
+    """The probe ``r`` of length ``size`` (a prefix of every longer probe)."""
+    return 2.0 * np.random.default_rng(PROBE_SEED).random(size) - 1.0
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    """``diagonal`` and ``probe`` (both length m) of the factored matrix, and ``scale = max|C|``."""
+
+    diagonal: np.ndarray
+    probe: np.ndarray
+    scale: float
+
+    @property
+    def size(self) -> int:
+        return int(self.diagonal.shape[0])
+
+
+def of_matrix(matrix: np.ndarray) -> Fingerprint:
+    """Fingerprint of a dense symmetric matrix."""
+    size = matrix.shape[0]
+    return Fingerprint(
+        diagonal=np.ascontiguousarray(np.diag(matrix), dtype=np.float64).copy(),
+        probe=np.asarray(matrix @ probe_vector(size), dtype=np.float64),
+        scale=float(np.max(np.abs(matrix))) if size else 0.0,
+    )
+
+
+def extend(fingerprint: Fingerprint, old: np.ndarray, block: np.ndarray) -> Fingerprint:
+    """Fingerprint of ``[[C, old], [old', block]]`` from that of ``C``."""
+    size, count = old.shape
+    r = probe_vector(size + count)
+    head, tail = r[:size], r[size:]
+    return Fingerprint(
+        diagonal=np.concatenate([fingerprint.diagonal, np.diag(block)]),
+        probe=np.concatenate([fingerprint.probe + old @ tail, old.T @ head + block @ tail]),
+        scale=max(fingerprint.scale, float(np.max(np.abs(old), initial=0.0)), float(np.max(np.abs(block)))),
+    )
+
+
+def mismatches(fingerprint: Fingerprint, diagonal: np.ndarray, probe: np.ndarray) -> np.ndarray:
+    """Indices where the matrix at hand differs from the fingerprinted one (empty: same matrix).
+
+    ``diagonal`` and ``probe`` are ``C[i, i]`` and ``(C r)[i]`` of the matrix at
+    hand (rows in the factorization's index order). Indices whose diagonal
+    entry moved are returned when there are any (they name the changed
+    classes); otherwise those whose probe entry moved.
+    """
+    size = fingerprint.size
+    if diagonal.shape != (size,) or probe.shape != (size,):
+        raise ValueError(f"fingerprint is for {size} classes, got {diagonal.shape[0]}")
+    scale = max(fingerprint.scale, float(np.max(np.abs(diagonal), initial=0.0)), np.finfo(np.float64).tiny)
+    diagonal_moved = np.abs(diagonal - fingerprint.diagonal) > FINGERPRINT_RTOL * scale
+    if diagonal_moved.any():  # a changed class moves its own diagonal entry: name those
+        return np.flatnonzero(diagonal_moved)
+    # same diagonal: a change of one row also moves every probe entry through its column
+    probe_moved = np.abs(probe - fingerprint.probe) > FINGERPRINT_RTOL * max(size, 1) * scale
+    return np.flatnonzero(probe_moved)
