@@ -89,7 +89,7 @@ def test_bad_inputs_give_one_line_errors(tmp_path):
         (("factorize", tmp_path / "ok.npy", "--order", 7, "--out", out), "exceeds the matrix size"),
         (("factorize", tmp_path / "ok.npy", "--order", 3, "--core-size", 9, "--out", out), "core_size must be between"),
         (("factorize", tmp_path / "missing.npy", "--out", out), "no such file"),
-        (("factorize", tmp_path / "corrupt.npy", "--out", out), "cannot read"),
+        (("factorize", tmp_path / "corrupt.npy", "--out", out), "is not a .npy file"),
         (("factorize", tmp_path / "ok.npy", "--order", 2, "--labels", tmp_path / "three.txt", "--out", out), "got 3 labels"),
         (("info", tmp_path / "ok.npy"), "not a Zarr group"),
         (("info", tmp_path / "nothing.zarr"), "no such file"),
