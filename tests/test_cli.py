@@ -93,7 +93,7 @@ def test_bad_inputs_give_one_line_errors(tmp_path):
         (("factorize", tmp_path / "ok.npy", "--order", 2, "--labels", tmp_path / "three.txt", "--out", out), "got 3 labels"),
         (("info", tmp_path / "ok.npy"), "not a Zarr group"),
         (("info", tmp_path / "nothing.zarr"), "no such file"),
-        (("factorize", tmp_path / "ok.npy", "--order", "two", "--out", out), "invalid int value"),
+        (("factorize", tmp_path / "ok.npy", "--order", "two", "--out", out), "expected an integer"),
     ]
     for args, fragment in cases:
         _assert_clean_error(_run(*args), fragment)
