@@ -35,6 +35,7 @@ column stripe). :attr:`Store.covariance` is a symmetric view over it.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
@@ -101,8 +102,10 @@ def _open_lock_file(path: Path) -> int:
     """A file descriptor on the lock file (created if missing; read-only if it must be)."""
     try:
         return os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    except PermissionError:
-        return os.open(path, os.O_RDONLY)
+    except OSError as exc:
+        if exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS) or not path.exists():
+            raise
+        return os.open(path, os.O_RDONLY)  # flock needs no write access
 
 
 class _WriterLock:
@@ -414,19 +417,35 @@ class Store:
 
     def _sync(self) -> None:
         """Under the lock: re-read the metadata, finish a dead writer's commit, drop orphans."""
+        self._reload()
+        if self._meta.get("pending") is not None:
+            self._recover()
+        self._drop_orphan_journals()
+
+    def _reload(self) -> None:
+        """Re-read the group's metadata from disk; drop the caches if the committed state moved."""
         import zarr
 
         group = zarr.open_group(str(self.path), mode="r+" if self._writable else "r")
-        meta = dict(group.attrs["mmf_stream"])
-        if meta != self._meta:
-            if meta.get("generation") != self._meta.get("generation") or meta.get("size") != self.size:
-                self._buffer = None
-                self._index_cache = None
-            self._group = group
-            self._meta = meta
-        if meta.get("pending") is not None:
-            self._recover()
-        self._drop_orphan_journals()
+        meta = group.attrs.get("mmf_stream")
+        if not isinstance(meta, dict):
+            raise self._corrupt("its 'mmf_stream' attribute is gone")
+        meta = dict(meta)
+        if meta.get("generation") != self._meta.get("generation") or meta.get("size") != self._meta.get("size"):
+            self._buffer = None
+            self._index_cache = None
+        self._group = group
+        self._meta = meta
+
+    def refresh(self) -> None:
+        """Show the latest committed generation (waiting for a write in progress).
+
+        A store object keeps showing the generation it opened (or last wrote);
+        call this, or open the store again, to see other writers' commits.
+        """
+        self._reload()
+        self._settle()
+        self._validate()
 
     def _drop_orphan_journals(self) -> None:
         """Journals and staging files not named as pending (only called under the lock)."""

@@ -294,3 +294,19 @@ def test_matvec_diagonal_and_columns_from_the_means(tmp_path, center, normalize)
                                atol=1e-10)
     with pytest.raises(ValueError, match="has 30 classes"):
         store.matvec(np.ones(31))
+
+
+def test_a_reader_never_mixes_generations(tmp_path):
+    path = tmp_path / "s.zarr"
+    writer = ms.Store.create(path)
+    writer.add_means(np.eye(4), [0, 1, 2, 3])
+    reader = ms.Store.open(path, mode="r")
+    writer.add_means(np.ones(4), [4])  # an append: rows past the reader's size
+    np.testing.assert_array_equal(reader.means, np.eye(4))
+    assert reader.size == 4 and np.asarray(reader.covariance).shape == (4, 4)
+    writer.add_means(np.full(4, 2.0), [1])  # rewrites class 1 in place
+    with pytest.raises(ValueError, match="changed while it was read"):
+        np.asarray(reader.covariance)
+    reader.refresh()
+    assert reader.size == 5 and reader.means[1].tolist() == [1.0, 1.5, 1.0, 1.0]
+    np.testing.assert_allclose(reader.matrix(), reader.means @ reader.means.T)
