@@ -17,7 +17,14 @@ covariance        (capacity,    float64    lower triangle of ``C = M M'``: entry
 Only the first ``size`` slots are committed; ``capacity`` grows by doubling. The
 group attribute ``mmf_stream`` holds ``format`` ("class-store"),
 ``format_version``, ``size``, ``dim``, ``capacity``, ``label_kind``, ``center``,
-``normalize``, ``n_instances``, ``generation`` and ``pending``.
+``normalize``, ``n_instances``, ``generation``, ``pending``, ``pending_rewrite``
+and ``rewritten``.
+
+One writer at a time: every write holds ``writer.lock`` (an ``flock`` the
+kernel drops if the writer dies; the file names its holder) and re-reads the
+committed metadata under it, so concurrent writers serialise. Waiting is
+bounded by ``lock_timeout`` (:data:`LOCK_TIMEOUT`); then a one-line
+:class:`StoreLockedError` names the holder.
 
 Crash safety (write-ahead journal): a change is first written whole to
 ``journal/<generation>.npz`` (atomic rename), then the attribute ``pending``
@@ -25,12 +32,17 @@ names it (Zarr writes the group's metadata atomically: this is the commit
 point), then the arrays are updated and finally ``size``/``generation`` are
 switched and ``pending`` cleared. A writer killed at any point leaves either the
 old state (journal not yet named) or a named journal that the next
-``Store.open`` replays (replaying is idempotent). Readers only ever read the
-first ``size`` slots.
+``Store.open`` (in any mode) replays under the lock (replaying, array creation
+included, is idempotent). Journals not named as pending are removed only under
+the lock. Readers only ever read the first ``size`` slots, refuse reads that a
+later in-place update could have mixed, and refuse missing chunks and
+structure that does not match the metadata (one-line ``ValueError``).
 
 Only the lower triangle of the covariance is written, so appending a class
 writes one row (a few chunks) instead of a row and a column (every chunk of a
-column stripe). :attr:`Store.covariance` is a symmetric view over it.
+column stripe); updated classes' columns are rewritten band by band, each
+touched chunk read and written once per write. :attr:`Store.covariance` is a
+symmetric view over it.
 """
 
 from __future__ import annotations
@@ -384,14 +396,18 @@ class Store:
         pending = self._meta.get("pending")
         if pending is None and not self._writable:
             return
-        try:
-            if pending is None:  # clean up after dead writers, unless a live one is writing
-                if self._lock.acquire(0.0, wait=False):
-                    try:
-                        self._sync()
-                    finally:
-                        self._lock.release()
+        if pending is None:  # clean up after dead writers, unless a live one is writing
+            try:
+                locked = self._lock.acquire(0.0, wait=False)
+            except OSError:  # e.g. a read-only file system: nothing to clean up here
                 return
+            if locked:
+                try:
+                    self._sync()
+                finally:
+                    self._lock.release()
+            return
+        try:
             with self._locked():
                 pass
         except OSError as exc:

@@ -65,7 +65,7 @@ def test_two_writer_processes_serialise_to_the_sequential_result(tmp_path):
     path, go = tmp_path / "s.zarr", tmp_path / "go"
     ms.Store.create(path).add_classes(np.ones((20, 6)), np.arange(20))
     procs = [
-        subprocess.Popen([sys.executable, "-c", _BATCHES + _APPENDER, str(path), str(seed), "25", str(go)],
+        subprocess.Popen([sys.executable, "-c", _BATCHES + _APPENDER, str(path), str(seed), "15", str(go)],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
         for seed in (1, 2)
     ]
@@ -77,7 +77,7 @@ def test_two_writer_processes_serialise_to_the_sequential_result(tmp_path):
     sequential = ms.Store.create(tmp_path / "seq.zarr")
     sequential.add_classes(np.ones((20, 6)), np.arange(20))
     for seed in (1, 2):
-        for features, labels in _batches(seed, 25):
+        for features, labels in _batches(seed, 15):
             sequential.add_classes(features, labels)
     store = ms.Store.open(path, mode="r")
     assert store.size == sequential.size and store.n_instances == sequential.n_instances
@@ -112,7 +112,7 @@ def _wait_for(condition, timeout=60):
 def test_open_during_a_live_write_keeps_its_journal_and_waits_for_it(tmp_path):
     path = tmp_path / "s.zarr"
     ms.Store.create(path).add_classes(np.ones((20, 6)), np.arange(20))
-    proc = _paused_writer(path, "journal-written", 4)
+    proc = _paused_writer(path, "journal-written", 3)
     _wait_for(lambda: list((path / "journal").glob("2.npz")))
     ms.Store.open(path, mode="r+", lock_timeout=0.1)  # must not take the writer's journal as an orphan
     assert (path / "journal" / "2.npz").exists()
