@@ -50,6 +50,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import json
+import logging
 import os
 import shutil
 import socket
@@ -210,6 +211,7 @@ class SymmetricCovariance:
         try:
             return np.asarray(self.zarr_array[rows, cols])
         except Exception as exc:  # noqa: BLE001 - a chunk that does not decode
+            _quiet_abandoned_reads()
             raise ValueError(f"{self._what} is corrupt: cannot read covariance: {one_line(exc)}") from None
 
     def __len__(self) -> int:
@@ -521,6 +523,27 @@ class Store:
                     return coords[1] * chunk_cols <= last_row
 
             require_complete(array, f"{self.path}: {name}", rows=size, keep=keep)
+            if name == "covariance":
+                self._check_raw_chunk_sizes(array, size, keep)
+
+    def _check_raw_chunk_sizes(self, array: Any, size: int, keep: Callable[[tuple[int, int]], bool]) -> None:
+        """The covariance is stored uncompressed: each chunk file has exactly one chunk's bytes."""
+        root = getattr(array.store, "root", None)
+        if root is None or array.metadata.codecs is None or len(array.metadata.codecs) != 1:
+            return
+        expected = int(np.prod(array.chunks)) * 8
+        chunk_rows, chunk_cols = array.chunks
+        for i in range(-(-size // chunk_rows)):
+            for j in range(-(-min(size, (i + 1) * chunk_rows) // chunk_cols)):
+                if not keep((i, j)):
+                    continue
+                key = array.metadata.encode_chunk_key((i, j))
+                try:
+                    actual = (Path(root) / array.path / key).stat().st_size
+                except OSError:
+                    actual = -1
+                if actual != expected:
+                    raise self._corrupt(f"covariance chunk {key} has {actual} bytes, expected {expected}")
 
     def _array(self, name: str) -> Any:
         try:
@@ -536,6 +559,7 @@ class Store:
         try:
             return np.asarray(select(array))
         except Exception as exc:  # noqa: BLE001 - codecs raise many types
+            _quiet_abandoned_reads()
             raise self._corrupt(f"cannot read {name}: {one_line(exc)}") from None
 
     def _check_unchanged(self) -> None:
@@ -1050,6 +1074,20 @@ class Store:
                 self._group = zarr.open_group(str(self.path), mode="r")
         self._buffer = None
         self._index_cache = None
+
+
+class _AbandonedReads(logging.Filter):
+    """Drops asyncio's "Task was destroyed but it is pending!" for Zarr's reads
+    cancelled by a chunk that failed to decode (already reported in one line)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Task was destroyed but it is pending")
+
+
+def _quiet_abandoned_reads() -> None:
+    logger = logging.getLogger("asyncio")
+    if not any(isinstance(f, _AbandonedReads) for f in logger.filters):
+        logger.addFilter(_AbandonedReads())
 
 
 def _check_timeout(value: float) -> float:

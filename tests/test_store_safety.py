@@ -310,3 +310,12 @@ def test_a_reader_never_mixes_generations(tmp_path):
     reader.refresh()
     assert reader.size == 5 and reader.means[1].tolist() == [1.0, 1.5, 1.0, 1.0]
     np.testing.assert_allclose(reader.matrix(), reader.means @ reader.means.T)
+
+
+def test_truncated_covariance_chunk_is_refused_on_open(tmp_path):
+    path = tmp_path / "s.zarr"
+    _small_store(path)
+    chunk = path / "covariance" / "c" / "1" / "0"
+    chunk.write_bytes(chunk.read_bytes()[:100])
+    with pytest.raises(ValueError, match=r"is corrupt: covariance chunk c/1/0 has 100 bytes, expected 1048576"):
+        ms.Store.open(path, mode="r")
