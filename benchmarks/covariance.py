@@ -11,6 +11,12 @@ in a fresh subprocess; peak = resident memory above the baseline after imports.
 Row 3: appending one class to a store of ``--store-classes`` classes, with the
 store open (its means cached), median over 20 appends; and the same with the
 store re-opened before each append (cold).
+
+Rows 5-6: an append that updates half the classes of a store: a store of
+``--update-classes`` classes made from ``--update-rows / 2`` rows, then
+``--update-rows`` rows whose labels update half of those classes and add as
+many new ones (float32 features in memory, D = ``--update-dim``). Baseline in
+the same run: making a fresh store of that many classes from the first rows.
 """
 
 from __future__ import annotations
@@ -106,32 +112,66 @@ def append_latency(path: Path, classes: int, dim: int, repeats: int = 20) -> tup
     return float(np.median(warm)), float(np.median(cold))
 
 
+def update_append(path: Path, classes: int, dim: int, rows: int) -> tuple[float, float]:
+    """Seconds to make a fresh store of ``classes`` classes (baseline), and to append
+    ``rows`` rows that update ``classes // 2`` of them and add ``classes // 2`` new ones."""
+    rng = np.random.default_rng(2)
+    half = classes // 2
+    first = rows // 2
+    labels = np.concatenate([np.arange(classes), rng.integers(0, classes, size=first - classes)])
+    features = rng.normal(size=(first, dim)).astype(np.float32)
+    start = time.perf_counter()
+    store = ms.Store.create(path / "update.zarr")
+    store.add_classes(features, labels)
+    fresh = time.perf_counter() - start
+    labels = np.concatenate([np.arange(half, classes + half), rng.integers(half, classes + half, size=rows - classes)])
+    features = rng.normal(size=(rows, dim)).astype(np.float32)
+    start = time.perf_counter()
+    report = store.add_classes(features, labels)
+    update = time.perf_counter() - start
+    assert len(report["updated"]) == classes - half and len(report["added"]) == half
+    return fresh, update
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--dim", type=int, default=256)
     parser.add_argument("--classes", type=int, default=1000)
     parser.add_argument("--store-classes", type=int, default=10_000)
+    parser.add_argument("--update-classes", type=int, default=5000)
+    parser.add_argument("--update-rows", type=int, default=1_000_000)
+    parser.add_argument("--update-dim", type=int, default=64)
+    parser.add_argument("--only-update", action="store_true", help="run only the update rows (5-6)")
     parser.add_argument("--markdown", action="store_true")
     args = parser.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="mmf-bench-"))
     try:
-        write_features(tmp, args.rows, args.dim, args.classes)
-        gigabytes = args.rows * args.dim * 4 / 1e9
         rows = []
-        for method in ("mmf_stream", "numpy in memory (baseline)"):
+        gigabytes = args.rows * args.dim * 4 / 1e9
+        if not args.only_update:
+            write_features(tmp, args.rows, args.dim, args.classes)
+        for method in ("mmf_stream", "numpy in memory (baseline)") if not args.only_update else ():
             result = run_child(tmp, "mmf_stream" if method == "mmf_stream" else "numpy")
             rows.append([
                 f"class_covariance: {method}", f"{args.rows:,} x {args.dim} f32, {args.classes} classes",
                 f"{result['seconds']:.2f}", f"{gigabytes / result['seconds']:.2f}", f"{result['peak_mb']:.0f}",
             ])
             print("  done:", rows[-1], file=sys.stderr, flush=True)
-        warm, cold = append_latency(tmp, args.store_classes, args.dim)
-        rows.append(["store append, 1 class (open store)", f"{args.store_classes:,} classes, D = {args.dim}",
-                     f"{warm * 1000:.1f} ms", "-", "-"])
-        rows.append(["store append, 1 class (re-opened each time)", f"{args.store_classes:,} classes, D = {args.dim}",
-                     f"{cold * 1000:.1f} ms", "-", "-"])
+        if not args.only_update:
+            warm, cold = append_latency(tmp, args.store_classes, args.dim)
+            rows.append(["store append, 1 class (open store)", f"{args.store_classes:,} classes, D = {args.dim}",
+                         f"{warm * 1000:.1f} ms", "-", "-"])
+            rows.append(["store append, 1 class (re-opened each time)", f"{args.store_classes:,} classes, D = {args.dim}",
+                         f"{cold * 1000:.1f} ms", "-", "-"])
+        fresh, update = update_append(tmp, args.update_classes, args.update_dim, args.update_rows)
+        half = args.update_classes // 2
+        rows.append(["fresh store (baseline)", f"{args.update_rows // 2:,} rows -> {args.update_classes:,} classes, "
+                     f"D = {args.update_dim}", f"{fresh:.2f}", "-", "-"])
+        rows.append(["store append updating half the classes", f"{args.update_rows:,} rows: "
+                     f"{args.update_classes - half:,} updated + {half:,} new, D = {args.update_dim}",
+                     f"{update:.2f}", "-", "-"])
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

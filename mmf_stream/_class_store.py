@@ -17,7 +17,14 @@ covariance        (capacity,    float64    lower triangle of ``C = M M'``: entry
 Only the first ``size`` slots are committed; ``capacity`` grows by doubling. The
 group attribute ``mmf_stream`` holds ``format`` ("class-store"),
 ``format_version``, ``size``, ``dim``, ``capacity``, ``label_kind``, ``center``,
-``normalize``, ``n_instances``, ``generation`` and ``pending``.
+``normalize``, ``n_instances``, ``generation``, ``pending``, ``pending_rewrite``
+and ``rewritten``.
+
+One writer at a time: every write holds ``writer.lock`` (an ``flock`` the
+kernel drops if the writer dies; the file names its holder) and re-reads the
+committed metadata under it, so concurrent writers serialise. Waiting is
+bounded by ``lock_timeout`` (:data:`LOCK_TIMEOUT`); then a one-line
+:class:`StoreLockedError` names the holder.
 
 Crash safety (write-ahead journal): a change is first written whole to
 ``journal/<generation>.npz`` (atomic rename), then the attribute ``pending``
@@ -25,19 +32,33 @@ names it (Zarr writes the group's metadata atomically: this is the commit
 point), then the arrays are updated and finally ``size``/``generation`` are
 switched and ``pending`` cleared. A writer killed at any point leaves either the
 old state (journal not yet named) or a named journal that the next
-``Store.open`` replays (replaying is idempotent). Readers only ever read the
-first ``size`` slots.
+``Store.open`` (in any mode) replays under the lock (replaying, array creation
+included, is idempotent). Journals not named as pending are removed only under
+the lock. Readers only ever read the first ``size`` slots, refuse reads that a
+later in-place update could have mixed, and refuse missing chunks and
+structure that does not match the metadata (one-line ``ValueError``).
 
 Only the lower triangle of the covariance is written, so appending a class
 writes one row (a few chunks) instead of a row and a column (every chunk of a
-column stripe). :attr:`Store.covariance` is a symmetric view over it.
+column stripe); updated classes' columns are rewritten band by band, each
+touched chunk read and written once per write. :attr:`Store.covariance` is a
+symmetric view over it.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
+import json
+import logging
 import os
 import shutil
+import socket
+import time
 import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -49,19 +70,124 @@ from mmf_stream._covariance import (
     encode_labels,
     sample_mask,
 )
-from mmf_stream._io import as_str_array, open_tagged_group
+from mmf_stream._integrity import check_replaceable, own_format, require_complete, writing_every_chunk
+from mmf_stream._io import as_str_array, one_line, open_tagged_group
+from mmf_stream._progress import progress
 
 FORMAT = "class-store"
 FORMAT_VERSION = 1
-_COV_CHUNKS = (32, 4096)
-_ROW_CHUNK = 1024
-#: test hook: name of a point at which a writer exits abruptly (see tests)
+#: chunk shape of the covariance: a band of 32 rows x 4096 columns (1 MiB, uncompressed)
+COVARIANCE_CHUNKS = (32, 4096)
+#: rows per chunk of ``labels`` / ``counts`` (and the most rows per chunk of ``sums`` / ``means``)
+ROW_CHUNK = 1024
+#: target bytes per chunk of ``sums`` / ``means`` (fewer rows per chunk for large ``D``)
+ROW_CHUNK_BYTES = 1 << 20
+#: default seconds a writer (or an opener that finds a write in progress) waits for the lock
+LOCK_TIMEOUT = 60.0
+#: the lock file inside the store; while locked it names its holder (pid, host, since)
+LOCK_FILE = "writer.lock"
+#: seconds between two tries to take a busy lock
+LOCK_POLL = 0.05
+#: most chunks of a row array read and rewritten in one call (bounds memory)
+_MAX_RUN_CHUNKS = 16
+_ARRAYS = ("labels", "counts", "sums", "means", "covariance")
+_COV_CHUNKS = COVARIANCE_CHUNKS  # former private names
+_ROW_CHUNK = ROW_CHUNK
+#: test hooks: the name of a point at which a writer exits abruptly, or pauses
+#: for ``MMF_STREAM_PAUSE_SECONDS`` seconds (see tests)
 _CRASH_ENV = "MMF_STREAM_CRASH_AT"
+_PAUSE_ENV = "MMF_STREAM_PAUSE_AT"
+_PAUSE_SECONDS_ENV = "MMF_STREAM_PAUSE_SECONDS"
 
 
 def _crash_point(name: str) -> None:
     if os.environ.get(_CRASH_ENV) == name:
         os._exit(17)
+    if os.environ.get(_PAUSE_ENV) == name:
+        time.sleep(float(os.environ.get(_PAUSE_SECONDS_ENV, "1")))
+
+
+class StoreLockedError(ValueError):
+    """Another process held a store's writer lock for longer than the timeout."""
+
+
+def _open_lock_file(path: Path) -> int:
+    """A file descriptor on the lock file (created if missing; read-only if it must be)."""
+    try:
+        return os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        if exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS) or not path.exists():
+            raise
+        return os.open(path, os.O_RDONLY)  # flock needs no write access
+
+
+class _WriterLock:
+    """An OS advisory lock (``flock``) on ``STORE/writer.lock``, re-entrant per object.
+
+    The kernel releases it when its holder dies, so a crashed writer never
+    leaves the store locked. While held, the file says who holds it.
+    """
+
+    def __init__(self, store: Path) -> None:
+        self.store = store
+        self.file = store / LOCK_FILE
+        self._fd: int | None = None
+        self.depth = 0
+
+    def acquire(self, timeout: float, *, wait: bool = True) -> bool:
+        """Take the lock, waiting up to ``timeout`` seconds; False if busy and not ``wait``."""
+        if self.depth:
+            self.depth += 1
+            return True
+        fd = _open_lock_file(self.file)
+        deadline = time.monotonic() + max(0.0, timeout)
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if wait and time.monotonic() < deadline:
+                    time.sleep(LOCK_POLL)
+                    continue
+                holder = _lock_holder(fd)
+                os.close(fd)
+                if not wait:
+                    return False
+                raise StoreLockedError(
+                    f"{self.store} is locked by another writer ({holder}); gave up after {timeout:g} s"
+                ) from None
+            except BaseException:
+                os.close(fd)
+                raise
+        stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since {stamp}\n".encode(), 0)
+        except OSError:
+            pass  # a read-only lock file still locks
+        self._fd = fd
+        self.depth = 1
+        return True
+
+    def release(self) -> None:
+        self.depth -= 1
+        if self.depth or self._fd is None:
+            return
+        fd, self._fd = self._fd, None
+        try:
+            os.ftruncate(fd, 0)
+        except OSError:
+            pass
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+def _lock_holder(fd: int) -> str:
+    try:
+        text = os.pread(fd, 512, 0).decode("utf-8", "replace").strip()
+    except OSError:
+        text = ""
+    return text.splitlines()[0] if text else "holder unknown"
 
 
 class SymmetricCovariance:
@@ -72,11 +198,21 @@ class SymmetricCovariance:
     underlying Zarr array (lower triangle of the first ``shape[0]`` rows).
     """
 
-    def __init__(self, array: Any, size: int) -> None:
+    def __init__(self, array: Any, size: int, after_read: Callable[[], None] | None = None,
+                 what: str = "covariance") -> None:
         self.zarr_array = array
         self.shape = (size, size)
         self.dtype = np.dtype(np.float64)
         self.ndim = 2
+        self._after_read = after_read
+        self._what = what
+
+    def _read(self, rows: slice, cols: slice) -> np.ndarray:
+        try:
+            return np.asarray(self.zarr_array[rows, cols])
+        except Exception as exc:  # noqa: BLE001 - a chunk that does not decode
+            _quiet_abandoned_reads()
+            raise ValueError(f"{self._what} is corrupt: cannot read covariance: {one_line(exc)}") from None
 
     def __len__(self) -> int:
         return self.shape[0]
@@ -102,15 +238,17 @@ class SymmetricCovariance:
         out = np.empty((rows.size, cols.size))
         if rows.size and cols.size:
             if rows.size == cols.size and np.array_equal(rows, cols) and np.all(np.diff(rows) == 1):
-                block = np.asarray(self.zarr_array[rows[0] : rows[-1] + 1, rows[0] : rows[-1] + 1])
+                block = self._read(slice(rows[0], rows[-1] + 1), slice(rows[0], rows[-1] + 1))
                 lower = np.tril(block)
                 out = lower + np.tril(block, -1).T
             else:
                 r0, r1, c0, c1 = rows.min(), rows.max() + 1, cols.min(), cols.max() + 1
-                below = np.asarray(self.zarr_array[r0:r1, c0:c1])  # (row, col) with col <= row
-                above = np.asarray(self.zarr_array[c0:c1, r0:r1])  # (col, row) with row < col
+                below = self._read(slice(r0, r1), slice(c0, c1))  # (row, col) with col <= row
+                above = self._read(slice(c0, c1), slice(r0, r1))  # (col, row) with row < col
                 take_lower = cols[None, :] <= rows[:, None]
                 out = np.where(take_lower, below[np.ix_(rows - r0, cols - c0)], above[np.ix_(cols - c0, rows - r0)].T)
+            if self._after_read is not None:
+                self._after_read()
         if drop_rows and drop_cols:
             return out[0, 0]
         if drop_rows:
@@ -132,15 +270,24 @@ class Store:
 
     Create with :meth:`Store.create`, open with :meth:`Store.open`; grow with
     :meth:`add_classes` (from instance features) or :meth:`add_means`.
+
+    One writer at a time: each write holds the store's lock (``writer.lock``,
+    an OS advisory lock released if its holder dies) and re-reads the
+    committed state under it, so concurrent writers serialise. A store object
+    sees the generation committed when it was opened (or when it last wrote);
+    reads that a later in-place update of classes could have mixed are refused
+    ("... changed while it was read").
     """
 
-    def __init__(self, path: Path, group: Any, writable: bool) -> None:
+    def __init__(self, path: Path, group: Any, writable: bool, lock_timeout: float = LOCK_TIMEOUT) -> None:
         self.path = path
         self._group = group
         self._writable = writable
         self._meta = dict(group.attrs["mmf_stream"])
         self._buffer: np.ndarray | None = None
         self._index_cache: dict[Any, int] | None = None
+        self._lock = _WriterLock(path)
+        self.lock_timeout = _check_timeout(lock_timeout)
 
     # ---------------------------------------------------------------- create
     @classmethod
@@ -151,58 +298,289 @@ class Store:
         center: bool = False,
         normalize: bool = False,
         overwrite: bool = False,
+        lock_timeout: float = LOCK_TIMEOUT,
     ) -> Store:
         """Create an empty store at ``path`` (a directory).
 
-        ``center`` / ``normalize`` are the store's default options for
-        :meth:`matrix` (the stored covariance is always the plain Gram of the
-        means, so they can be changed later without recomputing).
+        Parameters
+        ----------
+        path : str or path-like
+            Where to create it (a local directory).
+        center, normalize : bool
+            The store's default options for :meth:`matrix` (the stored
+            covariance is always the plain Gram of the means, so they can be
+            changed later without recomputing).
+        overwrite : bool
+            Replace what is at ``path``, but only if it is something mmf_stream
+            wrote (a class store or a factorization) or an empty directory.
+        lock_timeout : float
+            Seconds to wait for a writer of the store being replaced to finish,
+            and the default wait of the new store's writes.
+
+        Raises
+        ------
+        ValueError
+            If ``path`` exists and ``overwrite`` is false, or it is not
+            something mmf_stream wrote (nothing is deleted then).
         """
         import zarr
 
         target = Path(path)
+        check_replaceable(target, overwrite)
         if target.exists():
-            if not overwrite:
-                raise ValueError(f"{target} already exists (use overwrite=True / --overwrite to replace it)")
-            shutil.rmtree(target)
-        group = zarr.open_group(str(target), mode="w")
-        group.attrs["mmf_stream"] = {
-            "format": FORMAT,
-            "format_version": FORMAT_VERSION,
-            "size": 0,
-            "dim": None,
-            "capacity": 0,
-            "label_kind": None,
-            "center": bool(center),
-            "normalize": bool(normalize),
-            "n_instances": 0,
-            "generation": 0,
-            "pending": None,
-        }
+            if own_format(target) == FORMAT and (target / "journal").is_dir():
+                lock = _WriterLock(target)  # do not pull a store from under its writer
+                lock.acquire(_check_timeout(lock_timeout))
+                try:
+                    shutil.rmtree(target)
+                finally:
+                    lock.release()
+            else:
+                shutil.rmtree(target)
+        with writing_every_chunk():
+            group = zarr.open_group(str(target), mode="w")
+            group.attrs["mmf_stream"] = {
+                "format": FORMAT,
+                "format_version": FORMAT_VERSION,
+                "size": 0,
+                "dim": None,
+                "capacity": 0,
+                "label_kind": None,
+                "center": bool(center),
+                "normalize": bool(normalize),
+                "n_instances": 0,
+                "generation": 0,
+                "pending": None,
+                "rewritten": 0,
+            }
         (target / "journal").mkdir()
-        return cls(target, group, writable=True)
+        return cls(target, group, writable=True, lock_timeout=lock_timeout)
 
     @classmethod
-    def open(cls, path: str | os.PathLike, mode: str = "r+") -> Store:
-        """Open a store; a write interrupted by a crash is completed first (needs ``mode='r+'``)."""
+    def open(cls, path: str | os.PathLike, mode: str = "r+", *, lock_timeout: float = LOCK_TIMEOUT) -> Store:
+        """Open a store, finishing a write that its writer did not live to finish.
+
+        Parameters
+        ----------
+        path : str or path-like
+            The store's directory.
+        mode : {'r+', 'r'}
+            ``'r'`` refuses writes through this object; either mode completes
+            an interrupted (already committed) write under the lock.
+        lock_timeout : float
+            Seconds to wait for the lock, here (when a write is in progress)
+            and in each later write through this object (default
+            :data:`LOCK_TIMEOUT`).
+
+        Returns
+        -------
+        Store
+            Showing the last committed generation.
+
+        Raises
+        ------
+        ValueError
+            One line: not a class store, corrupt or incomplete (a chunk file
+            missing), an unfinished write that cannot be completed here (e.g. a
+            read-only file system), or :class:`StoreLockedError` when a live
+            writer held the lock past ``lock_timeout``.
+        """
         if mode not in ("r", "r+"):
             raise ValueError(f"mode must be 'r' or 'r+', got {mode!r}")
         source, group, meta = open_tagged_group(path, FORMAT, (FORMAT_VERSION,), "class store", mode=mode)
-        store = cls(source, group, writable=mode == "r+")
-        if meta.get("pending") is not None:
-            if mode != "r+":
-                raise ValueError(f"{source} has an unfinished write; open it with mode='r+' to recover it")
-            store._recover()
-        elif mode == "r+":
-            store._drop_orphan_journals()
+        store = cls(source, group, writable=mode == "r+", lock_timeout=lock_timeout)
+        store._settle()
+        store._validate()
         return store
 
+    def _settle(self) -> None:
+        """Wait for a write in progress (or finish a dead writer's) and drop orphan journals."""
+        pending = self._meta.get("pending")
+        if pending is None and not self._writable:
+            return
+        if pending is None:  # clean up after dead writers, unless a live one is writing
+            try:
+                locked = self._lock.acquire(0.0, wait=False)
+            except OSError:  # e.g. a read-only file system: nothing to clean up here
+                return
+            if locked:
+                try:
+                    self._sync()
+                finally:
+                    self._lock.release()
+            return
+        try:
+            with self._locked():
+                pass
+        except OSError as exc:
+            reason = exc.strerror or one_line(exc)
+            raise ValueError(
+                f"{self.path} has an unfinished write that cannot be completed here ({reason}); "
+                "it is completed by the next opening where the store is writable"
+            ) from None
+
+    # ------------------------------------------------------------ locking
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        """Hold the writer lock; under it the committed state is re-read (and recovered)."""
+        if self._lock.depth:
+            yield
+            return
+        self._lock.acquire(self.lock_timeout)
+        try:
+            self._sync()
+            yield
+        finally:
+            self._lock.release()
+
+    def _sync(self) -> None:
+        """Under the lock: re-read the metadata, finish a dead writer's commit, drop orphans."""
+        self._reload()
+        if self._meta.get("pending") is not None:
+            self._recover()
+        self._drop_orphan_journals()
+
+    def _reload(self) -> None:
+        """Re-read the group's metadata from disk; drop the caches if the committed state moved."""
+        import zarr
+
+        group = zarr.open_group(str(self.path), mode="r+" if self._writable else "r")
+        meta = group.attrs.get("mmf_stream")
+        if not isinstance(meta, dict):
+            raise self._corrupt("its 'mmf_stream' attribute is gone")
+        meta = dict(meta)
+        if meta.get("generation") != self._meta.get("generation") or meta.get("size") != self._meta.get("size"):
+            self._buffer = None
+            self._index_cache = None
+        self._group = group
+        self._meta = meta
+
+    def refresh(self) -> None:
+        """Show the latest committed generation (waiting for a write in progress).
+
+        A store object keeps showing the generation it opened (or last wrote);
+        call this, or open the store again, to see other writers' commits.
+        """
+        self._reload()
+        self._settle()
+        self._validate()
+
     def _drop_orphan_journals(self) -> None:
-        """Journals never named as pending belong to writes that did not happen."""
+        """Journals and staging files not named as pending (only called under the lock)."""
         folder = self.path / "journal"
         folder.mkdir(exist_ok=True)
         for leftover in folder.glob("*.npz"):
             leftover.unlink(missing_ok=True)
+        for leftover in folder.glob(".*.npz"):
+            leftover.unlink(missing_ok=True)
+
+    # ------------------------------------------------------------ checks
+    def _corrupt(self, problem: str) -> ValueError:
+        return ValueError(f"{self.path} is corrupt: {problem}")
+
+    def _validate(self) -> None:
+        """Structure (metadata, arrays, shapes, dtypes) and completeness of the committed rows."""
+        meta = self._meta
+        for key in ("size", "capacity", "n_instances", "generation"):
+            value = meta.get(key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise self._corrupt(f"{key} {value!r} is not a count")
+        if meta.get("pending") is not None:
+            raise self._corrupt(f"pending {meta.get('pending')!r} after recovery")
+        size, capacity, dim, kind = meta["size"], meta["capacity"], meta.get("dim"), meta.get("label_kind")
+        if size > capacity:
+            raise self._corrupt(f"size {size} is larger than capacity {capacity}")
+        if kind not in (None, "int", "str") or (size and kind is None):
+            raise self._corrupt(f"label_kind {kind!r} is not 'int' or 'str'")
+        if capacity == 0:
+            return
+        if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
+            raise self._corrupt(f"dim {dim!r} is not a positive integer")
+        expected = {
+            "labels": ((capacity,), None),
+            "counts": ((capacity,), np.dtype(np.int64)),
+            "sums": ((capacity, dim), np.dtype(np.float64)),
+            "means": ((capacity, dim), np.dtype(np.float64)),
+            "covariance": ((capacity, capacity), np.dtype(np.float64)),
+        }
+        for name, (shape, dtype) in expected.items():
+            array = self._array(name)
+            if tuple(array.shape) != shape:
+                raise self._corrupt(f"array '{name}' has shape {tuple(array.shape)}, expected {shape}")
+            actual = _numpy_dtype(array)
+            if dtype is not None and actual != dtype:
+                raise self._corrupt(f"array '{name}' has dtype {actual}, expected {dtype}")
+            if name == "labels" and kind is not None and (actual.kind in "iu") != (kind == "int"):
+                raise self._corrupt(f"array 'labels' has dtype {actual}, the labels are {kind}s")
+            if not size:
+                continue
+            keep = None
+            if name == "covariance":
+                chunk_rows, chunk_cols = array.chunks
+
+                def keep(coords, chunk_rows=chunk_rows, chunk_cols=chunk_cols):  # lower triangle up to size
+                    last_row = min((coords[0] + 1) * chunk_rows, size) - 1
+                    return coords[1] * chunk_cols <= last_row
+
+            require_complete(array, f"{self.path}: {name}", rows=size, keep=keep)
+            if name == "covariance":
+                self._check_raw_chunk_sizes(array, size, keep)
+
+    def _check_raw_chunk_sizes(self, array: Any, size: int, keep: Callable[[tuple[int, int]], bool]) -> None:
+        """The covariance is stored uncompressed: each chunk file has exactly one chunk's bytes."""
+        root = getattr(array.store, "root", None)
+        if root is None or array.metadata.codecs is None or len(array.metadata.codecs) != 1:
+            return
+        expected = int(np.prod(array.chunks)) * 8
+        chunk_rows, chunk_cols = array.chunks
+        for i in range(-(-size // chunk_rows)):
+            for j in range(-(-min(size, (i + 1) * chunk_rows) // chunk_cols)):
+                if not keep((i, j)):
+                    continue
+                key = array.metadata.encode_chunk_key((i, j))
+                try:
+                    actual = (Path(root) / array.path / key).stat().st_size
+                except OSError:
+                    actual = -1
+                if actual != expected:
+                    raise self._corrupt(f"covariance chunk {key} has {actual} bytes, expected {expected}")
+
+    def _array(self, name: str) -> Any:
+        try:
+            return self._group[name]
+        except KeyError:
+            raise self._corrupt(f"array '{name}' is missing") from None
+        except Exception as exc:  # noqa: BLE001 - unreadable array metadata
+            raise self._corrupt(f"array '{name}' is unreadable: {one_line(exc)}") from None
+
+    def _read(self, name: str, select: Callable[[Any], Any]) -> np.ndarray:
+        """``select(array)`` as NumPy; an undecodable chunk is a one-line 'corrupt' error."""
+        array = self._array(name)
+        try:
+            return np.asarray(select(array))
+        except Exception as exc:  # noqa: BLE001 - codecs raise many types
+            _quiet_abandoned_reads()
+            raise self._corrupt(f"cannot read {name}: {one_line(exc)}") from None
+
+    def _check_unchanged(self) -> None:
+        """Refuse a read that a write after this object's generation may have mixed.
+
+        Appends only write rows past this object's ``size``; a write that updates
+        classes rewrites committed rows in place (the ``rewritten`` attribute
+        names the last such generation, ``pending_rewrite`` one in progress).
+        """
+        if self._lock.depth:  # our own write: the state is ours
+            return
+        try:
+            meta = json.loads((self.path / "zarr.json").read_text(encoding="utf-8"))["attributes"]["mmf_stream"]
+        except (OSError, ValueError, KeyError, TypeError):
+            raise self._corrupt("its metadata (zarr.json) became unreadable") from None
+        generation = int(self._meta["generation"])
+        in_progress = meta.get("pending") is not None and meta.get("pending_rewrite", True)
+        if in_progress or int(meta.get("rewritten") or 0) > generation:
+            raise ValueError(
+                f"{self.path} changed while it was read (another writer updated classes in place); open it again"
+            )
 
     # ------------------------------------------------------------ properties
     @property
@@ -216,15 +594,23 @@ class Store:
         return self._meta["dim"]
 
     @property
+    def generation(self) -> int:
+        """Commit counter of the state this object shows."""
+        return int(self._meta["generation"])
+
+    @property
     def center(self) -> bool:
+        """Default of :meth:`matrix`: subtract the instance-weighted global mean."""
         return bool(self._meta["center"])
 
     @property
     def normalize(self) -> bool:
+        """Default of :meth:`matrix`: cosine normalisation."""
         return bool(self._meta["normalize"])
 
     @property
     def n_instances(self) -> int:
+        """Instances summed over all classes."""
         return int(self._meta["n_instances"])
 
     @property
@@ -232,18 +618,29 @@ class Store:
         """Class labels in slot order (the order of the covariance's rows)."""
         if self.size == 0:
             return np.array([])
-        values = np.asarray(self._group["labels"][: self.size])
+        values = self._read("labels", lambda array: array[: self.size])
+        self._check_unchanged()
         if values.dtype.kind in "OT":
             values = as_str_array(values)
         return values
 
     @property
     def counts(self) -> np.ndarray:
-        return np.asarray(self._group["counts"][: self.size]) if self.size else np.zeros(0, np.int64)
+        """Instances summed into each class."""
+        if not self.size:
+            return np.zeros(0, np.int64)
+        values = self._read("counts", lambda array: array[: self.size])
+        self._check_unchanged()
+        return values
 
     @property
     def sums(self) -> np.ndarray:
-        return np.asarray(self._group["sums"][: self.size]) if self.size else np.zeros((0, 0))
+        """Running sum of each class's features ``(size, D)``."""
+        if not self.size:
+            return np.zeros((0, 0))
+        values = self._read("sums", lambda array: array[: self.size])
+        self._check_unchanged()
+        return values
 
     @property
     def means(self) -> np.ndarray:
@@ -257,16 +654,158 @@ class Store:
         """The covariance ``C = M M'`` as a symmetric, Zarr-backed view."""
         if self.size == 0:
             raise ValueError(f"{self.path} holds no classes yet")
-        return SymmetricCovariance(self._group["covariance"], self.size)
+        return SymmetricCovariance(self._array("covariance"), self.size, self._check_unchanged, str(self.path))
 
     def matrix(self, *, center: bool | None = None, normalize: bool | None = None) -> np.ndarray:
-        """The dense class covariance, centred/normalised per the store's defaults or the arguments."""
+        """The dense class covariance, centred/normalised per the store's defaults or the arguments.
+
+        Parameters
+        ----------
+        center, normalize : bool, optional
+            Override the store's defaults (:attr:`center`, :attr:`normalize`).
+
+        Returns
+        -------
+        ndarray of shape (size, size)
+        """
         center = self.center if center is None else center
         normalize = self.normalize if normalize is None else normalize
         raw = np.asarray(self.covariance)
         if not center and not normalize:
             return raw
         return covariance_from_means(self.means, self.counts, center=center, normalize=normalize, gram=raw)
+
+    # ------------------------------------------- products from the means
+    def _factor(self, center: bool | None) -> np.ndarray:
+        """``F`` with ``F F' = C`` (centred by the instance-weighted mean of all classes if asked)."""
+        if self.size == 0:
+            raise ValueError(f"{self.path} holds no classes yet")
+        factor = self.means
+        if self.center if center is None else center:
+            counts = self.counts
+            factor -= (counts @ factor) / counts.sum()
+        return factor
+
+    def _scale(self, factor: np.ndarray, normalize: bool | None) -> np.ndarray | None:
+        """``1 / sqrt(C_ii)`` per class for cosine normalisation (None without it)."""
+        if not (self.normalize if normalize is None else normalize):
+            return None
+        norms = np.sqrt(np.einsum("ij,ij->i", factor, factor))
+        zero = norms == 0
+        if zero.any():
+            raise ValueError(
+                f"cannot normalize: {int(zero.sum())} class(es) have a zero vector "
+                "(after centring), so their cosine similarity is undefined"
+            )
+        return 1.0 / norms
+
+    def _leading(self, size: int | None) -> int:
+        if size is None:
+            return self.size
+        if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or not 0 < size <= self.size:
+            raise ValueError(f"size must be an integer in 1..{self.size}, got {size!r}")
+        return int(size)
+
+    def matvec(
+        self,
+        r: Any,
+        size: int | None = None,
+        center: bool | None = None,
+        normalize: bool | None = None,
+    ) -> np.ndarray:
+        """``C[:size, :size] @ r`` from the class means, without forming ``C``.
+
+        ``C`` is :meth:`matrix`'s matrix: ``M M'`` computed as
+        ``M @ (M' @ r)``; with centring ``M`` is first centred by the
+        instance-weighted mean of *all* committed classes; with cosine
+        normalisation it is ``D^-1/2 C D^-1/2 r`` (``D = diag(C)``).
+
+        Parameters
+        ----------
+        r : array-like of shape (size,) or (size, k)
+            The vector(s).
+        size : int, optional
+            Use the leading ``size`` classes (default: all).
+        center, normalize : bool, optional
+            Override the store's defaults, as in :meth:`matrix`.
+
+        Returns
+        -------
+        ndarray of shape (size,) or (size, k)
+
+        Raises
+        ------
+        ValueError
+            If ``r`` does not have ``size`` rows, or normalising meets a zero vector.
+        """
+        n = self._leading(size)
+        vector = np.asarray(r, dtype=np.float64)
+        if vector.ndim not in (1, 2) or vector.shape[0] != n:
+            raise ValueError(f"r has shape {vector.shape}, but the store has {n} classes (size={n})")
+        factor = self._factor(center)[:n]
+        scale = self._scale(factor, normalize)
+        if scale is None:
+            return factor @ (factor.T @ vector)
+        scale = scale if vector.ndim == 1 else scale[:, None]
+        return scale * (factor @ (factor.T @ (scale * vector)))
+
+    def diagonal(self, size: int | None = None, center: bool | None = None,
+                 normalize: bool | None = None) -> np.ndarray:
+        """``C_ii`` of the leading ``size`` classes, from the class means.
+
+        Parameters
+        ----------
+        size : int, optional
+            The leading ``size`` classes (default: all).
+        center, normalize : bool, optional
+            Override the store's defaults, as in :meth:`matrix` (normalised:
+            all ones).
+
+        Returns
+        -------
+        ndarray of shape (size,)
+        """
+        n = self._leading(size)
+        factor = self._factor(center)[:n]
+        if self._scale(factor, normalize) is not None:
+            return np.ones(n)
+        return np.einsum("ij,ij->i", factor, factor)
+
+    def columns(self, slots: Any, rows: Any = None, center: bool | None = None,
+                normalize: bool | None = None) -> np.ndarray:
+        """``C[rows, slots]`` from the class means (for insertion without the dense matrix).
+
+        Parameters
+        ----------
+        slots : array-like of int
+            Columns (class slots, the order of :attr:`labels`).
+        rows : array-like of int, optional
+            Rows (default: all classes).
+        center, normalize : bool, optional
+            Override the store's defaults, as in :meth:`matrix`.
+
+        Returns
+        -------
+        ndarray of shape (len(rows), len(slots))
+        """
+        factor = self._factor(center)
+        columns = self._slots(slots, "slots")
+        picked = np.arange(self.size) if rows is None else self._slots(rows, "rows")
+        out = factor[picked] @ factor[columns].T
+        scale = self._scale(factor, normalize)
+        if scale is not None:
+            out *= scale[picked][:, None]
+            out *= scale[columns][None, :]
+        return out
+
+    def _slots(self, values: Any, name: str) -> np.ndarray:
+        array = np.atleast_1d(np.asarray(values))
+        if array.ndim != 1 or (array.size and array.dtype.kind not in "iu"):
+            raise ValueError(f"{name} must be a 1-D array of class slots (integers)")
+        array = array.astype(np.int64)
+        if array.size and (array.min() < 0 or array.max() >= self.size):
+            raise ValueError(f"{name} must lie in 0..{self.size - 1}")
+        return array
 
     def __repr__(self) -> str:
         return f"<Store {self.path} classes={self.size} dim={self.dim} instances={self.n_instances}>"
@@ -277,9 +816,27 @@ class Store:
     ) -> dict[str, list]:
         """Add instances: new labels append classes, known labels update their mean.
 
-        ``features`` is an ``(n, D)`` NumPy, Zarr or Dask array (streamed);
-        ``labels`` one label per row. Returns ``{"added": [...], "updated": [...]}``.
-        On any error the store is unchanged.
+        Parameters
+        ----------
+        features : array of shape (n, D)
+            NumPy, Zarr or Dask array of any real dtype (streamed in blocks).
+        labels : array-like of shape (n,)
+            One label per row (integers or strings).
+        max_per_class : int, optional
+            Use at most this many random rows of each label.
+        seed : int
+            Seed of that sampling.
+
+        Returns
+        -------
+        dict
+            ``{"added": [...], "updated": [...]}``.
+
+        Raises
+        ------
+        ValueError, TypeError
+            Bad input (the store is unchanged), or :class:`StoreLockedError`
+            when another writer holds the lock past :attr:`lock_timeout`.
         """
         self._check_writable()
         n_rows = getattr(features, "shape", (0,))[0] if hasattr(features, "shape") else 0
@@ -291,7 +848,20 @@ class Store:
         return self._add(unique, sums, counts)
 
     def add_means(self, means: Any, labels: Any, counts: Any = 1) -> dict[str, list]:
-        """Add classes from their mean vectors (``counts`` instances each, default 1)."""
+        """Add classes from their mean vectors (``counts`` instances each, default 1).
+
+        Parameters
+        ----------
+        means : array-like of shape (D,) or (k, D)
+        labels : label or array-like of k unique labels
+        counts : int or array-like of k ints
+            Instances behind each mean (at least 1).
+
+        Returns
+        -------
+        dict
+            ``{"added": [...], "updated": [...]}``.
+        """
         self._check_writable()
         array = np.asarray(means, dtype=np.float64)
         if array.ndim == 1:
@@ -322,6 +892,10 @@ class Store:
         if np.any(counts == 0):
             missing = labels[counts == 0][0]
             raise ValueError(f"class {missing!r} has no instances after sampling")
+        with self._locked():  # the committed state is re-read under the lock
+            return self._add_locked(labels, sums, counts)
+
+    def _add_locked(self, labels: np.ndarray, sums: np.ndarray, counts: np.ndarray) -> dict[str, list]:
         kind = "str" if labels.dtype.kind in "US" else "int"
         if self._meta["label_kind"] not in (None, kind):
             raise TypeError(f"this store's labels are {self._meta['label_kind']}s, got {kind} labels")
@@ -340,8 +914,8 @@ class Store:
         new_size = size + len(new_labels)
         old = slots < size
         if old.any():  # only the updated classes' rows
-            old_sums = np.asarray(self._group["sums"].oindex[slots[old], :])
-            old_counts = np.asarray(self._group["counts"].oindex[slots[old]])
+            old_sums = self._read("sums", lambda array: array.oindex[slots[old], :])
+            old_counts = self._read("counts", lambda array: array.oindex[slots[old]])
         else:
             old_sums, old_counts = np.zeros((0, sums.shape[1])), np.zeros(0, np.int64)
         sums = sums.copy()
@@ -376,7 +950,9 @@ class Store:
         return self._buffer
 
     def _read_means(self) -> np.ndarray:
-        return np.asarray(self._group["means"][: self.size])
+        means = self._read("means", lambda array: array[: self.size])
+        self._check_unchanged()
+        return means
 
     def _commit(self, slots, labels, sums, counts, means, all_means, new_size, kind, old_counts) -> None:
         generation = int(self._meta["generation"]) + 1
@@ -399,7 +975,7 @@ class Store:
             os.fsync(handle.fileno())
         os.replace(staging, journal_path)
         _crash_point("journal-written")
-        self._set_meta(pending=generation)
+        self._set_meta(pending=generation, pending_rewrite=bool(np.any(slots < self.size)))
         _crash_point("journal-named")
         self._apply(journal, generation, all_means)
 
@@ -410,69 +986,66 @@ class Store:
         self._meta = meta
 
     def _ensure_arrays(self, dim: int, kind: str, needed: int) -> None:
+        """Create or grow the arrays to hold ``needed`` slots (idempotent, array by array).
+
+        A writer killed halfway leaves some arrays created or grown and others
+        not; replaying the journal computes the same capacity and completes it.
+        """
+        group = self._group
         capacity = int(self._meta["capacity"])
-        if capacity >= needed and "covariance" in self._group:
+        present = {name: group[name] for name in _ARRAYS if name in group}
+        if capacity >= needed and len(present) == len(_ARRAYS):
             return
-        new_capacity = max(needed, 2 * capacity, 64)
-        if "covariance" not in self._group:
-            label_dtype = str if kind == "str" else np.int64
-            self._group.create_array("labels", shape=(new_capacity,), dtype=label_dtype, chunks=(_ROW_CHUNK,))
-            self._group.create_array("counts", shape=(new_capacity,), dtype=np.int64, chunks=(_ROW_CHUNK,), fill_value=0)
-            for name in ("sums", "means"):
-                self._group.create_array(
-                    name, shape=(new_capacity, dim), dtype=np.float64,
-                    chunks=(max(1, min(_ROW_CHUNK, (1 << 17) // dim)), dim), fill_value=0.0,
-                )
-            self._group.create_array(
-                "covariance", shape=(new_capacity, new_capacity), dtype=np.float64,
-                chunks=_COV_CHUNKS, fill_value=0.0, compressors=None,
-            )
-        else:
-            for name in ("labels", "counts"):
-                self._group[name].resize((new_capacity,))
-            for name in ("sums", "means"):
-                self._group[name].resize((new_capacity, dim))
-            self._group["covariance"].resize((new_capacity, new_capacity))
+        new_capacity = max(needed, 2 * capacity, 64, *(array.shape[0] for array in present.values()))
+        row_chunk = max(1, min(ROW_CHUNK, ROW_CHUNK_BYTES // (8 * dim)))
+        specs = {
+            "labels": ((new_capacity,), str if kind == "str" else np.int64, (ROW_CHUNK,), {}),
+            "counts": ((new_capacity,), np.int64, (ROW_CHUNK,), {"fill_value": 0}),
+            "sums": ((new_capacity, dim), np.float64, (row_chunk, dim), {"fill_value": 0.0}),
+            "means": ((new_capacity, dim), np.float64, (row_chunk, dim), {"fill_value": 0.0}),
+            "covariance": ((new_capacity, new_capacity), np.float64, COVARIANCE_CHUNKS,
+                           {"fill_value": 0.0, "compressors": None}),
+        }
+        for name, (shape, dtype, chunks, extra) in specs.items():
+            if name in present:
+                if tuple(present[name].shape) != shape:
+                    present[name].resize(shape)
+            else:
+                group.create_array(name, shape=shape, dtype=dtype, chunks=chunks, **extra)
+            _crash_point(f"array-created-{name}")
         self._set_meta(capacity=new_capacity, dim=dim, label_kind=kind)
 
     def _apply(self, journal: dict[str, Any], generation: int, all_means: np.ndarray | None = None) -> None:
         """Write a journal's changes into the arrays and commit (idempotent).
 
-        The journal holds the changed classes only; their covariance rows are
-        ``means[changed] @ means[:new_size]'``, from ``all_means`` or, when
-        recovering, from the means array once the journal's rows are in it.
+        The journal holds the changed classes only; their covariance rows and
+        columns are recomputed from ``all_means`` or, when recovering, from the
+        means array once the journal's rows are in it.
         """
         slots = np.asarray(journal["slots"], dtype=np.int64)
         new_size = int(journal["new_size"])
         kind = str(journal["label_kind"])
-        self._ensure_arrays(int(journal["dim"]), kind, new_size)
-        group = self._group
         old_size = int(self._meta["size"])
         order = np.argsort(slots)
         slots = slots[order]
         labels = np.asarray(journal["labels"])[order]
-        for name in ("sums", "means", "counts"):
-            values = np.asarray(journal[name])[order]
-            _write_rows(group[name], slots, values)
-        if all_means is None:
-            all_means = np.asarray(group["means"][:new_size])
-        rows = np.asarray(journal["means"])[order] @ all_means.T
-        _write_rows(group["labels"], slots, labels if kind == "int" else np.array(labels.tolist(), dtype=object))
-        covariance = group["covariance"]
-        appended = slots >= old_size
-        if appended.any():  # a contiguous block of new rows: full rows, one write
-            first = int(slots[appended][0])
-            covariance[first:new_size, :new_size] = rows[appended]
-        for slot, row in zip(slots[~appended].tolist(), rows[~appended]):
-            covariance[slot, : slot + 1] = row[: slot + 1]
-            _crash_point("mid-apply")
-            if slot + 1 < new_size:
-                covariance[slot + 1 : new_size, slot] = row[slot + 1 : new_size]
+        with writing_every_chunk():
+            self._ensure_arrays(int(journal["dim"]), kind, new_size)
+            group = self._group
+            for name in ("sums", "means", "counts"):
+                _write_rows(group[name], slots, np.asarray(journal[name])[order])
+            _write_rows(group["labels"], slots, labels if kind == "int" else np.array(labels.tolist(), dtype=object))
+            if all_means is None:
+                all_means = np.asarray(group["means"][:new_size])
+            _write_covariance(group["covariance"], slots, old_size, new_size, all_means)
+        rewritten = generation if np.any(slots < old_size) else int(self._meta.get("rewritten") or 0)
         self._set_meta(
             size=new_size,
             n_instances=int(journal["n_instances"]),
             generation=generation,
             pending=None,
+            pending_rewrite=False,
+            rewritten=rewritten,
         )
         journal_path = self.path / "journal" / f"{generation}.npz"
         journal_path.unlink(missing_ok=True)
@@ -480,22 +1053,129 @@ class Store:
             stale.unlink(missing_ok=True)
 
     def _recover(self) -> None:
+        """Finish the committed write named by ``pending`` (called under the lock)."""
+        import zarr
+
         generation = int(self._meta["pending"])
         journal_path = self.path / "journal" / f"{generation}.npz"
         if not journal_path.exists():
-            raise ValueError(f"{self.path} is corrupt: pending journal {journal_path.name} is missing")
-        with np.load(journal_path, allow_pickle=False) as data:
-            journal = {name: data[name] for name in data.files}
-        self._apply(journal, generation)
+            raise self._corrupt(f"pending journal {journal_path.name} is missing")
+        try:
+            with np.load(journal_path, allow_pickle=False) as data:
+                journal = {name: data[name] for name in data.files}
+        except Exception as exc:  # noqa: BLE001 - a damaged journal
+            raise self._corrupt(f"pending journal {journal_path.name} is unreadable: {one_line(exc)}") from None
+        if not self._writable:  # a reader finishes the committed write too
+            self._group = zarr.open_group(str(self.path), mode="r+")
+        try:
+            self._apply(journal, generation)
+        finally:
+            if not self._writable:
+                self._group = zarr.open_group(str(self.path), mode="r")
         self._buffer = None
         self._index_cache = None
 
 
+class _AbandonedReads(logging.Filter):
+    """Drops asyncio's "Task was destroyed but it is pending!" for Zarr's reads
+    cancelled by a chunk that failed to decode (already reported in one line)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Task was destroyed but it is pending")
+
+
+def _quiet_abandoned_reads() -> None:
+    logger = logging.getLogger("asyncio")
+    if not any(isinstance(f, _AbandonedReads) for f in logger.filters):
+        logger.addFilter(_AbandonedReads())
+
+
+def _check_timeout(value: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+        raise ValueError(f"lock_timeout must be a number of seconds >= 0, got {value!r}")
+    return float(value)
+
+
+def _numpy_dtype(array: Any) -> np.dtype:
+    dtype = array.dtype
+    if hasattr(dtype, "to_native_dtype"):  # zarr's own dtype objects
+        dtype = dtype.to_native_dtype()
+    return np.dtype(dtype)
+
+
 def _write_rows(array: Any, slots: np.ndarray, values: np.ndarray) -> None:
-    """Write rows at sorted slots, contiguous runs in one write each."""
+    """Write rows at sorted ``slots``: one read-modify-write per touched chunk.
+
+    Runs of neighbouring touched chunks (at most :data:`_MAX_RUN_CHUNKS`) go in
+    one call; a chunk written whole is not read first.
+    """
     if slots.size == 0:
         return
-    breaks = np.flatnonzero(np.diff(slots) != 1) + 1
-    for run in np.split(np.arange(slots.size), breaks):
-        start = int(slots[run[0]])
-        array[start : start + run.size] = values[run]
+    step = int(array.chunks[0])
+    length = int(array.shape[0])
+    touched = np.unique(slots // step)
+    breaks = np.flatnonzero(np.diff(touched) != 1) + 1
+    for run in np.split(touched, breaks):
+        for first in range(0, run.size, _MAX_RUN_CHUNKS):
+            part = run[first : first + _MAX_RUN_CHUNKS]
+            start, stop = int(part[0]) * step, min((int(part[-1]) + 1) * step, length)
+            inside = (slots >= start) & (slots < stop)
+            if np.count_nonzero(inside) == stop - start:  # every row replaced
+                block = values[inside]
+            else:
+                block = np.asarray(array[start:stop])
+                if block.dtype.kind == "T":
+                    block = block.astype(object)
+                block[slots[inside] - start] = values[inside]
+            array[start:stop] = block
+
+
+def _write_covariance(array: Any, slots: np.ndarray, old_size: int, new_size: int, means: np.ndarray) -> None:
+    """Rewrite the covariance entries of the changed classes, one read-modify-write per chunk.
+
+    A changed class ``s`` (sorted ``slots``; appended ones are ``>= old_size``)
+    has new entries in row ``s`` (columns ``<= s``) and, if it was updated, in
+    column ``s`` below the diagonal. The lower triangle is visited band by band
+    (a band = one chunk of rows); in each band the chunks holding a changed
+    entry are read once, changed and written once.
+    """
+    band, width = (int(x) for x in array.chunks)
+    capacity = int(array.shape[0])
+    changed = np.zeros(new_size, dtype=bool)
+    changed[slots] = True
+    updated = slots[slots < old_size]
+    first_band = min(int(slots[0]) // band, int(updated[0]) // band if updated.size else capacity)
+    bands = [b for b in range(first_band, -(-new_size // band))
+             if changed[b * band : (b + 1) * band].any() or (updated.size and updated[0] < (b + 1) * band - 1)]
+    with progress(len(bands) * band, "store covariance", unit="row") as advance:
+        for count, b in enumerate(bands):
+            r0, r1 = b * band, min((b + 1) * band, new_size)
+            rows = np.flatnonzero(changed[r0:r1]) + r0
+            others = np.flatnonzero(~changed[r0:r1]) + r0
+            cols = updated[updated < r1 - 1]  # their entries (i, u), i > u, in this band
+            touched = set(range(-(-(int(rows[-1]) + 1) // width))) if rows.size else set()
+            if others.size:
+                touched.update((cols // width).tolist())
+            if not touched:
+                advance(band)
+                continue
+            ordered = np.array(sorted(touched))
+            for run in np.split(ordered, np.flatnonzero(np.diff(ordered) != 1) + 1):
+                c0, c1 = int(run[0]) * width, min((int(run[-1]) + 1) * width, capacity)
+                block = np.asarray(array[r0 : min(r0 + band, capacity), c0:c1])
+                hi = min(c1, new_size)
+                if rows.size:  # whole rows of the changed classes, up to the diagonal
+                    values = means[rows] @ means[c0:hi].T
+                    lower = np.arange(c0, hi)[None, :] <= rows[:, None]
+                    local = block[rows - r0, : hi - c0]
+                    block[rows - r0, : hi - c0] = np.where(lower, values, local)
+                here = cols[(cols >= c0) & (cols < c1)]
+                if others.size and here.size:  # updated columns below the diagonal
+                    values = means[others] @ means[here].T
+                    below = here[None, :] < others[:, None]
+                    index = np.ix_(others - r0, here - c0)
+                    block[index] = np.where(below, values, block[index])
+                array[r0 : min(r0 + band, capacity), c0:c1] = block
+            if count == 0:
+                _crash_point("mid-apply")
+            advance(band)

@@ -161,7 +161,8 @@ def _feature_shape(features: Any) -> tuple[int, int]:
 
 
 def _row_blocks(features: Any, n_rows: int, dim: int) -> Iterator[tuple[int, int]]:
-    itemsize = np.dtype(features.dtype).itemsize
+    dtype = np.dtype(features.dtype)
+    itemsize = dtype.itemsize if dtype in _KERNEL_DTYPES else 8  # upcast blocks are float64
     rows = max(1, _BLOCK_BYTES // max(1, dim * itemsize))
     chunks = getattr(features, "chunks", None)
     if chunks is not None and len(chunks) and isinstance(chunks[0], tuple):  # dask: per-axis tuples
@@ -175,26 +176,38 @@ def _row_blocks(features: Any, n_rows: int, dim: int) -> Iterator[tuple[int, int
         yield start, min(n_rows, start + rows)
 
 
+#: dtypes the summing kernel takes as they are; any other real dtype (float16,
+#: integers, booleans, non-native byte order) is upcast to float64 block by block
+_KERNEL_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def _kernel_ready(block: np.ndarray) -> np.ndarray:
+    """``block`` as a C-contiguous float32/float64 array (upcast otherwise)."""
+    if block.dtype not in _KERNEL_DTYPES:  # dtype equality includes the byte order
+        block = block.astype(np.float64)
+    return np.ascontiguousarray(block)
+
+
 def _read_block(features: Any, start: int, stop: int) -> np.ndarray:
     block = features[start:stop]
     if hasattr(block, "compute"):  # dask
         block = block.compute()
-    block = np.asarray(block)
-    if block.dtype.kind != "f":
-        block = block.astype(np.float64)
-    return np.ascontiguousarray(block)
+    return _kernel_ready(np.asarray(block))
 
 
 def accumulate_class_sums(
     features: Any, codes: np.ndarray, keep: np.ndarray, n_classes: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Per-class sums (float64) and counts of the kept rows, streaming over row blocks."""
+    """Per-class sums (float64) and counts of the kept rows, streaming over row blocks.
+
+    Any real dtype is accepted (float16, integers and booleans are upcast to
+    float64 one block at a time, so memory stays bounded by the block size).
+    """
     n_rows, dim = _feature_shape(features)
     sums = np.zeros((n_classes, dim))
     counts = np.zeros(n_classes, dtype=np.int64)
-    if isinstance(features, np.ndarray):
-        block = features if features.dtype.kind == "f" else features.astype(np.float64)
-        if not group_sums(np.ascontiguousarray(block), codes, keep, sums, counts):
+    if isinstance(features, np.ndarray) and features.dtype in _KERNEL_DTYPES:
+        if not group_sums(np.ascontiguousarray(features), codes, keep, sums, counts):
             raise ValueError("features have non-finite values (NaN or Inf)")
         return sums, counts
     blocks = list(_row_blocks(features, n_rows, dim))

@@ -106,3 +106,27 @@ def test_bad_input():
         ms.class_covariance(np.ones((0, 3)), [])
     with pytest.raises(ValueError, match="zero vector"):
         ms.class_covariance(np.zeros((4, 3)), [1, 1, 2, 2], normalize=True)
+
+
+@pytest.mark.parametrize("dtype", ["f2", ">f8", "i1", "u2", "?", "f4"])
+def test_any_real_dtype_is_upcast_per_block(dtype, tmp_path, monkeypatch):
+    rng = np.random.default_rng(5)
+    features = rng.integers(0, 2, size=(50, 3)).astype(dtype)
+    labels = rng.integers(0, 4, size=50)
+    expected = ms.class_covariance(features.astype(np.float64), labels).matrix
+    np.testing.assert_allclose(ms.class_covariance(features, labels).matrix, expected, rtol=1e-12)
+    monkeypatch.setattr(_covariance, "_BLOCK_BYTES", 64)
+    array = zarr.create_array(str(tmp_path / "f.zarr"), shape=features.shape, dtype=features.dtype.newbyteorder("="),
+                              chunks=(7, 3))
+    array[...] = features
+    np.testing.assert_allclose(ms.class_covariance(array, labels).matrix, expected, rtol=1e-12)
+    store = ms.Store.create(tmp_path / "s.zarr")
+    store.add_classes(features, labels)
+    np.testing.assert_allclose(np.asarray(store.covariance), expected, rtol=1e-12)
+
+
+@pytest.mark.parametrize("values", [np.array([["a", "b"]] * 4), np.full((4, 2), 1 + 1j), np.full((4, 2), None)])
+def test_non_numeric_features_are_refused_in_one_line(values):
+    with pytest.raises(TypeError, match="features must be real numbers") as info:
+        ms.class_covariance(values, [1, 2, 3, 4])
+    assert "\n" not in str(info.value)
