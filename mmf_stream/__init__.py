@@ -10,7 +10,7 @@ True
 from __future__ import annotations
 
 from mmf_stream import datasets, views
-from mmf_stream._class_store import Store, SymmetricCovariance
+from mmf_stream._class_store import Store, StoreLockedError, SymmetricCovariance
 from mmf_stream._covariance import ClassCovariance, class_covariance
 from mmf_stream._factorization import Factorization, Level, factorize
 from mmf_stream._incremental import InsertionReport, factorize_incremental
@@ -40,5 +40,6 @@ __all__ = [
     "read_matrix",
     "views",
     "Store",
+    "StoreLockedError",
     "SymmetricCovariance",
 ]

@@ -812,7 +812,8 @@ class Store:
 
     # ----------------------------------------------------------------- writes
     def add_classes(
-        self, features: Any, labels: Any, *, max_per_class: int | None = None, seed: int = 0
+        self, features: Any, labels: Any, *, max_per_class: int | None = None, seed: int = 0,
+        progress: Callable[[int], None] | None = None,
     ) -> dict[str, list]:
         """Add instances: new labels append classes, known labels update their mean.
 
@@ -826,6 +827,8 @@ class Store:
             Use at most this many random rows of each label.
         seed : int
             Seed of that sampling.
+        progress : callable, optional
+            Called with the number of feature rows summed after each block.
 
         Returns
         -------
@@ -844,7 +847,7 @@ class Store:
         if unique is None:
             raise TypeError(f"features must be an array (NumPy, Zarr or Dask), got {type(features).__name__}")
         keep = sample_mask(codes, unique.shape[0], max_per_class, seed)
-        sums, counts = accumulate_class_sums(features, codes, keep, unique.shape[0])
+        sums, counts = accumulate_class_sums(features, codes, keep, unique.shape[0], progress=progress)
         return self._add(unique, sums, counts)
 
     def add_means(self, means: Any, labels: Any, counts: Any = 1) -> dict[str, list]:

@@ -9,7 +9,7 @@ so memory stays bounded by the block size and ``m x D``.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -196,19 +196,25 @@ def _read_block(features: Any, start: int, stop: int) -> np.ndarray:
 
 
 def accumulate_class_sums(
-    features: Any, codes: np.ndarray, keep: np.ndarray, n_classes: int
+    features: Any, codes: np.ndarray, keep: np.ndarray, n_classes: int,
+    progress: Callable[[int], None] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per-class sums (float64) and counts of the kept rows, streaming over row blocks.
 
     Any real dtype is accepted (float16, integers and booleans are upcast to
     float64 one block at a time, so memory stays bounded by the block size).
+    Arrays on disk (memory-mapped ``.npy``, Zarr, Dask) are streamed;
+    ``progress(rows)`` is called after each block.
     """
     n_rows, dim = _feature_shape(features)
     sums = np.zeros((n_classes, dim))
     counts = np.zeros(n_classes, dtype=np.int64)
-    if isinstance(features, np.ndarray) and features.dtype in _KERNEL_DTYPES:
+    in_memory = isinstance(features, np.ndarray) and not isinstance(features, np.memmap)
+    if in_memory and features.dtype in _KERNEL_DTYPES:
         if not group_sums(np.ascontiguousarray(features), codes, keep, sums, counts):
             raise ValueError("features have non-finite values (NaN or Inf)")
+        if progress is not None:
+            progress(n_rows)
         return sums, counts
     blocks = list(_row_blocks(features, n_rows, dim))
     with ThreadPoolExecutor(max_workers=1) as reader:  # read the next block while summing this one
@@ -219,6 +225,8 @@ def accumulate_class_sums(
                 pending = reader.submit(_read_block, features, *blocks[index + 1])
             if not group_sums(block, codes[start:stop], keep[start:stop], sums, counts):
                 raise ValueError(f"features have non-finite values (NaN or Inf) in rows {start}..{stop - 1}")
+            if progress is not None:
+                progress(stop - start)
     return sums, counts
 
 

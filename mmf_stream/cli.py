@@ -16,6 +16,7 @@ import numpy as np
 
 from mmf_stream._integrity import check_replaceable
 from mmf_stream._io import one_line
+from mmf_stream._progress import progress
 
 EXIT_USAGE = 2
 
@@ -27,8 +28,6 @@ class _Parser(argparse.ArgumentParser):
 
 def _progress_bar(total: int, desc: str, quiet: bool):
     """The shared progress bar (levels done, rate, ETA); silent when not a terminal."""
-    from mmf_stream._progress import progress
-
     return progress(total, desc, unit="level", quiet=quiet)
 
 
@@ -90,7 +89,7 @@ def _covariance(args: argparse.Namespace) -> int:
         raise ValueError("--append and --overwrite exclude each other")
     start = time.perf_counter()
     if appending:
-        store = ms.Store.open(out)
+        store = ms.Store.open(out, lock_timeout=args.lock_timeout)
         for option in ("center", "normalize"):
             given = getattr(args, option)
             if given and not getattr(store, option):
@@ -103,10 +102,13 @@ def _covariance(args: argparse.Namespace) -> int:
         from mmf_stream._covariance import _feature_shape, encode_labels
 
         encode_labels(labels, _feature_shape(features)[0])
-        store = ms.Store.create(out, center=args.center, normalize=args.normalize, overwrite=args.overwrite)
+        store = ms.Store.create(out, center=args.center, normalize=args.normalize, overwrite=args.overwrite,
+                                lock_timeout=args.lock_timeout)
     _compile_notice(False)
     try:
-        report = store.add_classes(features, labels, max_per_class=args.max_per_class, seed=args.seed)
+        with progress(features.shape[0], "covariance", unit="row") as update:
+            report = store.add_classes(features, labels, max_per_class=args.max_per_class, seed=args.seed,
+                                       progress=update)
     except BaseException:
         if not appending and store.size == 0:
             import shutil
@@ -127,7 +129,7 @@ def _info(args: argparse.Namespace) -> int:
 
     source = Path(args.result)
     if source.is_dir() and (source / "journal").is_dir():  # a class store
-        store = ms.Store.open(source, mode="r")
+        store = ms.Store.open(source, mode="r", lock_timeout=args.lock_timeout)
         print(f"class store {source}")
         print(f"classes     {store.size}")
         print(f"dimension   {store.dim}")
@@ -237,7 +239,7 @@ def _insert(args: argparse.Namespace) -> int:
     result = ms.load(args.result)
     if result.labels is None:
         raise ValueError(f"{args.result} has no labels; insert matches classes by label")
-    store = ms.Store.open(args.store, mode="r")
+    store = ms.Store.open(args.store, mode="r", lock_timeout=args.lock_timeout)
     if store.center:
         raise ValueError(
             "the store's covariance is centred: adding classes moves the global mean and changes every "
@@ -266,10 +268,8 @@ def _insert(args: argparse.Namespace) -> int:
             raise ValueError(f"class {label!r} is already in the factorization")
         new.append(key)
     order = np.array([slot[label] for label in old + new])
-    full = store.matrix()
-    _check_same_classes(result, full[np.ix_(order[: len(old)], order[: len(old)])], args.result, args.store)
-    matrix = full[np.ix_(order, order[len(old):])]  # (size + b) x b
-    del full
+    _check_same_classes(result, store, order[: len(old)], args.result, args.store)
+    matrix = store.columns(order[len(old):], rows=order)  # (size + b) x b, from the means
     _compile_notice(False)
     grown = result.insert_many(matrix, labels=new) if len(new) > 1 else result.insert(
         matrix[: len(old), 0], matrix[len(old), 0], label=new[0]
@@ -286,8 +286,11 @@ def _insert(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_same_classes(result, matrix: np.ndarray, result_path: str, store_path: str) -> None:
-    """Refuse to insert when the store's copies of the factored classes differ from what was factored."""
+def _check_same_classes(result, store, slots: np.ndarray, result_path: str, store_path: str) -> None:
+    """Refuse to insert when the store's copies of the factored classes differ from what was factored.
+
+    ``slots[i]`` is the store slot of the result's index ``i``.
+    """
     from mmf_stream._fingerprint import mismatches, probe_vector
 
     fingerprint = result.fingerprint
@@ -298,7 +301,10 @@ def _check_same_classes(result, matrix: np.ndarray, result_path: str, store_path
             file=sys.stderr,
         )
         return
-    changed = mismatches(fingerprint, np.diag(matrix).copy(), matrix @ probe_vector(matrix.shape[0]))
+    spread = np.zeros(store.size)
+    spread[slots] = probe_vector(slots.shape[0])  # C[slots, slots] r = (C s)[slots]
+    probe = store.matvec(spread)[slots]
+    changed = mismatches(fingerprint, store.diagonal()[slots], probe)
     if changed.size:
         names = ", ".join(repr(result.labels[i].item()) for i in changed[:3])
         more = f" and {changed.size - 3} more" if changed.size > 3 else ""
@@ -339,6 +345,15 @@ def _demo(args: argparse.Namespace) -> int:
         result.save(args.out, overwrite=True)  # replaces only an mmf_stream result
         print(f"saved to {args.out} (inspect with: mmf-stream info {args.out})")
     return 0
+
+
+def _lock_timeout_option(parser: argparse.ArgumentParser) -> None:
+    from mmf_stream._class_store import LOCK_TIMEOUT
+
+    parser.add_argument(
+        "--lock-timeout", type=float, default=LOCK_TIMEOUT, metavar="SECONDS",
+        help=f"wait at most this long for another writer of the class store (default {LOCK_TIMEOUT:g})",
+    )
 
 
 def _int_at_least(lowest: int):
@@ -409,11 +424,13 @@ def build_parser() -> argparse.ArgumentParser:
     cov.add_argument("--append", action="store_true",
                      help="add to an existing store (new labels append classes, known labels update them)")
     cov.add_argument("--overwrite", action="store_true", help="replace an existing class store (nothing else)")
+    _lock_timeout_option(cov)
     cov.set_defaults(run=_covariance)
 
     info = sub.add_parser("info", help="summarise a saved factorization or a class store")
     info.add_argument("result", help="result directory written by 'factorize', or a class store")
     info.add_argument("--levels", type=_int_at_least(0), default=10, help="levels to list (default 10)")
+    _lock_timeout_option(info)
     info.set_defaults(run=_info)
 
     show = sub.add_parser("show", help="draw the MMF graph: .svg/.png/.pdf figure or interactive .html page")
@@ -443,6 +460,7 @@ def build_parser() -> argparse.ArgumentParser:
     ins.add_argument("--labels", nargs="+", default=None, help="classes to insert (default: all the result lacks)")
     ins.add_argument("--out", "-o", required=True, help="new result directory")
     ins.add_argument("--overwrite", action="store_true", help="replace an existing result (nothing else)")
+    _lock_timeout_option(ins)
     ins.set_defaults(run=_insert)
 
     demo = sub.add_parser("demo", help="factor the built-in hierarchical covariance and print the result")

@@ -305,3 +305,26 @@ def test_first_run_says_kernels_are_compiling(tmp_path, npy, monkeypatch, capsys
     monkeypatch.delenv("NUMBA_CACHE_DIR")
     assert main(["factorize", str(npy), "-k", "3", "-o", str(tmp_path / "r2.zarr")]) == 0
     assert "compiling" not in capsys.readouterr().err
+
+
+def test_lock_timeout_option_names_the_holder(tmp_path, capsys):
+    from mmf_stream._class_store import _WriterLock
+
+    features, labels = tmp_path / "f.npy", tmp_path / "l.txt"
+    np.save(features, np.arange(12.0).reshape(4, 3))
+    labels.write_text("a\nb\na\nc\n")
+    out = tmp_path / "s.zarr"
+    assert main(["covariance", str(features), str(labels), "-o", str(out)]) == 0
+    capsys.readouterr()
+    held = _WriterLock(out)
+    held.acquire(1.0)
+    try:
+        assert main(["covariance", str(features), str(labels), "-o", str(out), "--append",
+                     "--lock-timeout", "0.2"]) == 2
+    finally:
+        held.release()
+    message = _error_line(capsys)
+    assert f"pid {os.getpid()}" in message and "gave up after 0.2 s" in message
+    assert ms.Store.open(out).n_instances == 4
+    assert main(["covariance", str(features), str(labels), "-o", str(out), "--append"]) == 0
+    assert ms.Store.open(out).n_instances == 8
