@@ -163,7 +163,7 @@ def _swap_into_place(staging: Path, target: Path) -> None:
         fsync_dir(parent)
         shutil.rmtree(staging, ignore_errors=True)
         return
-    aside = parent / f".{target.name}{_REPLACED}{uuid.uuid4().hex[:8]}"
+    aside = parent / f".{target.name}{_REPLACED}{os.getpid()}-{uuid.uuid4().hex[:8]}"
     os.rename(target, aside)
     fsync_dir(parent)
     _crash_point("save-between-renames")
@@ -193,12 +193,19 @@ def _drop_dead_staging(target: Path) -> None:
     for staging in target.parent.iterdir():
         if not staging.name.startswith(prefix):
             continue
-        pid = staging.name[len(prefix):].split("-")[0]
-        if pid.isdigit() and not _alive(int(pid)):
+        if not _alive(_pid_in(staging, _STAGING)):
             shutil.rmtree(staging, ignore_errors=True)
 
 
+def _pid_in(sibling: Path, part: str) -> int:
+    """The pid of the saving process in a sibling's name (-1 if none)."""
+    pid = sibling.name.rsplit(part, 1)[-1].split("-")[0]
+    return int(pid) if pid.isdigit() else -1
+
+
 def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -216,7 +223,10 @@ def recover_interrupted_save(path: str | os.PathLike) -> bool:
     target = Path(path)
     if target.exists() or target.is_symlink():
         return False
-    candidates = sorted(_siblings(target, _REPLACED), key=lambda p: p.stat().st_mtime, reverse=True)
+    candidates = sorted(
+        (p for p in _siblings(target, _REPLACED) if not _alive(_pid_in(p, _REPLACED))),  # a live save finishes itself
+        key=lambda p: p.stat().st_mtime, reverse=True,
+    )
     if not candidates:
         return False
     os.rename(candidates[0], target)
