@@ -97,8 +97,8 @@ def label_fonts(labels: list[str]) -> list[str] | None:
         return None
     from matplotlib import font_manager
 
-    default_path = font_manager.findfont(font_manager.FontProperties(family="sans-serif"))
-    default_name = font_manager.FontProperties(fname=default_path).get_name()
+    default_path = font_manager.findfont(font_manager.FontProperties(family=["sans-serif"]))
+    default_name = font_manager.get_font(default_path).family_name
     missing = wanted - _charmap(default_path)
     if not missing:
         return None
@@ -117,7 +117,7 @@ def label_fonts(labels: list[str]) -> list[str] | None:
         key = "".join(sorted(chr(c) for c in missing))[:40]
         if key not in _warned_fonts:
             _warned_fonts.add(key)
-            example = chr(min(missing - (_charmap(default_path) | set())))
+            example = chr(min(missing))
             warnings.warn(
                 f"no installed font has {len(missing)} character(s) of the labels (e.g. {example!r}); they are drawn "
                 "as boxes in PNG/PDF (SVG text keeps them); install a font such as fonts-noto-cjk",

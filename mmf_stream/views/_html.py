@@ -22,7 +22,7 @@ from mmf_stream.views._layout import GraphLayout, display_labels, first_differen
 _COL_PAD = 36
 _ROW_H = 34
 _HEAD = 34
-_FOOT = 22
+_FOOT = 30
 _CHAR_W = 7.2  # width of one label character at 12 px
 #: smallest and largest zoom the page opens (and refits) at: 0.84 keeps the
 #: 12 px labels at 10 px or more; content that does not fit at it is wrapped
