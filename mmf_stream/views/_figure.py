@@ -300,12 +300,13 @@ def draw_graph(
     shown = f"levels {graph.levels[0]}\u2013{graph.levels[-1]} of {graph.total_levels}"
     heading = title or "MMF graph"
     wrapped = f"; {g.per_row} levels a row" if g.rows > 1 else ""
-    ax.set_title(
-        f"{heading}: {shown}{(' (' + page + ')') if page else ''} (order {graph.order}{wrapped}); "
-        f"\u2605 marks each level's wavelet; error {graph.error:.4g} (relative {graph.relative_error:.3g}); "
-        f"core {len(graph.core)} classes",
-        fontsize=9, loc="left",
-    )
+    first_line = f"{heading}: {shown}{(' (' + page + ')') if page else ''} (order {graph.order}{wrapped})"
+    second_line = (f"\u2605 marks each level's wavelet; error {graph.error:.4g} (relative {graph.relative_error:.3g}); "
+                   f"core {len(graph.core)} classes")
+    # one line when it fits over the drawing (about 0.075 inch a character at 9 pt), else two
+    joined = len(first_line) + len(second_line) + 2
+    text = f"{first_line}; {second_line}" if joined * 0.075 <= g.width + 0.5 else f"{first_line}\n{second_line}"
+    ax.set_title(text, fontsize=9, loc="left")
 
 
 def draw_overview(factorization: Any, graph: GraphLayout, ax: Any) -> None:

@@ -44,9 +44,17 @@ def composition_colour(number: int) -> str:
 
 
 def shorten(label: str, limit: int = MAX_LABEL_CHARS) -> str:
-    """``label`` cut to at most ``limit`` characters, an ellipsis marking the cut."""
+    """``label`` cut to at most ``limit`` characters: its start and end around an ellipsis.
+
+    The end is kept too because labels often differ only there (``n01440764
+    tench``, ``layer3.block2.conv1``).
+    """
     label = " ".join(label.split()) if ("\n" in label or "\t" in label) else label
-    return label if len(label) <= limit else label[: max(1, limit - 1)] + "\u2026"
+    if len(label) <= limit:
+        return label
+    head = max(1, (2 * (limit - 1)) // 3)
+    tail = max(0, limit - 1 - head)
+    return label[:head] + "\u2026" + (label[-tail:] if tail else "")
 
 
 def wrap(count: int, per_row: int) -> list[tuple[int, int]]:
