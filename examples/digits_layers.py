@@ -84,14 +84,14 @@ def main() -> None:
         print(f"\n{short} ({layer}): error {result.error:.4f}, relative {result.relative_error:.4f}")
         print(result.summary(levels=4))
         fig = ms.views.plot_with_dendrogram(result, cov.matrix, title=f"MMF graph of layer {short}")
-        fig.savefig(out / f"{short}.png", dpi=100, bbox_inches="tight")
+        ms.views.save_figure(fig, out / f"{short}.png", dpi=100)
         plt.close(fig)
         ms.views.to_html(result, out / f"{short}.html", matrix=cov.matrix, title=f"MMF graph of layer {short}")
 
     comparison = ms.views.compare(results, list(LAYERS))
     print("\n" + comparison.table())
     fig = ms.views.plot_comparison(comparison)
-    fig.savefig(out / "layers.png", dpi=100, bbox_inches="tight")
+    ms.views.save_figure(fig, out / "layers.png", dpi=100)
     plt.close(fig)
     print(f"\nfigures and pages in {out}")
 

@@ -5,20 +5,38 @@ from __future__ import annotations
 
 from mmf_stream.views._compare import Comparison, compare, plot_comparison
 from mmf_stream.views._figure import (
+    LEVELS_PER_PAGE,
+    check_figure_size,
     inserted_labels,
+    label_fonts,
     mean_distances,
     plot,
     plot_dendrogram,
     plot_insertion,
     plot_with_dendrogram,
+    save_figure,
 )
 from mmf_stream.views._html import to_html
-from mmf_stream.views._layout import GraphLayout, layout
+from mmf_stream.views._layout import (
+    MAX_LABEL_CHARS,
+    GraphLayout,
+    composition_colour,
+    first_difference,
+    layout,
+    shorten,
+)
 
 __all__ = [
+    "LEVELS_PER_PAGE",
+    "MAX_LABEL_CHARS",
     "Comparison",
     "GraphLayout",
+    "check_figure_size",
     "compare",
+    "composition_colour",
+    "first_difference",
+    "inserted_labels",
+    "label_fonts",
     "layout",
     "mean_distances",
     "plot",
@@ -26,5 +44,7 @@ __all__ = [
     "plot_dendrogram",
     "plot_insertion",
     "plot_with_dendrogram",
+    "save_figure",
+    "shorten",
     "to_html",
 ]

@@ -1,6 +1,7 @@
 """Layout of the MMF graph: one column per level, links to earlier groups.
 
-Pure Python/NumPy; the matplotlib and HTML renderers draw the same layout.
+Pure Python/NumPy; the matplotlib and HTML renderers draw the same layout (and
+wrap its columns into rows, see :func:`wrap`).
 """
 
 from __future__ import annotations
@@ -10,11 +11,56 @@ from typing import Any
 
 import numpy as np
 
-#: colours (Tableau 10, as in matplotlib) cycled over compositions
+#: the first composition colours (Tableau 10, as in matplotlib); later
+#: compositions get further distinct hues from :func:`composition_colour`
 PALETTE = (
     "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
     "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf",
 )
+
+#: longest label drawn in full; longer ones are shortened with an ellipsis in
+#: the drawing (the full text stays in the SVG ``<title>`` and the page's tooltip)
+MAX_LABEL_CHARS = 20
+
+_GOLDEN_ANGLE = 0.381966  # fraction of the hue circle between consecutive generated colours
+
+
+def composition_colour(number: int) -> str:
+    """Colour of the ``number``-th composition (0-based); never runs out.
+
+    The first ten are :data:`PALETTE`; after them hues step by the golden
+    angle, with three alternating saturation/lightness pairs, so neighbouring
+    numbers differ clearly and no two of the first few hundred coincide.
+    """
+    if number < len(PALETTE):
+        return PALETTE[number]
+    import colorsys
+
+    k = number - len(PALETTE)
+    hue = (0.07 + k * _GOLDEN_ANGLE) % 1.0
+    lightness, saturation = ((0.42, 0.65), (0.55, 0.55), (0.33, 0.75))[k % 3]
+    r, g, b = colorsys.hls_to_rgb(hue, lightness, saturation)
+    return "#{:02x}{:02x}{:02x}".format(round(r * 255), round(g * 255), round(b * 255))
+
+
+def shorten(label: str, limit: int = MAX_LABEL_CHARS) -> str:
+    """``label`` cut to at most ``limit`` characters: its start and end around an ellipsis.
+
+    The end is kept too because labels often differ only there (``n01440764
+    tench``, ``layer3.block2.conv1``).
+    """
+    label = " ".join(label.split()) if ("\n" in label or "\t" in label) else label
+    if len(label) <= limit:
+        return label
+    head = max(1, (2 * (limit - 1)) // 3)
+    tail = max(0, limit - 1 - head)
+    return label[:head] + "\u2026" + (label[-tail:] if tail else "")
+
+
+def wrap(count: int, per_row: int) -> list[tuple[int, int]]:
+    """(row, slot) of each of ``count`` columns laid out ``per_row`` to a row."""
+    per_row = max(1, int(per_row))
+    return [(c // per_row, c % per_row) for c in range(count)]
 
 
 @dataclass
@@ -31,6 +77,7 @@ class Node:
     squared_error: float
     colour: str
     highlighted: bool = False
+    composition: int = 0  # number of the composition the level belongs to (its colour)
 
 
 @dataclass
@@ -44,6 +91,8 @@ class Link:
 
 @dataclass
 class GraphLayout:
+    """The levels shown, their nodes and links, and the result's summary numbers."""
+
     levels: list[int]  # level numbers shown, in column order
     order: int
     nodes: list[Node] = field(default_factory=list)
@@ -52,6 +101,7 @@ class GraphLayout:
     core: list[str] = field(default_factory=list)
     error: float = 0.0
     relative_error: float = 0.0
+    compositions: int = 0  # number of distinct compositions (colours) among the levels shown
 
 
 def display_labels(factorization: Any, index_labels: bool = False) -> list[str]:
@@ -92,52 +142,48 @@ def layout(
     highlight: Any = None,
     index_labels: bool = False,
 ) -> GraphLayout:
-    """Lay out levels ``start .. start + levels - 1`` of the MMF graph."""
+    """Lay out levels ``start .. start + levels - 1`` of the MMF graph.
+
+    Parameters
+    ----------
+    factorization : Factorization
+    levels : int, optional
+        How many levels (at least 1; default: all from ``start``).
+    start : int, default 1
+        First level (1-based, at most the number of levels).
+    highlight : str or sequence of str, optional
+        Labels to highlight (an unknown label is an error naming close matches).
+    index_labels : bool
+        Name classes by row index when the result has no labels.
+
+    Returns
+    -------
+    GraphLayout
+        Colours: each level continuing exactly one earlier composition (through
+        the classes it shares with it) keeps that composition's colour; a level
+        that joins several compositions, or none, starts a new composition with
+        a new colour (:func:`composition_colour`), so merges stand out level
+        after level instead of everything ending in the oldest colour.
+    """
+    from mmf_stream._progress import progress
+
     names = display_labels(factorization, index_labels)
     total = factorization.n_levels
-    if not isinstance(start, (int, np.integer)) or not 1 <= start <= max(total, 1):
+    if isinstance(start, bool) or not isinstance(start, (int, np.integer)) or not 1 <= start <= max(total, 1):
         raise ValueError(f"start must be a level between 1 and {total}, got {start}")
-    count = total - start + 1 if levels is None else int(levels)
-    if count < 1:
+    if levels is not None and (isinstance(levels, bool) or int(levels) < 1):
         raise ValueError(f"levels must be at least 1, got {levels}")
+    count = total - start + 1 if levels is None else int(levels)
     shown = list(range(start, min(total, start + count - 1) + 1))
     marked = resolve_highlight(names, highlight)
-
-    # compositions: a level joins the compositions of the earlier levels its
-    # members came through (union-find); it takes the colour of the oldest one,
-    # so compositions keep their colour as they grow
-    parent = list(range(len(shown)))
-
-    def find(a: int) -> int:
-        while parent[a] != a:
-            parent[a] = parent[parent[a]]
-            a = parent[a]
-        return a
+    tuples = np.asarray(factorization.tuples)
+    wavelets = np.asarray(factorization.wavelets).tolist()
+    errors = np.asarray(factorization.level_errors, dtype=np.float64).tolist()
 
     last_seen: dict[int, tuple[int, int]] = {}
     pending_links: list[tuple[tuple[int, int], tuple[int, int]]] = []
-    level_colour: list[str] = []
-    colour_of_root: dict[int, str] = {}
-    for column, number in enumerate(shown):
-        level = factorization.levels[number - 1]
-        roots = set()
-        for row, index in enumerate(level.indices.tolist()):
-            if index in last_seen:
-                source = last_seen[index]
-                roots.add(find(source[0]))
-                pending_links.append((source, (column, row)))
-            last_seen[index] = (column, row)
-        if roots:
-            oldest = min(roots)
-            colour = colour_of_root[oldest]
-            for root in roots:
-                parent[root] = oldest
-            parent[column] = oldest
-        else:
-            colour = PALETTE[len(colour_of_root) % len(PALETTE)]
-            colour_of_root[column] = colour
-        level_colour.append(colour)
-
+    level_composition: list[int] = []
+    compositions = 0
     graph = GraphLayout(
         levels=shown,
         order=factorization.order,
@@ -146,25 +192,71 @@ def layout(
         error=factorization.error,
         relative_error=factorization.relative_error,
     )
-    for column, number in enumerate(shown):
-        level = factorization.levels[number - 1]
-        members = level.indices.tolist()
-        colour = level_colour[column]
-        for row, index in enumerate(members):
-            graph.nodes.append(
-                Node(
-                    level=number,
-                    column=column,
-                    row=row,
-                    index=index,
-                    label=names[index],
-                    is_wavelet=index == level.wavelet,
-                    partners=[names[j] for j in members if j != index],
-                    squared_error=level.squared_error,
-                    colour=colour,
-                    highlighted=index in marked,
+    with progress(len(shown), "layout", unit="level") as update:
+        for column, number in enumerate(shown):
+            members = tuples[number - 1].tolist()
+            joined = set()
+            for row, index in enumerate(members):
+                if index in last_seen:
+                    source = last_seen[index]
+                    joined.add(level_composition[source[0]])
+                    pending_links.append((source, (column, row)))
+                last_seen[index] = (column, row)
+            if len(joined) == 1:
+                composition = joined.pop()
+            else:
+                composition = compositions
+                compositions += 1
+            level_composition.append(composition)
+            colour = composition_colour(composition)
+            wavelet = wavelets[number - 1]
+            member_names = [names[j] for j in members]
+            for row, index in enumerate(members):
+                graph.nodes.append(
+                    Node(
+                        level=number,
+                        column=column,
+                        row=row,
+                        index=index,
+                        label=member_names[row],
+                        is_wavelet=index == wavelet,
+                        partners=member_names[:row] + member_names[row + 1 :],
+                        squared_error=errors[number - 1],
+                        colour=colour,
+                        highlighted=index in marked,
+                        composition=composition,
+                    )
                 )
-            )
+            if column % 256 == 255:
+                update(256)
+        update(len(shown) % 256)
+    graph.compositions = len(set(level_composition))
     for source, target in pending_links:
-        graph.links.append(Link(source=source, target=target, colour=level_colour[source[0]]))
+        graph.links.append(
+            Link(source=source, target=target, colour=composition_colour(level_composition[source[0]]))
+        )
     return graph
+
+
+def _level_keys(factorization: Any) -> list[tuple[frozenset, str]]:
+    names = [str(x) for x in factorization.labels.tolist()]
+    return [
+        (frozenset(names[i] for i in row), names[int(w)])
+        for row, w in zip(np.asarray(factorization.tuples).tolist(), np.asarray(factorization.wavelets).tolist())
+    ]
+
+
+def first_difference(before: Any, after: Any) -> int | None:
+    """First level at which two labelled results' graphs differ (None: identical).
+
+    Levels are compared by their classes' labels (the tuple as a set and the
+    wavelet), so row order does not matter; a level present in only one
+    result counts as a difference.
+    """
+    if before.labels is None or after.labels is None:
+        raise ValueError("comparing graphs level by level needs both results to have labels")
+    a, b = _level_keys(before), _level_keys(after)
+    for number, (x, y) in enumerate(zip(a, b), start=1):
+        if x != y:
+            return number
+    return None if len(a) == len(b) else min(len(a), len(b)) + 1
