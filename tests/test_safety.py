@@ -251,13 +251,20 @@ def test_integer_options_name_themselves(argv, option, capsys):
     assert option in _error_line(capsys)
 
 
-def test_append_with_a_conflicting_option_is_refused(tmp_path, capsys):
+@pytest.fixture
+def small_store(tmp_path, capsys):
+    """A 3-class store made by the CLI from 4 rows; returns (features, labels, store) paths."""
     features, labels = tmp_path / "f.npy", tmp_path / "l.txt"
     np.save(features, np.arange(12.0).reshape(4, 3))
     labels.write_text("a\nb\na\nc\n")
     out = tmp_path / "s.zarr"
     assert main(["covariance", str(features), str(labels), "-o", str(out)]) == 0
     capsys.readouterr()
+    return features, labels, out
+
+
+def test_append_with_a_conflicting_option_is_refused(small_store, capsys):
+    features, labels, out = small_store
     assert main(["covariance", str(features), str(labels), "-o", str(out), "--append", "--center"]) == 2
     assert "--center conflicts" in _error_line(capsys)
     assert ms.Store.open(out).n_instances == 4
@@ -307,15 +314,10 @@ def test_first_run_says_kernels_are_compiling(tmp_path, npy, monkeypatch, capsys
     assert "compiling" not in capsys.readouterr().err
 
 
-def test_lock_timeout_option_names_the_holder(tmp_path, capsys):
+def test_lock_timeout_option_names_the_holder(small_store, capsys):
     from mmf_stream._class_store import _WriterLock
 
-    features, labels = tmp_path / "f.npy", tmp_path / "l.txt"
-    np.save(features, np.arange(12.0).reshape(4, 3))
-    labels.write_text("a\nb\na\nc\n")
-    out = tmp_path / "s.zarr"
-    assert main(["covariance", str(features), str(labels), "-o", str(out)]) == 0
-    capsys.readouterr()
+    features, labels, out = small_store
     held = _WriterLock(out)
     held.acquire(1.0)
     try:
