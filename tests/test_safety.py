@@ -330,3 +330,37 @@ def test_lock_timeout_option_names_the_holder(small_store, capsys):
     assert ms.Store.open(out).n_instances == 4
     assert main(["covariance", str(features), str(labels), "-o", str(out), "--append"]) == 0
     assert ms.Store.open(out).n_instances == 8
+
+
+def test_covariance_streams_with_a_progress_bar_on_a_terminal(tmp_path, capsys, monkeypatch):
+    from contextlib import contextmanager
+
+    from mmf_stream import _covariance, _progress, cli
+
+    counted = []
+    real_progress = cli.progress
+
+    @contextmanager
+    def counting(total, desc, **kwargs):
+        with real_progress(total, desc, **kwargs) as update:
+            def both(n):
+                counted.append(n)
+                update(n)
+            yield both
+
+    monkeypatch.setattr(cli, "progress", counting)
+    monkeypatch.setattr(_progress, "is_interactive", lambda: True)
+    monkeypatch.setattr(_covariance, "_BLOCK_BYTES", 4096)  # several blocks from a small file
+    features, labels = tmp_path / "f.npy", tmp_path / "l.txt"
+    data = np.random.default_rng(0).normal(size=(3000, 4))
+    np.save(features, data)
+    labels.write_text("\n".join(f"k{i % 7}" for i in range(3000)) + "\n")
+    assert main(["covariance", str(features), str(labels), "-o", str(tmp_path / "s.zarr")]) == 0
+    err = capsys.readouterr().err
+    assert "covariance:" in err and "/3.00k" in err  # the bar is shown, with the total
+    assert len(counted) > 5 and sum(counted) == 3000  # advanced block by block over every row
+    store = ms.Store.open(tmp_path / "s.zarr")
+    np.testing.assert_allclose(store.means[0], data[::7].mean(axis=0))
+    monkeypatch.setattr(_progress, "is_interactive", lambda: False)
+    assert main(["covariance", str(features), str(labels), "-o", str(tmp_path / "t.zarr")]) == 0
+    assert "covariance" not in capsys.readouterr().err  # quiet off a terminal
