@@ -51,8 +51,3 @@ def progress(total: int | None, desc: str, *, unit: str = "it", quiet: bool = Fa
     ) as bar:
         yield bar.update
 
-
-def notice(message: str) -> None:
-    """Print a one-off notice on stderr, on a terminal only (e.g. 'compiling kernels')."""
-    if is_interactive():
-        print(f"mmf-stream: {message}", file=sys.stderr, flush=True)
