@@ -996,6 +996,8 @@ class Store:
         """
         group = self._group
         capacity = int(self._meta["capacity"])
+        if capacity >= needed and self._meta.get("dim") == dim:
+            return  # ``capacity`` is committed only once every array has it (checked on open)
         present = {name: group[name] for name in _ARRAYS if name in group}
         if capacity >= needed and len(present) == len(_ARRAYS):
             return
@@ -1123,6 +1125,10 @@ def _write_rows(array: Any, slots: np.ndarray, values: np.ndarray) -> None:
             part = run[first : first + _MAX_RUN_CHUNKS]
             start, stop = int(part[0]) * step, min((int(part[-1]) + 1) * step, length)
             inside = (slots >= start) & (slots < stop)
+            chosen = slots[inside]
+            if chosen[-1] - chosen[0] + 1 == chosen.size:  # one contiguous run: Zarr writes it in place
+                array[int(chosen[0]) : int(chosen[-1]) + 1] = values[inside]
+                continue
             if np.count_nonzero(inside) == stop - start:  # every row replaced
                 block = values[inside]
             else:
@@ -1160,6 +1166,14 @@ def _write_covariance(array: Any, slots: np.ndarray, old_size: int, new_size: in
             if others.size:
                 touched.update((cols // width).tolist())
             if not touched:
+                advance(band)
+                continue
+            if not (others.size and cols.size) and rows[-1] - rows[0] + 1 == rows.size:
+                # only whole rows change here, one run of them: write them (Zarr updates the chunks in place)
+                hi = int(rows[-1]) + 1
+                array[int(rows[0]) : hi, :hi] = np.tril(means[rows] @ means[:hi].T, int(rows[0]))
+                if count == 0:
+                    _crash_point("mid-apply")
                 advance(band)
                 continue
             ordered = np.array(sorted(touched))
