@@ -52,7 +52,7 @@ def of_matrix(matrix: np.ndarray) -> Fingerprint:
     return Fingerprint(
         diagonal=np.ascontiguousarray(np.diag(matrix), dtype=np.float64).copy(),
         probe=np.asarray(matrix @ probe_vector(size), dtype=np.float64),
-        scale=float(np.max(np.abs(matrix))) if size else 0.0,
+        scale=max(float(matrix.max()), -float(matrix.min())) if size else 0.0,  # no m x m temporary
     )
 
 
