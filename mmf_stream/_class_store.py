@@ -70,7 +70,14 @@ from mmf_stream._covariance import (
     encode_labels,
     sample_mask,
 )
-from mmf_stream._integrity import check_replaceable, own_format, require_complete, writing_every_chunk
+from mmf_stream._integrity import (
+    check_replaceable,
+    crash_point,
+    own_format,
+    recover_interrupted_swap,
+    require_complete,
+    writing_every_chunk,
+)
 from mmf_stream._io import as_str_array, one_line, open_tagged_group
 from mmf_stream._progress import progress
 
@@ -95,14 +102,12 @@ _COV_CHUNKS = COVARIANCE_CHUNKS  # former private names
 _ROW_CHUNK = ROW_CHUNK
 #: test hooks: the name of a point at which a writer exits abruptly, or pauses
 #: for ``MMF_STREAM_PAUSE_SECONDS`` seconds (see tests)
-_CRASH_ENV = "MMF_STREAM_CRASH_AT"
 _PAUSE_ENV = "MMF_STREAM_PAUSE_AT"
 _PAUSE_SECONDS_ENV = "MMF_STREAM_PAUSE_SECONDS"
 
 
 def _crash_point(name: str) -> None:
-    if os.environ.get(_CRASH_ENV) == name:
-        os._exit(17)
+    crash_point(name)
     if os.environ.get(_PAUSE_ENV) == name:
         time.sleep(float(os.environ.get(_PAUSE_SECONDS_ENV, "1")))
 
@@ -387,6 +392,7 @@ class Store:
         """
         if mode not in ("r", "r+"):
             raise ValueError(f"mode must be 'r' or 'r+', got {mode!r}")
+        recover_interrupted_swap(path)  # a replacement (covariance --overwrite) killed halfway
         source, group, meta = open_tagged_group(path, FORMAT, (FORMAT_VERSION,), "class store", mode=mode)
         store = cls(source, group, writable=mode == "r+", lock_timeout=lock_timeout)
         store._settle()

@@ -169,3 +169,139 @@ def check_replaceable(path: str | os.PathLike, overwrite: bool, kinds: tuple[str
     if fmt not in kinds:
         wanted = " or ".join(kinds)
         raise ValueError(f"{target} is a {fmt}, not a {wanted}; refusing to replace it")
+
+
+# ------------------------------------------------- replacing a directory safely
+#: name parts of the sibling directories made beside a target being replaced
+STAGING_PART = ".tmp-"
+REPLACED_PART = ".replaced-"
+#: renameat2 flag: swap two paths atomically (Linux 3.15+, most local filesystems)
+_RENAME_EXCHANGE = 2
+#: test hook: the name of a point at which a writing process exits abruptly
+CRASH_ENV = "MMF_STREAM_CRASH_AT"
+#: test hook: never use the one-step exchange (exercise the two-rename path)
+NO_EXCHANGE_ENV = "MMF_STREAM_NO_EXCHANGE"
+
+
+def crash_point(name: str) -> None:
+    """Exit at once (status 17) if the test hook names this point."""
+    if os.environ.get(CRASH_ENV) == name:
+        os._exit(17)
+
+
+def staging_path(target: Path) -> Path:
+    """A fresh sibling of ``target`` to build its replacement in (stale ones of dead processes are removed)."""
+    import uuid
+
+    _drop_dead_staging(target)
+    return target.parent / f".{target.name}{STAGING_PART}{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+def _exchange(first: Path, second: Path) -> bool:
+    """Swap two paths in one atomic step; False where the system cannot."""
+    if os.environ.get(NO_EXCHANGE_ENV):
+        return False
+    try:
+        import ctypes
+
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd = -100
+    return renameat2(at_fdcwd, os.fsencode(first), at_fdcwd, os.fsencode(second), _RENAME_EXCHANGE) == 0
+
+
+def swap_into_place(staging: Path, target: Path) -> None:
+    """Put the finished directory ``staging`` at ``target``, replacing what is there.
+
+    In one atomic step where the system can (``renameat2(RENAME_EXCHANGE)``);
+    elsewhere the old directory is renamed aside (``.NAME.replaced-PID-XXXX``)
+    first, and :func:`recover_interrupted_swap` puts it back if the process dies
+    before the second rename. ``staging`` should be fsynced already.
+    """
+    import shutil
+    import uuid
+
+    parent = target.parent
+    if not target.exists():
+        os.rename(staging, target)
+        fsync_dir(parent)
+        _drop_replaced(target)
+        return
+    if _exchange(staging, target):  # staging now holds the old directory
+        fsync_dir(parent)
+        shutil.rmtree(staging, ignore_errors=True)
+        return
+    aside = parent / f".{target.name}{REPLACED_PART}{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    os.rename(target, aside)
+    fsync_dir(parent)
+    crash_point("save-between-renames")
+    os.rename(staging, target)
+    fsync_dir(parent)
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+def recover_interrupted_swap(path: str | os.PathLike) -> bool:
+    """Put back the directory a swap set aside if its process died between the two renames.
+
+    Returns True when something was restored at ``path``.
+    """
+    target = Path(path)
+    if target.exists() or target.is_symlink():
+        return False
+    candidates = sorted(
+        (p for p in _siblings(target, REPLACED_PART) if not _alive(_pid_in(p, REPLACED_PART))),
+        key=lambda p: p.stat().st_mtime, reverse=True,
+    )  # an aside copy of a live process is its own to finish
+    if not candidates:
+        return False
+    os.rename(candidates[0], target)
+    fsync_dir(target.parent)
+    _drop_replaced(target)
+    _drop_dead_staging(target)
+    return True
+
+
+def _siblings(target: Path, part: str) -> list[Path]:
+    prefix = f".{target.name}{part}"
+    if not target.parent.is_dir():
+        return []
+    return [p for p in target.parent.iterdir() if p.name.startswith(prefix) and own_format(p) is not None]
+
+
+def _drop_replaced(target: Path) -> None:
+    """Aside copies are stale once something is in place again."""
+    import shutil
+
+    for aside in _siblings(target, REPLACED_PART):
+        shutil.rmtree(aside, ignore_errors=True)
+
+
+def _drop_dead_staging(target: Path) -> None:
+    """Remove staging directories of writers whose process is gone (killed mid-write)."""
+    import shutil
+
+    prefix = f".{target.name}{STAGING_PART}"
+    if not target.parent.is_dir():
+        return
+    for staging in target.parent.iterdir():
+        if staging.name.startswith(prefix) and not _alive(_pid_in(staging, STAGING_PART)):
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def _pid_in(sibling: Path, part: str) -> int:
+    """The pid of the writing process in a sibling's name (-1 if none)."""
+    pid = sibling.name.rsplit(part, 1)[-1].split("-")[0]
+    return int(pid) if pid.isdigit() else -1
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -39,10 +38,11 @@ import numpy as np
 from mmf_stream._fingerprint import Fingerprint
 from mmf_stream._integrity import (
     check_replaceable,
-    fsync_dir,
     fsync_tree,
-    own_format,
+    recover_interrupted_swap,
     require_complete,
+    staging_path,
+    swap_into_place,
     writing_every_chunk,
 )
 from mmf_stream._io import as_str_array, one_line, open_tagged_group
@@ -72,8 +72,7 @@ def save_factorization(factorization: Any, path: str | os.PathLike, *, overwrite
     target = Path(path)
     check_replaceable(target, overwrite, kinds=(FORMAT,))
     target.parent.mkdir(parents=True, exist_ok=True)
-    _drop_dead_staging(target)
-    staging = target.parent / f".{target.name}{_STAGING}{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    staging = staging_path(target)
     try:
         with writing_every_chunk():
             group = zarr.open_group(str(staging), mode="w")
@@ -104,7 +103,7 @@ def save_factorization(factorization: Any, path: str | os.PathLike, *, overwrite
             "fingerprint_scale": None if fingerprint is None else float(fingerprint.scale),
         }
         fsync_tree(staging)
-        _swap_into_place(staging, target)
+        swap_into_place(staging, target)
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
@@ -122,120 +121,6 @@ def _arrays_to_save(factorization: Any) -> list[tuple[str, np.ndarray]]:
     return arrays
 
 
-#: name parts of the sibling directories a save makes beside its target
-_STAGING = ".tmp-"
-_REPLACED = ".replaced-"
-#: renameat2 flag: swap two paths atomically (Linux 3.15+, most local filesystems)
-_RENAME_EXCHANGE = 2
-#: test hook: a point at which a saving process exits abruptly (see tests)
-_CRASH_ENV = "MMF_STREAM_CRASH_AT"
-
-
-def _crash_point(name: str) -> None:
-    if os.environ.get(_CRASH_ENV) == name:
-        os._exit(17)
-
-
-def _exchange(first: Path, second: Path) -> bool:
-    """Swap two paths in one atomic step; False where the system cannot."""
-    if os.environ.get("MMF_STREAM_NO_EXCHANGE"):  # test hook: force the two-rename path
-        return False
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        renameat2 = libc.renameat2
-    except (OSError, AttributeError):
-        return False
-    at_fdcwd = -100
-    done = renameat2(at_fdcwd, os.fsencode(first), at_fdcwd, os.fsencode(second), _RENAME_EXCHANGE)
-    return done == 0
-
-
-def _swap_into_place(staging: Path, target: Path) -> None:
-    parent = target.parent
-    if not target.exists():
-        os.rename(staging, target)
-        fsync_dir(parent)
-        _drop_replaced(target)
-        return
-    if _exchange(staging, target):  # staging now holds the old result
-        fsync_dir(parent)
-        shutil.rmtree(staging, ignore_errors=True)
-        return
-    aside = parent / f".{target.name}{_REPLACED}{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    os.rename(target, aside)
-    fsync_dir(parent)
-    _crash_point("save-between-renames")
-    os.rename(staging, target)
-    fsync_dir(parent)
-    shutil.rmtree(aside, ignore_errors=True)
-
-
-def _siblings(target: Path, part: str) -> list[Path]:
-    prefix = f".{target.name}{part}"
-    if not target.parent.is_dir():
-        return []
-    return [p for p in target.parent.iterdir() if p.name.startswith(prefix) and own_format(p) == FORMAT]
-
-
-def _drop_replaced(target: Path) -> None:
-    """Aside copies are stale once a result is in place again."""
-    for aside in _siblings(target, _REPLACED):
-        shutil.rmtree(aside, ignore_errors=True)
-
-
-def _drop_dead_staging(target: Path) -> None:
-    """Remove staging directories of saves whose process is gone (a killed save)."""
-    prefix = f".{target.name}{_STAGING}"
-    if not target.parent.is_dir():
-        return
-    for staging in target.parent.iterdir():
-        if not staging.name.startswith(prefix):
-            continue
-        if not _alive(_pid_in(staging, _STAGING)):
-            shutil.rmtree(staging, ignore_errors=True)
-
-
-def _pid_in(sibling: Path, part: str) -> int:
-    """The pid of the saving process in a sibling's name (-1 if none)."""
-    pid = sibling.name.rsplit(part, 1)[-1].split("-")[0]
-    return int(pid) if pid.isdigit() else -1
-
-
-def _alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def recover_interrupted_save(path: str | os.PathLike) -> bool:
-    """Put back the result a save set aside if it was killed between its two renames.
-
-    Returns True when a result was restored at ``path``.
-    """
-    target = Path(path)
-    if target.exists() or target.is_symlink():
-        return False
-    candidates = sorted(
-        (p for p in _siblings(target, _REPLACED) if not _alive(_pid_in(p, _REPLACED))),  # a live save finishes itself
-        key=lambda p: p.stat().st_mtime, reverse=True,
-    )
-    if not candidates:
-        return False
-    os.rename(candidates[0], target)
-    fsync_dir(target.parent)
-    _drop_replaced(target)
-    _drop_dead_staging(target)
-    return True
-
-
 def _chunks(shape: tuple[int, ...]) -> tuple[int, ...]:
     """About 8 MB chunks along the first axis (at least one row)."""
     row = int(np.prod(shape[1:], dtype=np.int64)) if len(shape) > 1 else 1
@@ -248,7 +133,7 @@ def load_factorization(path: str | os.PathLike):
     from mmf_stream._engine import RawFactorization
     from mmf_stream._factorization import Factorization
 
-    recover_interrupted_save(path)
+    recover_interrupted_swap(path)
     source, group, meta = open_tagged_group(path, FORMAT, READABLE_VERSIONS, "factorization")
     version = meta["format_version"]
 

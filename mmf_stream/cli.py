@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mmf_stream._integrity import check_replaceable
+from mmf_stream._integrity import check_replaceable, fsync_tree, staging_path, swap_into_place
 from mmf_stream._io import one_line
 from mmf_stream._progress import progress
 
@@ -102,7 +102,10 @@ def _covariance(args: argparse.Namespace) -> int:
         from mmf_stream._covariance import _feature_shape, encode_labels
 
         encode_labels(labels, _feature_shape(features)[0])
-        store = ms.Store.create(out, center=args.center, normalize=args.normalize, overwrite=args.overwrite,
+        # a replaced store is built beside it and swapped in only once complete:
+        # input that fails halfway (NaN rows, say) leaves the old store as it was
+        building = staging_path(out) if out.exists() else out
+        store = ms.Store.create(building, center=args.center, normalize=args.normalize,
                                 lock_timeout=args.lock_timeout)
     _compile_notice(False)
     try:
@@ -110,11 +113,15 @@ def _covariance(args: argparse.Namespace) -> int:
             report = store.add_classes(features, labels, max_per_class=args.max_per_class, seed=args.seed,
                                        progress=update)
     except BaseException:
-        if not appending and store.size == 0:
+        if not appending:
             import shutil
 
-            shutil.rmtree(out, ignore_errors=True)  # ours, just made and still empty: leave nothing behind
+            shutil.rmtree(building, ignore_errors=True)  # ours, just made: leave nothing behind
         raise
+    if not appending and building != out:
+        fsync_tree(building)
+        swap_into_place(building, out)
+        store = ms.Store.open(out, mode="r", lock_timeout=args.lock_timeout)
     seconds = time.perf_counter() - start
     print(
         f"{len(report['added'])} classes added, {len(report['updated'])} updated from "

@@ -364,3 +364,18 @@ def test_covariance_streams_with_a_progress_bar_on_a_terminal(tmp_path, capsys, 
     monkeypatch.setattr(_progress, "is_interactive", lambda: False)
     assert main(["covariance", str(features), str(labels), "-o", str(tmp_path / "t.zarr")]) == 0
     assert "covariance" not in capsys.readouterr().err  # quiet off a terminal
+
+
+def test_failed_overwrite_keeps_the_old_store(small_store, tmp_path, capsys):
+    features, labels, out = small_store
+    bad = np.ones((4, 3))
+    bad[2, 1] = np.nan
+    np.save(tmp_path / "bad.npy", bad)
+    assert main(["covariance", str(tmp_path / "bad.npy"), str(labels), "-o", str(out), "--overwrite"]) == 2
+    assert "non-finite" in _error_line(capsys)
+    kept = ms.Store.open(out)
+    assert kept.n_instances == 4 and kept.labels.tolist() == ["a", "b", "c"]
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".s.zarr")) == []
+    np.save(tmp_path / "new.npy", np.full((4, 3), 2.0))
+    assert main(["covariance", str(tmp_path / "new.npy"), str(labels), "-o", str(out), "--overwrite"]) == 0
+    np.testing.assert_array_equal(ms.Store.open(out).means, np.full((3, 3), 2.0))
