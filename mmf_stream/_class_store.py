@@ -71,8 +71,11 @@ from mmf_stream._covariance import (
     sample_mask,
 )
 from mmf_stream._integrity import (
+    EVERY_CHUNK_KEY,
     check_replaceable,
     crash_point,
+    fsync_dir,
+    fsync_file,
     own_format,
     recover_interrupted_swap,
     require_complete,
@@ -149,7 +152,14 @@ class _WriterLock:
         while True:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
+                if _same_file(fd, self.file):
+                    break
+                # the store was replaced (Store.create(overwrite=True)) while we waited:
+                # this lock guards a deleted file; lock the new one instead
+                fcntl.flock(fd, fcntl.LOCK_UN)
+                os.close(fd)
+                fd = _open_lock_file(self.file)
+                continue
             except BlockingIOError:
                 if wait and time.monotonic() < deadline:
                     time.sleep(LOCK_POLL)
@@ -185,6 +195,28 @@ class _WriterLock:
             pass
         fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)
+
+
+def _check_magnitude(means: np.ndarray) -> None:
+    """Refuse means whose products (the covariance entries) would overflow float64."""
+    from mmf_stream._validation import MAX_ABS_ENTRY
+
+    if not means.size:
+        return
+    largest = float(np.max(np.abs(means)))
+    if largest * np.sqrt(means.shape[1]) > np.sqrt(MAX_ABS_ENTRY):
+        raise ValueError(
+            f"feature values reach {largest:.3g}: the covariance entries (products of means) would "
+            f"pass {MAX_ABS_ENTRY:g} and overflow; rescale the features"
+        )
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    """Whether the open lock file is still the one at ``path``."""
+    try:
+        return os.path.samestat(os.fstat(fd), os.stat(path))
+    except FileNotFoundError:
+        return False
 
 
 def _lock_holder(fd: int) -> str:
@@ -357,6 +389,7 @@ class Store:
                 "generation": 0,
                 "pending": None,
                 "rewritten": 0,
+                EVERY_CHUNK_KEY: True,
             }
         (target / "journal").mkdir()
         return cls(target, group, writable=True, lock_timeout=lock_timeout)
@@ -509,16 +542,22 @@ class Store:
             "means": ((capacity, dim), np.dtype(np.float64)),
             "covariance": ((capacity, capacity), np.dtype(np.float64)),
         }
+        every_chunk = bool(meta.get(EVERY_CHUNK_KEY))  # stores made before it: zero chunks may be absent
         for name, (shape, dtype) in expected.items():
             array = self._array(name)
-            if tuple(array.shape) != shape:
-                raise self._corrupt(f"array '{name}' has shape {tuple(array.shape)}, expected {shape}")
+            found = tuple(array.shape)
+            # a writer may have grown an array already and not yet committed the new capacity
+            grown = len(found) == len(shape) and found[0] >= shape[0] and found[1:] == shape[1:]
+            if name == "covariance":
+                grown = len(found) == 2 and found[0] == found[1] >= capacity
+            if not grown:
+                raise self._corrupt(f"array '{name}' has shape {found}, expected {shape}")
             actual = _numpy_dtype(array)
             if dtype is not None and actual != dtype:
                 raise self._corrupt(f"array '{name}' has dtype {actual}, expected {dtype}")
             if name == "labels" and kind is not None and (actual.kind in "iu") != (kind == "int"):
                 raise self._corrupt(f"array 'labels' has dtype {actual}, the labels are {kind}s")
-            if not size:
+            if not size or not every_chunk:
                 continue
             keep = None
             if name == "covariance":
@@ -901,6 +940,7 @@ class Store:
         if np.any(counts == 0):
             missing = labels[counts == 0][0]
             raise ValueError(f"class {missing!r} has no instances after sampling")
+        _check_magnitude(sums / counts[:, None])
         with self._locked():  # the committed state is re-read under the lock
             return self._add_locked(labels, sums, counts)
 
@@ -983,8 +1023,10 @@ class Store:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(staging, journal_path)
+        fsync_dir(journal_path.parent)  # the journal's name is durable before it is named as pending
         _crash_point("journal-written")
         self._set_meta(pending=generation, pending_rewrite=bool(np.any(slots < self.size)))
+        fsync_file(self.path / "zarr.json")
         _crash_point("journal-named")
         self._apply(journal, generation, all_means)
 

@@ -16,6 +16,9 @@ from itertools import product
 from pathlib import Path
 from typing import Any
 
+#: attribute (in the ``mmf_stream`` group attribute) of groups written with every chunk
+#: stored; older groups lack it, and for them a missing chunk cannot be told from a zero one
+EVERY_CHUNK_KEY = "every_chunk_written"
 #: the ``format`` attributes of groups that mmf_stream writes (and so may replace)
 OWN_FORMATS = ("factorization", "class-store")
 
@@ -110,6 +113,11 @@ def fsync_tree(path: Path) -> None:
 
 def fsync_dir(path: Path) -> None:
     """fsync a directory (makes a rename inside it durable)."""
+    _fsync_path(path)
+
+
+def fsync_file(path: Path) -> None:
+    """fsync one file (e.g. a group's ``zarr.json`` after a commit-point write)."""
     _fsync_path(path)
 
 
@@ -285,14 +293,18 @@ def _drop_dead_staging(target: Path) -> None:
     if not target.parent.is_dir():
         return
     for staging in target.parent.iterdir():
-        if staging.name.startswith(prefix) and not _alive(_pid_in(staging, STAGING_PART)):
+        pid = _pid_in(staging, STAGING_PART) if staging.name.startswith(prefix) else -1
+        if pid > 0 and not _alive(pid):
             shutil.rmtree(staging, ignore_errors=True)
 
 
 def _pid_in(sibling: Path, part: str) -> int:
-    """The pid of the writing process in a sibling's name (-1 if none)."""
-    pid = sibling.name.rsplit(part, 1)[-1].split("-")[0]
-    return int(pid) if pid.isdigit() else -1
+    """The pid of the writing process in a sibling's name; -1 if the name is not
+    exactly ours (``...PART<pid>-<8 hex digits>``)."""
+    import re
+
+    match = re.fullmatch(r"(\d+)-[0-9a-f]{8}", sibling.name.rsplit(part, 1)[-1])
+    return int(match.group(1)) if match else -1
 
 
 def _alive(pid: int) -> bool:

@@ -37,6 +37,7 @@ import numpy as np
 
 from mmf_stream._fingerprint import Fingerprint
 from mmf_stream._integrity import (
+    EVERY_CHUNK_KEY,
     check_replaceable,
     fsync_tree,
     recover_interrupted_swap,
@@ -101,6 +102,7 @@ def save_factorization(factorization: Any, path: str | os.PathLike, *, overwrite
             "since_repair": int(factorization.metadata.get("since_repair", 0)),
             "drift": float(factorization.metadata.get("drift", 0.0)),
             "fingerprint_scale": None if fingerprint is None else float(fingerprint.scale),
+            EVERY_CHUNK_KEY: True,
         }
         fsync_tree(staging)
         swap_into_place(staging, target)
@@ -141,7 +143,8 @@ def load_factorization(path: str | os.PathLike):
         if name not in group:
             raise ValueError(f"{source} is corrupt: array {name!r} is missing")
         array = group[name]
-        require_complete(array, f"{source}: {name}")
+        if meta.get(EVERY_CHUNK_KEY):  # older results may lack all-zero chunks legitimately
+            require_complete(array, f"{source}: {name}")
         return np.asarray(array[...])
 
     has_fingerprint = meta.get("fingerprint_scale") is not None

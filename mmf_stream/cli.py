@@ -105,9 +105,15 @@ def _covariance(args: argparse.Namespace) -> int:
         # a replaced store is built beside it and swapped in only once complete:
         # input that fails halfway (NaN rows, say) leaves the old store as it was
         building = staging_path(out) if out.exists() else out
-        store = ms.Store.create(building, center=args.center, normalize=args.normalize,
-                                lock_timeout=args.lock_timeout)
-    _compile_notice(False)
+        try:
+            store = ms.Store.create(building, center=args.center, normalize=args.normalize,
+                                    lock_timeout=args.lock_timeout)
+        except ValueError:
+            if not (args.append and building == out and out.exists()):
+                raise
+            appending = True  # another --append made the store just now: append to it
+            store = ms.Store.open(out, lock_timeout=args.lock_timeout)
+    _compile_notice(False, module="_covariance")
     try:
         with progress(features.shape[0], "covariance", unit="row") as update:
             report = store.add_classes(features, labels, max_per_class=args.max_per_class, seed=args.seed,
@@ -406,21 +412,21 @@ def _int_at_least(lowest: int):
     return parse
 
 
-def _kernels_cached() -> bool:
-    """Whether numba's on-disk cache already holds the engine's kernels."""
+def _kernels_cached(module: str = "_kernels") -> bool:
+    """Whether numba's on-disk cache already holds the kernels of ``mmf_stream.<module>``."""
     import os
 
     import mmf_stream
 
     folder = Path(os.environ.get("NUMBA_CACHE_DIR") or Path(mmf_stream.__file__).parent / "__pycache__")
-    return folder.is_dir() and any(folder.rglob("_kernels.*.nbi"))
+    return folder.is_dir() and any(folder.rglob(f"{module}.*.nbi"))
 
 
-def _compile_notice(quiet: bool) -> None:
+def _compile_notice(quiet: bool, module: str = "_kernels") -> None:
     """Say once, on the first run in an environment, that numba is compiling the kernels."""
     if quiet:
         return
-    if not _kernels_cached():
+    if not _kernels_cached(module):
         print("mmf-stream: compiling the numba kernels (first run in this environment only; "
               "about a minute, then cached)", file=sys.stderr, flush=True)
 

@@ -379,3 +379,24 @@ def test_failed_overwrite_keeps_the_old_store(small_store, tmp_path, capsys):
     np.save(tmp_path / "new.npy", np.full((4, 3), 2.0))
     assert main(["covariance", str(tmp_path / "new.npy"), str(labels), "-o", str(out), "--overwrite"]) == 0
     np.testing.assert_array_equal(ms.Store.open(out).means, np.full((3, 3), 2.0))
+
+
+def test_features_whose_covariance_would_overflow_are_refused(tmp_path, capsys):
+    features, labels = tmp_path / "f.npy", tmp_path / "l.txt"
+    np.save(features, np.full((4, 3), 1e200))
+    labels.write_text("a\nb\na\nc\n")
+    assert main(["covariance", str(features), str(labels), "-o", str(tmp_path / "s.zarr")]) == 2
+    assert "rescale the features" in _error_line(capsys)
+    assert not (tmp_path / "s.zarr").exists()
+
+
+def test_staging_directories_are_recognised_by_their_exact_name(tmp_path, npy):
+    out = tmp_path / "r.zarr"
+    f = ms.factorize(np.load(npy), order=4)
+    keep = [tmp_path / ".r.zarr.tmp-999999999-notours", tmp_path / ".r.zarr.tmp-mine"]
+    for path in keep:
+        path.mkdir()
+    dead = tmp_path / ".r.zarr.tmp-999999999-0123abcd"
+    dead.mkdir()
+    f.save(out)
+    assert not dead.exists() and all(path.exists() for path in keep)

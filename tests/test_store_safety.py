@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import shutil
 import time
 from pathlib import Path
 
@@ -319,3 +320,72 @@ def test_truncated_covariance_chunk_is_refused_on_open(tmp_path):
     chunk.write_bytes(chunk.read_bytes()[:100])
     with pytest.raises(ValueError, match=r"is corrupt: covariance chunk c/1/0 has 100 bytes, expected 1048576"):
         ms.Store.open(path, mode="r")
+
+
+def test_waiting_writer_never_locks_a_replaced_store(tmp_path):
+    import threading
+
+    from mmf_stream._class_store import StoreLockedError, _WriterLock
+
+    path = tmp_path / "s.zarr"
+    ms.Store.create(path).add_means(np.eye(3), [1, 2, 3])
+    waiting = ms.Store.open(path, lock_timeout=1.0)
+    old = _WriterLock(path)
+    old.acquire(5.0)
+    outcome = {}
+
+    def append():
+        try:
+            waiting.add_means(np.ones(3), 99)
+            outcome["wrote"] = True
+        except StoreLockedError:
+            outcome["wrote"] = False
+
+    thread = threading.Thread(target=append)
+    thread.start()
+    time.sleep(0.3)  # the appender now waits on the old lock file
+    shutil.rmtree(path)  # the store is replaced while it waits
+    ms.Store.create(path).add_means(np.eye(3), [7, 8, 9])
+    new = _WriterLock(path)
+    assert new.acquire(0.0, wait=False)
+    old.release()
+    thread.join(5.0)
+    new.release()
+    assert outcome == {"wrote": False}  # it did not write while the new store's lock was held
+    assert ms.Store.open(path).labels.tolist() == [7, 8, 9]
+
+
+def test_reader_accepts_arrays_a_writer_has_already_grown(tmp_path):
+    path = tmp_path / "s.zarr"
+    store = ms.Store.create(path)
+    store.add_means(np.eye(3), [1, 2, 3])
+    group = zarr.open_group(str(path), mode="r+")
+    capacity = group.attrs["mmf_stream"]["capacity"]
+    for name in ("labels", "counts"):
+        group[name].resize((2 * capacity,))  # grown, capacity not yet committed
+    assert ms.Store.open(path, mode="r").labels.tolist() == [1, 2, 3]
+    group["counts"].resize((capacity // 2,))
+    with pytest.raises(ValueError, match="array 'counts' has shape"):
+        ms.Store.open(path, mode="r")
+
+
+def test_stores_and_results_from_before_every_chunk_was_written_still_open(tmp_path):
+    path = tmp_path / "s.zarr"
+    ms.Store.create(path).add_means(np.eye(3), [1, 2, 3])
+    group = zarr.open_group(str(path), mode="r+")
+    meta = dict(group.attrs["mmf_stream"])
+    del meta["every_chunk_written"]
+    group.attrs["mmf_stream"] = meta
+    for chunk in (path / "covariance" / "c").rglob("*"):
+        if chunk.is_file():
+            chunk.unlink()  # as an older version left an all-zero chunk unwritten
+    np.testing.assert_array_equal(np.asarray(ms.Store.open(path, mode="r").covariance), np.zeros((3, 3)))
+    result = tmp_path / "r.zarr"
+    ms.factorize(np.diag(np.arange(1.0, 9.0)), order=3).save(result)
+    group = zarr.open_group(str(result), mode="r+")
+    meta = dict(group.attrs["mmf_stream"])
+    del meta["every_chunk_written"]
+    group.attrs["mmf_stream"] = meta
+    for chunk in (result / "level_errors" / "c").rglob("*"):
+        chunk.unlink()
+    assert np.all(ms.load(result).level_errors == 0)
