@@ -74,11 +74,10 @@ from mmf_stream._integrity import (
     EVERY_CHUNK_KEY,
     check_replaceable,
     crash_point,
-    fsync_dir,
-    fsync_file,
+    first_bad_chunk,
+    fsync_path,
     own_format,
     recover_interrupted_swap,
-    require_complete,
     writing_every_chunk,
 )
 from mmf_stream._io import as_str_array, one_line, open_tagged_group
@@ -567,28 +566,14 @@ class Store:
                     last_row = min((coords[0] + 1) * chunk_rows, size) - 1
                     return coords[1] * chunk_cols <= last_row
 
-            require_complete(array, f"{self.path}: {name}", rows=size, keep=keep)
-            if name == "covariance":
-                self._check_raw_chunk_sizes(array, size, keep)
-
-    def _check_raw_chunk_sizes(self, array: Any, size: int, keep: Callable[[tuple[int, int]], bool]) -> None:
-        """The covariance is stored uncompressed: each chunk file has exactly one chunk's bytes."""
-        root = getattr(array.store, "root", None)
-        if root is None or array.metadata.codecs is None or len(array.metadata.codecs) != 1:
-            return
-        expected = int(np.prod(array.chunks)) * 8
-        chunk_rows, chunk_cols = array.chunks
-        for i in range(-(-size // chunk_rows)):
-            for j in range(-(-min(size, (i + 1) * chunk_rows) // chunk_cols)):
-                if not keep((i, j)):
-                    continue
-                key = array.metadata.encode_chunk_key((i, j))
-                try:
-                    actual = (Path(root) / array.path / key).stat().st_size
-                except OSError:
-                    actual = -1
-                if actual != expected:
-                    raise self._corrupt(f"covariance chunk {key} has {actual} bytes, expected {expected}")
+            # the covariance is stored uncompressed: each chunk file holds exactly one chunk's bytes
+            raw = name == "covariance" and array.metadata.codecs is not None and len(array.metadata.codecs) == 1
+            expected_bytes = int(np.prod(array.chunks)) * 8 if raw else None
+            bad = first_bad_chunk(array, rows=size, keep=keep, chunk_bytes=expected_bytes)
+            if bad is not None and bad[1] < 0:
+                raise ValueError(f"{self.path}: {name} is incomplete: chunk {bad[0]} is missing")
+            if bad is not None:
+                raise self._corrupt(f"covariance chunk {bad[0]} has {bad[1]} bytes, expected {expected_bytes}")
 
     def _array(self, name: str) -> Any:
         try:
@@ -1023,10 +1008,10 @@ class Store:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(staging, journal_path)
-        fsync_dir(journal_path.parent)  # the journal's name is durable before it is named as pending
+        fsync_path(journal_path.parent)  # the journal's name is durable before it is named as pending
         _crash_point("journal-written")
         self._set_meta(pending=generation, pending_rewrite=bool(np.any(slots < self.size)))
-        fsync_file(self.path / "zarr.json")
+        fsync_path(self.path / "zarr.json")
         _crash_point("journal-named")
         self._apply(journal, generation, all_means)
 

@@ -37,54 +37,53 @@ def writing_every_chunk() -> Iterator[None]:
         yield
 
 
-def _chunk_file(array: Any, coords: tuple[int, ...]) -> Path | None:
-    root = getattr(array.store, "root", None)
-    if root is None:  # not a local store: cannot check cheaply
-        return None
-    key = array.metadata.encode_chunk_key(coords)
-    return Path(root) / array.path / key
-
-
-def missing_chunks(
+def first_bad_chunk(
     array: Any,
     rows: int | None = None,
     keep: Callable[[tuple[int, ...]], bool] | None = None,
-    limit: int = 1,
-) -> list[tuple[int, ...]]:
-    """Chunks of ``array`` that should hold data but have no file.
+    chunk_bytes: int | None = None,
+) -> tuple[str, int] | None:
+    """The first chunk of ``array`` that should hold data but is missing (or has the wrong size).
 
     Parameters
     ----------
     array : zarr.Array
-        An array in a local store (other stores are not checked: returns []).
+        An array in a local store (other stores are not checked: returns None).
     rows : int, optional
         Only chunks overlapping the first ``rows`` entries along axis 0 (and,
         for square 2-D arrays, the first ``rows`` columns) are expected.
     keep : callable, optional
         ``keep(chunk_coords)`` says whether a chunk is expected at all (e.g. only
         the lower triangle of a covariance).
-    limit : int
-        Stop after this many missing chunks.
+    chunk_bytes : int, optional
+        The exact size of every chunk file (uncompressed arrays), to catch
+        truncated chunks too.
+
+    Returns
+    -------
+    (key, size) or None
+        The chunk's key and its file's size in bytes (-1: no file).
     """
-    if getattr(array.store, "root", None) is None or array.size == 0:
-        return []
-    chunks = array.chunks
+    root = getattr(array.store, "root", None)
+    if root is None or array.size == 0:
+        return None
     shape = list(array.shape)
     if rows is not None:
         shape[0] = min(shape[0], rows)
         if len(shape) == 2 and array.shape[0] == array.shape[1]:
             shape[1] = min(shape[1], rows)
-    counts = [-(-n // c) for n, c in zip(shape, chunks)]
-    found: list[tuple[int, ...]] = []
+    counts = [-(-n // c) for n, c in zip(shape, array.chunks)]
     for coords in product(*(range(n) for n in counts)):
         if keep is not None and not keep(coords):
             continue
-        path = _chunk_file(array, coords)
-        if path is not None and not path.is_file():
-            found.append(coords)
-            if len(found) >= limit:
-                break
-    return found
+        key = array.metadata.encode_chunk_key(coords)
+        try:
+            size = (Path(root) / array.path / key).stat().st_size
+        except OSError:
+            size = -1
+        if size < 0 or (chunk_bytes is not None and size != chunk_bytes):
+            return key, size
+    return None
 
 
 def require_complete(
@@ -97,31 +96,21 @@ def require_complete(
 
     ``what`` names the array in the message ("result.zarr: rotations").
     """
-    missing = missing_chunks(array, rows=rows, keep=keep, limit=1)
-    if missing:
-        key = array.metadata.encode_chunk_key(missing[0])
-        raise ValueError(f"{what} is incomplete: chunk {key} is missing")
+    bad = first_bad_chunk(array, rows=rows, keep=keep)
+    if bad is not None:
+        raise ValueError(f"{what} is incomplete: chunk {bad[0]} is missing")
 
 
 def fsync_tree(path: Path) -> None:
     """fsync every file and directory under ``path`` (and ``path`` itself)."""
     for root, _dirs, files in os.walk(path):
         for name in files:
-            _fsync_path(Path(root) / name)
-        _fsync_path(Path(root))
+            fsync_path(Path(root) / name)
+        fsync_path(Path(root))
 
 
-def fsync_dir(path: Path) -> None:
-    """fsync a directory (makes a rename inside it durable)."""
-    _fsync_path(path)
-
-
-def fsync_file(path: Path) -> None:
-    """fsync one file (e.g. a group's ``zarr.json`` after a commit-point write)."""
-    _fsync_path(path)
-
-
-def _fsync_path(path: Path) -> None:
+def fsync_path(path: Path) -> None:
+    """fsync one file or directory (for a directory: makes a rename inside it durable)."""
     flags = os.O_RDONLY | (os.O_DIRECTORY if path.is_dir() else 0)
     try:
         fd = os.open(path, flags)
@@ -233,19 +222,19 @@ def swap_into_place(staging: Path, target: Path) -> None:
     parent = target.parent
     if not target.exists():
         os.rename(staging, target)
-        fsync_dir(parent)
+        fsync_path(parent)
         _drop_replaced(target)
         return
     if _exchange(staging, target):  # staging now holds the old directory
-        fsync_dir(parent)
+        fsync_path(parent)
         shutil.rmtree(staging, ignore_errors=True)
         return
     aside = parent / f".{target.name}{REPLACED_PART}{os.getpid()}-{uuid.uuid4().hex[:8]}"
     os.rename(target, aside)
-    fsync_dir(parent)
+    fsync_path(parent)
     crash_point("save-between-renames")
     os.rename(staging, target)
-    fsync_dir(parent)
+    fsync_path(parent)
     shutil.rmtree(aside, ignore_errors=True)
 
 
@@ -264,7 +253,7 @@ def recover_interrupted_swap(path: str | os.PathLike) -> bool:
     if not candidates:
         return False
     os.rename(candidates[0], target)
-    fsync_dir(target.parent)
+    fsync_path(target.parent)
     _drop_replaced(target)
     _drop_dead_staging(target)
     return True

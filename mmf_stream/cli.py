@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mmf_stream._integrity import check_replaceable, fsync_tree, staging_path, swap_into_place
+from mmf_stream._integrity import check_replaceable, fsync_tree, own_format, staging_path, swap_into_place
 from mmf_stream._io import one_line
 from mmf_stream._progress import progress
 
@@ -36,8 +36,9 @@ def _factorize(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     check_replaceable(out, args.overwrite, kinds=("factorization",))
-    matrix = ms.read_matrix(args.input)
-    labels = ms.read_labels(args.labels) if args.labels else _stored_labels(args.input)
+    store = ms.Store.open(args.input, mode="r") if own_format(Path(args.input)) == "class-store" else None
+    matrix = store.matrix() if store is not None else ms.read_matrix(args.input)  # a store: opened once
+    labels = ms.read_labels(args.labels) if args.labels else (store.labels if store is not None else None)
     shape = getattr(matrix, "shape", (0,))
     size = shape[0] if len(shape) else 0
     core = args.core_size if args.core_size is not None else args.order - 1
@@ -59,19 +60,6 @@ def _factorize(args: argparse.Namespace) -> int:
         print(f"factorized {args.input} in {seconds:.2f} s -> {out}")
         print(result.summary(levels=args.show))
     return 0
-
-
-def _stored_labels(path: str):
-    """Labels of a class store (None for other inputs)."""
-    source = Path(path)
-    if not source.is_dir():
-        return None
-    import mmf_stream as ms
-
-    try:
-        return ms.Store.open(source, mode="r").labels
-    except ValueError:
-        return None
 
 
 def _covariance(args: argparse.Namespace) -> int:
