@@ -12,17 +12,17 @@ from __future__ import annotations
 from mmf_stream import datasets, views
 from mmf_stream._class_store import Store, StoreLockedError, SymmetricCovariance
 from mmf_stream._covariance import ClassCovariance, class_covariance
-from mmf_stream._factorization import Factorization, Level, factorize
-from mmf_stream._incremental import InsertionReport, factorize_incremental
+from mmf_stream._factorization import Factorization, InsertionReport, Level, factorize, load
+from mmf_stream._incremental import factorize_incremental
 from mmf_stream._io import read_labels, read_matrix
 from mmf_stream._store import FORMAT_VERSION
-from mmf_stream._store import load_factorization as load
+from mmf_stream._version import __version__
 from mmf_stream.datasets import grid_laplacian, hierarchical_covariance, karate_laplacian
-
-__version__ = "0.1.0"
+from mmf_stream.engine import EngineOptions
 
 __all__ = [
     "ClassCovariance",
+    "EngineOptions",
     "FORMAT_VERSION",
     "Factorization",
     "Level",

@@ -80,7 +80,7 @@ from mmf_stream._integrity import (
     recover_interrupted_swap,
     writing_every_chunk,
 )
-from mmf_stream._io import as_str_array, one_line, open_tagged_group
+from mmf_stream._formats import as_str_array, one_line, open_tagged_group
 from mmf_stream._progress import progress
 
 FORMAT = "class-store"
@@ -706,6 +706,16 @@ class Store:
         return covariance_from_means(self.means, self.counts, center=center, normalize=normalize, gram=raw)
 
     # ------------------------------------------- products from the means
+    def factor(self, *, center: bool | None = None, normalize: bool | None = None) -> np.ndarray:
+        """``F`` (size x D) with ``F F' = C``: the class means, centred/normalised like :meth:`matrix`.
+
+        This is what factored MMF works on (``ms.factorize(store)``): the dense
+        ``size x size`` covariance is never formed.
+        """
+        factor = self._factor(center)
+        scale = self._scale(factor, normalize)
+        return factor if scale is None else factor * scale[:, None]
+
     def _factor(self, center: bool | None) -> np.ndarray:
         """``F`` with ``F F' = C`` (centred by the instance-weighted mean of all classes if asked)."""
         if self.size == 0:

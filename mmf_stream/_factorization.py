@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from mmf_stream import _kernels as K
 from mmf_stream import _validation as V
-from mmf_stream._engine import RawFactorization, greedy_factorize
-from mmf_stream._fingerprint import of_matrix
+from mmf_stream._fingerprint import extend, of_matrix, of_means
+from mmf_stream._store import load_parts, save_factorization
+from mmf_stream.engine import incremental as I
+from mmf_stream.engine import kernels as K
+from mmf_stream.engine.options import EngineOptions, resolve_options
+from mmf_stream.engine.raw import InsertionState, RawFactorization
+from mmf_stream.engine.schedule import SCHEDULES, factor_dense, factor_means, resolve_schedule, snapshot_sizes
+from mmf_stream.engine.staged import MapClusters
 
 CANDIDATE_METHODS = ("neighbors", "exhaustive")
 #: exhaustive search refuses to score more tuples than this (over all levels)
@@ -43,6 +48,104 @@ def _check_exhaustive_cost(size: int, order: int, n_levels: int) -> None:
             "(candidates='neighbors' takes well under a second)",
             stacklevel=3,
         )
+
+
+@dataclass
+class InsertionReport:
+    """What an insertion did.
+
+    Attributes
+    ----------
+    labels : list
+        Labels (or indices) of the inserted classes.
+    indices : list of int
+        Their row indices in the new factorization.
+    cut_level : int
+        Levels ``1..cut_level`` were kept; later levels were recomputed.
+    repaired : bool
+        Whether the tail was re-run from the shallowest snapshot.
+    changed_levels : int
+        Number of levels (after the cut) whose tuple differs from before.
+    wavelet_levels : list of int or None
+        For each inserted index, the level at which it became a wavelet
+        (None: it is in the core).
+    partners : list of list
+        For each inserted index, the other members of its wavelet level's tuple
+        (the classes it is composed with).
+    error_added : float
+        New error minus old error (Frobenius; may be negative after a repair).
+    novelty : list of float
+        For each inserted index, in [0, 1]: how late it becomes a wavelet
+        among the recomputed levels (``(level - cut) / (levels - cut)``; 1 for
+        the core). Classes composed of existing ones become wavelets early
+        (low novelty); distinct classes survive to the last levels or the core
+        (high novelty).
+    drift : float
+        Energy dropped in kept levels above the shallow cut since the last batch
+        factorization, relative to the error^2; a batch refresh is advisable
+        above about 0.05.
+    """
+
+    labels: list
+    indices: list[int]
+    cut_level: int
+    repaired: bool
+    changed_levels: int
+    wavelet_levels: list[int | None]
+    partners: list[list]
+    error_added: float
+    novelty: list[float] = field(default_factory=list)
+    drift: float = 0.0
+
+
+def _check_new_labels(factorization: Any, labels: Any, count: int) -> np.ndarray | None:
+    if factorization.labels is None:
+        if labels is not None:
+            raise ValueError("this factorization has no labels; insert without labels")
+        return None
+    if labels is None:
+        raise ValueError("this factorization has labels; give a label for each new class")
+    new = V.labels_for(labels, count)
+    if (new.dtype.kind == "U") != (factorization.labels.dtype.kind == "U"):
+        raise TypeError("new labels must be of the same kind (int or str) as the existing ones")
+    clash = set(new.tolist()) & set(factorization.labels.tolist())
+    if clash:
+        raise ValueError(f"label {sorted(clash)[0]!r} is already in the factorization")
+    return np.concatenate([factorization.labels, new])
+
+
+def _split_columns(columns: Any, diagonals: Any, size: int) -> tuple[np.ndarray, np.ndarray]:
+    array = np.asarray(columns, dtype=np.float64)
+    if array.ndim == 1:
+        array = array[:, None]
+    if array.ndim != 2:
+        raise ValueError(f"columns must be 2-D (size x b or (size + b) x b), got shape {array.shape}")
+    count = array.shape[1]
+    if count < 1:
+        raise ValueError("columns holds no new index")
+    if array.shape[0] == size + count:
+        if diagonals is not None:
+            given = np.asarray(diagonals, dtype=np.float64)
+            if given.shape != (count, count) or not np.allclose(given, array[size:]):
+                raise ValueError("columns already holds the block among the new indices; leave diagonals out")
+        old, block = array[:size], array[size:]
+    elif array.shape[0] == size:
+        if diagonals is None:
+            raise ValueError(f"give the {count} x {count} block among the new indices (diagonals)")
+        block = np.asarray(diagonals, dtype=np.float64)
+        if block.ndim == 1 and block.shape == (1,):
+            block = block.reshape(1, 1)
+        if block.shape != (count, count):
+            raise ValueError(f"diagonals must be the {count} x {count} block among the new indices, got shape {block.shape}")
+        old = array
+    else:
+        raise ValueError(f"columns must have {size} rows (or {size + count} with the new block), got {array.shape[0]}")
+    if not (np.all(np.isfinite(old)) and np.all(np.isfinite(block))):
+        raise ValueError("new columns have non-finite entries (NaN or Inf)")
+    asymmetry = np.max(np.abs(block - block.T)) if count > 1 else 0.0
+    if asymmetry > 1e-8 * max(1.0, np.max(np.abs(block))):
+        raise ValueError(f"the block among the new indices is not symmetric (largest asymmetry {asymmetry:.3g})")
+    return np.ascontiguousarray(old), 0.5 * (block + block.T)
 
 
 @dataclass(frozen=True)
@@ -120,6 +223,7 @@ class Factorization:
         norm: float,
         labels: np.ndarray | None = None,
         metadata: dict[str, Any] | None = None,
+        insertion_state: InsertionState | None = None,
     ) -> None:
         self._raw = raw
         self.order = int(order)
@@ -127,7 +231,13 @@ class Factorization:
         self.norm = float(norm)
         self.labels = labels
         self.metadata = dict(metadata or {})
+        self.insertion_state = insertion_state if insertion_state is not None else InsertionState()
         self._levels: tuple[Level, ...] | None = None
+
+    @property
+    def factored(self) -> bool:
+        """Whether this result was made from class means (``C = M M'``) and keeps factored insertion state."""
+        return self.insertion_state.factored
 
     # ------------------------------------------------------------------ arrays
     @property
@@ -246,7 +356,8 @@ class Factorization:
         """The :class:`InsertionReport` of the insertion that made this result (None for batch)."""
         return self.metadata.get("insertion_report")
 
-    def insert(self, column: Any, diagonal: float, label: Any = None, *, repair: bool | None = None) -> Factorization:
+    def insert(self, column: Any = None, diagonal: float | None = None, label: Any = None, *, mean: Any = None,
+               repair: bool | None = None, options: EngineOptions | dict | None = None) -> Factorization:
         """Factorization of ``[[C, column], [column', diagonal]]`` (incremental MMF).
 
         ``self`` is not modified. The result's :attr:`insertion_report` says
@@ -256,46 +367,159 @@ class Factorization:
         Parameters
         ----------
         column : array of shape (size,)
-            Couplings of the new class with the existing ones.
+            Couplings of the new class with the existing ones (dense results).
         diagonal : float
             Its own entry (for a class covariance: ``||mu_new||^2``).
         label : optional
             Its label (required when the factorization has labels).
+        mean : array of shape (D,), optional
+            Factored results (made from class means): the new class's mean
+            alone; ``column`` and ``diagonal`` are then left out.
         repair : bool, optional
             Re-run the levels from the shallow snapshot (costlier, lower error).
-            By default every ``repair_every``-th insertion does (see module
-            :mod:`mmf_stream._incremental`).
+            By default every ``options.repair_every``-th insertion does.
+        options : EngineOptions or dict, optional
+            Policy numbers (:class:`~mmf_stream.engine.EngineOptions`).
         """
+        labels = None if label is None else [label]
+        if mean is not None:
+            if column is not None or diagonal is not None:
+                raise ValueError("give either mean= (factored results) or column and diagonal, not both")
+            vector = np.asarray(mean)
+            if vector.ndim != 1:
+                raise ValueError(f"mean must be 1-D (one class), got shape {vector.shape}")
+            return self.insert_many(means=vector[None, :], labels=labels, repair=repair, options=options)
+        if column is None or diagonal is None:
+            raise ValueError("give the new column and diagonal (or mean= for a factored result)")
         column_array = np.asarray(column, dtype=np.float64) if np.ndim(column) else None
         if column_array is None or column_array.ndim != 1:
             raise ValueError(f"column must be 1-D with {self.size} entries")
         return self.insert_many(
-            column_array[:, None], np.array([[float(np.asarray(diagonal, dtype=np.float64))]]),
-            None if label is None else [label], repair=repair,
+            column_array[:, None], np.array([[float(np.asarray(diagonal, dtype=np.float64))]]), labels,
+            repair=repair, options=options,
         )
 
     def insert_many(
-        self, columns: Any, diagonals: Any = None, labels: Sequence[Any] | None = None, *, repair: bool | None = None
+        self, columns: Any = None, diagonals: Any = None, labels: Sequence[Any] | None = None, *,
+        means: Any = None, repair: bool | None = None, options: EngineOptions | dict | None = None,
     ) -> Factorization:
         """Insert ``b`` new indices in one pass.
 
         Parameters
         ----------
         columns : array of shape (size + b, b) or (size, b)
-            The new columns. With ``size + b`` rows, the last ``b`` rows are the
-            ``b x b`` block among the new indices.
+            The new columns (dense results). With ``size + b`` rows, the last
+            ``b`` rows are the ``b x b`` block among the new indices.
         diagonals : array of shape (b, b), optional
             The block among the new indices, when ``columns`` has ``size`` rows
             (a length-``b`` vector is accepted only for ``b = 1``).
         labels : sequence of length b, optional
             Required when the factorization has labels.
+        means : array of shape (b, D), optional
+            Factored results: the new classes' means alone (instead of columns).
         repair : bool, optional
             Force (True) or skip (False) re-running from the shallow snapshot;
-            by default it runs for blocks of 10 or more and every 10 insertions.
+            by default it runs for blocks of ``options.repair_every`` or more
+            and every ``options.repair_every`` insertions.
+        options : EngineOptions or dict, optional
+            Policy numbers (:class:`~mmf_stream.engine.EngineOptions`).
         """
-        from mmf_stream._incremental import REPAIR_EVERY, build_insertion
+        opts = resolve_options(options if options is not None else self.metadata.get("options"))
+        state = self.insertion_state
+        if not state.snapshots:
+            version = self.metadata.get("format_version")
+            where = f" (loaded from format version {version})" if version is not None and version < 2 else ""
+            raise ValueError(
+                f"this factorization has no insertion state{where}; factor the matrix again "
+                "with this version (factorize(..., incremental=True)) to insert into it"
+            )
+        seed = int(self.metadata.get("seed") or 0)
+        if means is not None:
+            if columns is not None or diagonals is not None:
+                raise ValueError("give either means= (factored results) or columns, not both")
+            if not state.factored:
+                raise ValueError("this factorization was made from a dense matrix; insert columns, not means "
+                                 "(factor the class means with factorize(means=...) to insert means)")
+            new_rows = V.means_matrix(means)
+            if new_rows.shape[1] != state.final_rows.shape[1]:
+                raise ValueError(f"means must have {state.final_rows.shape[1]} features (the factored means' D), "
+                                 f"got {new_rows.shape[1]}")
+            count = new_rows.shape[0]
+            all_labels = _check_new_labels(self, labels, count)
+            shallow = self._shallow(repair, count, opts)
+            raw, new_state, cut_level = I.insert_means(self._raw, state, self.order, new_rows, shallow=shallow,
+                                                       seed=seed, options=opts)
+            # the couplings with the old classes in the original basis (norm, fingerprint): Q' (M_L mu)
+            old = state.final_rows @ new_rows.T
+            K.apply_rotations(old, self._raw.tuples, self._raw.rotations, True)
+            block = new_rows @ new_rows.T
+        else:
+            if state.factored:
+                raise ValueError("this factorization was made from class means; insert with mean=/means=")
+            if columns is None:
+                raise ValueError("give the new columns (or means= for a factored result)")
+            old, block = _split_columns(columns, diagonals, self.size)
+            count = old.shape[1]
+            all_labels = _check_new_labels(self, labels, count)
+            shallow = self._shallow(repair, count, opts)
+            raw, new_state, cut_level = I.insert_dense(self._raw, state, self.order, old, block, shallow=shallow,
+                                                       seed=seed, options=opts)
+        return self._grown(raw, new_state, cut_level, old, block, all_labels, shallow, count)
 
-        return build_insertion(self, columns, diagonals, labels, repair=repair, repair_every=REPAIR_EVERY)
+    def _shallow(self, repair: bool | None, count: int, options: EngineOptions) -> bool:
+        if repair is not None:
+            return bool(repair)
+        every = options.repair_every
+        since = int(self.metadata.get("since_repair", 0)) + count
+        return every > 0 and (count >= every or since >= every)
+
+    def _grown(self, raw, state, cut_level, old, block, all_labels, shallow, count) -> Factorization:
+        size = self.size
+        since = int(self.metadata.get("since_repair", 0)) + count
+        new_norm = float(np.sqrt(self.norm**2 + 2.0 * np.sum(old**2) + np.sum(block**2)))
+        extras = raw.level_errors[:cut_level] - self._raw.level_errors[:cut_level]
+        shallow_cut = state.snapshots[0].level if state.snapshots else cut_level
+        drift = float(self.metadata.get("drift", 0.0)) + float(np.sum(extras[: min(cut_level, shallow_cut)]))
+        fingerprint = self.metadata.get("fingerprint")
+        result = Factorization(
+            raw,
+            order=self.order,
+            norm=new_norm,
+            labels=all_labels,
+            metadata={
+                **{k: v for k, v in self.metadata.items() if k != "insertion_report"},
+                "since_repair": 0 if shallow else since,
+                "drift": drift,
+                "fingerprint": None if fingerprint is None else extend(fingerprint, old, block),
+            },
+            insertion_state=state,
+        )
+        new_ids = list(range(size, size + count))
+        wavelet_level = {int(s): level + 1 for level, s in enumerate(raw.wavelets.tolist())}
+        names = (lambda idx: all_labels[idx].item()) if all_labels is not None else (lambda idx: int(idx))
+        levels, partners, novelty = [], [], []
+        for index in new_ids:
+            level = wavelet_level.get(index)
+            levels.append(level)
+            if level is None:
+                partners.append([names(i) for i in result.core.tolist() if i != index])
+                novelty.append(1.0)
+            else:
+                partners.append([names(i) for i in raw.tuples[level - 1].tolist() if i != index])
+                novelty.append((level - cut_level) / max(1, result.n_levels - cut_level))
+        result.metadata["insertion_report"] = InsertionReport(
+            labels=[names(i) for i in new_ids],
+            indices=new_ids,
+            cut_level=cut_level,
+            repaired=bool(shallow),
+            changed_levels=I.changed_levels(self._raw, raw, cut_level),
+            wavelet_levels=levels,
+            partners=partners,
+            error_added=result.error - self.error,
+            novelty=novelty,
+            drift=drift / max(result.error**2, 1e-300),
+        )
+        return result
 
     # --------------------------------------------------------------- storage
     def save(self, path: str | os.PathLike, *, overwrite: bool = False) -> None:
@@ -304,8 +528,6 @@ class Factorization:
         The group is written beside ``path`` and moved into place at the end,
         so an interrupted save never leaves a half-written result at ``path``.
         """
-        from mmf_stream._store import save_factorization
-
         save_factorization(self, path, overwrite=overwrite)
 
     def plot(self, **kwargs: Any):
@@ -346,47 +568,93 @@ class Factorization:
         )
 
 
+def _class_store(source: Any):
+    """The class store ``source`` is or names (read-only), else None."""
+    from mmf_stream._class_store import Store
+
+    if isinstance(source, Store):
+        return source
+    if isinstance(source, (str, os.PathLike)):
+        import json
+        from pathlib import Path
+
+        meta_file = Path(source) / "zarr.json"
+        if meta_file.is_file():
+            try:
+                meta = json.loads(meta_file.read_text()).get("attributes", {}).get("mmf_stream", {})
+            except (OSError, ValueError):
+                return None
+            if isinstance(meta, dict) and meta.get("format") == "class-store":
+                return Store.open(source, mode="r")
+    return None
+
+
 def factorize(
-    C: Any,
+    C: Any = None,
     order: int = 5,
     core_size: int | None = None,
     seed: int = 0,
     *,
+    means: Any = None,
     labels: Sequence[Any] | np.ndarray | None = None,
+    schedule: str = "auto",
     candidates: str = "neighbors",
+    options: EngineOptions | dict[str, Any] | None = None,
     symmetry_tolerance: float = 1e-8,
     progress: Callable[[int], None] | None = None,
     incremental: bool = True,
+    map_clusters: MapClusters | None = None,
 ) -> Factorization:
-    """Multiresolution matrix factorization of a symmetric matrix.
+    """Multiresolution matrix factorization of a symmetric matrix or of class means.
 
     Parameters
     ----------
-    C : array-like, Zarr array, SciPy sparse matrix, or path
+    C : array-like, Zarr array, SciPy sparse matrix, class store, or path
         The symmetric ``m x m`` matrix. A path is read with
-        :func:`mmf_stream.read_matrix` (``.npy``, Zarr, Matrix Market).
+        :func:`mmf_stream.read_matrix` (``.npy``, Zarr, Matrix Market). A class
+        store (:class:`mmf_stream.Store` or its path) is factored from its
+        means (``C = M M'``, centred/normalised as the store says): its dense
+        covariance is never read; its labels are used unless ``labels`` is given.
     order : int, default 5
         ``k``, the number of indices each rotation mixes (2 <= k <= m).
     core_size : int, optional
         Size ``d`` of the dense core; ``m - d`` levels are computed. Defaults
         to ``order - 1`` (full depth).
     seed : int, default 0
-        Seed for tie-breaking; results are deterministic for a given seed.
+        Seed for tie-breaking and clustering; results are deterministic for a seed.
+    means : array-like of shape (m, D), optional
+        Instead of ``C``: class means (NumPy, Zarr or Dask). ``C = M M'`` is
+        never formed; memory is O(m D + D^2) (mmf-math.md section 9). The
+        result inserts new classes from their means alone
+        (``f.insert(mean=mu, label=...)``).
     labels : sequence, optional
         One unique label (int or str) per row; travels with the result.
+    schedule : {"auto", "greedy", "staged"}, default "auto"
+        ``"greedy"``: one level at a time over the whole active set.
+        ``"staged"``: levels in stages of independent clusters
+        (mmf-math.md section 4), each tuple still scored with its exact Gram
+        over the whole active set; for large m. ``"auto"``: greedy up to
+        ``options.auto_dense_greedy_max`` (dense) or
+        ``options.auto_factored_greedy_max`` (means) indices, staged above.
     candidates : {"neighbors", "exhaustive"}
         ``"neighbors"``: every active index is a pivot whose tuple is itself
         and its most strongly coupled active neighbours, candidates cached
         across levels. ``"exhaustive"``: every k-subset of the active set at
-        every level (tiny matrices only).
+        every level (tiny matrices only; always greedy).
+    options : EngineOptions or dict, optional
+        Policy numbers of the engine (:class:`mmf_stream.EngineOptions`).
     symmetry_tolerance : float, default 1e-8
         Largest accepted ``|C - C'|`` relative to ``max |C|``.
     progress : callable, optional
         Called with the number of levels finished since its last call.
     incremental : bool, default True
-        Keep the insertion state (snapshots of the compression at about 30%
-        and 6% of the size, about 10% of the matrix's memory) so that
-        :meth:`Factorization.insert` can extend the result.
+        Keep the insertion state (snapshots at about 30% of the size and at
+        ``options.max_deep_snapshot`` indices: dense blocks for a matrix,
+        rotated means for class means) so that :meth:`Factorization.insert`
+        can extend the result.
+    map_clusters : callable, optional
+        ``map_clusters(function, tasks)`` runs a stage's cluster tasks (default:
+        in turn, in this process); any order gives the same result.
 
     Returns
     -------
@@ -397,33 +665,78 @@ def factorize(
     ValueError, TypeError
         On invalid input (see :mod:`mmf_stream._validation`).
     """
-    if isinstance(C, (str, os.PathLike)):
-        from mmf_stream._io import read_matrix
+    if C is not None and means is not None:
+        raise ValueError("give either C or means=, not both")
+    if C is None and means is None:
+        raise TypeError("factorize() needs a matrix C or class means (means=...)")
+    store_labels = None
+    if C is not None:
+        store = _class_store(C)
+        if store is not None:
+            if store.size < 2:
+                raise ValueError(f"{store.path} holds {store.size} class(es); MMF needs at least 2 (and at least "
+                                 "the order)")
+            means, store_labels, C = store.factor(), store.labels, None
+        elif isinstance(C, (str, os.PathLike)):
+            from mmf_stream._io import read_matrix
 
-        C = read_matrix(C)
+            C = read_matrix(C)
     V.check_choice("candidates", candidates, CANDIDATE_METHODS)
+    V.check_choice("schedule", schedule, SCHEDULES)
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
         raise TypeError(f"seed must be an integer, got {type(seed).__name__}")
-    work = V.symmetric_matrix(C, tolerance=symmetry_tolerance)
+    opts = resolve_options(options)
+    factored = means is not None
+    if factored:
+        work = V.means_matrix(means)
+    else:
+        work = V.symmetric_matrix(C, tolerance=symmetry_tolerance)
     size = work.shape[0]
     order, core_size = V.order_and_core(order, core_size, size)
-    labels_array = V.labels_for(labels, size)
+    labels_array = V.labels_for(labels if labels is not None else store_labels, size)
     n_levels = size - core_size
     if candidates == "exhaustive":
         _check_exhaustive_cost(size, order, n_levels)
-    norm = float(np.linalg.norm(work))
-    fingerprint = of_matrix(work)  # before the engine consumes ``work``
-    from mmf_stream._incremental import snapshot_sizes
-
-    raw = greedy_factorize(
-        work, order, n_levels, candidates=candidates, seed=int(seed), progress=progress,
-        snapshot_sizes=snapshot_sizes(size, order, core_size) if incremental else (),
+    chosen = "greedy" if candidates == "exhaustive" else resolve_schedule(schedule, size, factored, opts)
+    if factored:
+        norm = float(np.linalg.norm(work.T @ work))  # ||M M'||_F = ||M' M||_F
+        fingerprint = of_means(work)
+        run = factor_means
+    else:
+        norm = float(np.linalg.norm(work))
+        fingerprint = of_matrix(work)  # before the engine consumes ``work``
+        run = factor_dense
+    raw, state = run(
+        work, order, n_levels, schedule=chosen, seed=int(seed), options=opts, exhaustive=candidates == "exhaustive",
+        progress=progress, snapshot_sizes=snapshot_sizes(size, order, core_size, opts) if incremental else (),
+        map_clusters=map_clusters,
     )
     del work
+    if not incremental:
+        state = InsertionState()
     return Factorization(
         raw,
         order=order,
         norm=norm,
         labels=labels_array,
-        metadata={"seed": int(seed), "candidates": candidates, "fingerprint": fingerprint},
+        metadata={"seed": int(seed), "candidates": candidates, "fingerprint": fingerprint, "schedule": chosen,
+                  "input": "means" if factored else "matrix", "options": opts},
+        insertion_state=state,
     )
+
+
+def load(path: str | os.PathLike) -> Factorization:
+    """Read a factorization written by :meth:`Factorization.save`.
+
+    Parameters
+    ----------
+    path : str or path-like
+        The result's Zarr group.
+
+    Returns
+    -------
+    Factorization
+        With its insertion state (results of format version 1 have none).
+    """
+    raw, state, order, norm, labels, metadata = load_parts(path)
+    return Factorization(raw, order=order, norm=norm, labels=labels, metadata=metadata, insertion_state=state)

@@ -56,6 +56,17 @@ def of_matrix(matrix: np.ndarray) -> Fingerprint:
     )
 
 
+def of_means(means: np.ndarray) -> Fingerprint:
+    """Fingerprint of ``C = M M'`` from the rows of ``M`` (``C`` is not formed)."""
+    size = means.shape[0]
+    diagonal = np.einsum("ij,ij->i", means, means)
+    return Fingerprint(
+        diagonal=diagonal,
+        probe=means @ (means.T @ probe_vector(size)),
+        scale=float(diagonal.max()) if size else 0.0,  # |C_ij| <= sqrt(C_ii C_jj) for a Gram matrix
+    )
+
+
 def extend(fingerprint: Fingerprint, old: np.ndarray, block: np.ndarray) -> Fingerprint:
     """Fingerprint of ``[[C, old], [old', block]]`` from that of ``C``."""
     size, count = old.shape

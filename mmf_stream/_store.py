@@ -1,6 +1,6 @@
 """Factorizations on disk: one Zarr (v3) group per result.
 
-Layout (format version 2; ``docs/format.md`` is the user-facing copy):
+Layout (format version 3; ``docs/format.md`` is the user-facing copy):
 
 ==============  ===========  =========  ==========================================
 array           shape        dtype      content
@@ -15,12 +15,16 @@ core_block      (d, d)       float64    H on the core
 labels          (m,)         int64/str  optional class labels
 snapshot_i_*    (n_i,),      int64,     insertion state: indices active at cut
                 (n_i, n_i)   float64    level i and their block of the compression
+                or (n_i, D)             (dense), or their rotated means (factored)
+final_rows      (m, D)       float64    factored results: every index's final
+                                        rotated mean (insertion from a mean)
 ==============  ===========  =========  ==========================================
 
 Group attribute ``mmf_stream`` holds ``format`` ("factorization"),
 ``format_version``, ``order``, ``size``, ``n_levels``, ``core_size``, ``error``,
 ``norm``, ``relative_error``, ``labels`` (true/false), ``seed``, ``candidates``,
-``library_version`` and ``fingerprint_scale`` (with the arrays
+``library_version``, ``input`` ("matrix" or "means"), ``schedule``, ``options``
+(the engine options, a dict) and ``fingerprint_scale`` (with the arrays
 ``fingerprint_diagonal`` and ``fingerprint_probe``: see
 :mod:`mmf_stream._fingerprint`). Every chunk is written (zeros too), so a
 missing chunk file is detected on load.
@@ -36,6 +40,8 @@ from typing import Any
 import numpy as np
 
 from mmf_stream._fingerprint import Fingerprint
+from mmf_stream.engine.options import EngineOptions, resolve_options
+from mmf_stream.engine.raw import InsertionState, RawFactorization, Snapshot
 from mmf_stream._integrity import (
     EVERY_CHUNK_KEY,
     check_replaceable,
@@ -46,12 +52,12 @@ from mmf_stream._integrity import (
     swap_into_place,
     writing_every_chunk,
 )
-from mmf_stream._io import as_str_array, one_line, open_tagged_group
+from mmf_stream._formats import as_str_array, one_line, open_tagged_group
 
 FORMAT = "factorization"
-FORMAT_VERSION = 2
-#: versions this release reads (1 has no insertion state)
-READABLE_VERSIONS = (1, 2)
+FORMAT_VERSION = 3
+#: versions this release reads (1 has no insertion state; 2 has dense snapshots only)
+READABLE_VERSIONS = (1, 2, 3)
 _ARRAYS = ("tuples", "wavelets", "rotations", "level_errors", "diagonal", "core", "core_block")
 
 
@@ -68,7 +74,7 @@ def save_factorization(factorization: Any, path: str | os.PathLike, *, overwrite
     """
     import zarr
 
-    from mmf_stream import __version__
+    from mmf_stream._version import __version__
 
     target = Path(path)
     check_replaceable(target, overwrite, kinds=(FORMAT,))
@@ -98,7 +104,10 @@ def save_factorization(factorization: Any, path: str | os.PathLike, *, overwrite
             "seed": factorization.metadata.get("seed"),
             "candidates": factorization.metadata.get("candidates"),
             "library_version": __version__,
-            "snapshot_levels": [int(level) for level, _, _ in factorization._raw.snapshots],
+            "snapshot_levels": [int(snap.level) for snap in factorization.insertion_state.snapshots],
+            "input": factorization.metadata.get("input", "matrix"),
+            "schedule": factorization.metadata.get("schedule"),
+            "options": _options_dict(factorization.metadata.get("options")),
             "since_repair": int(factorization.metadata.get("since_repair", 0)),
             "drift": float(factorization.metadata.get("drift", 0.0)),
             "fingerprint_scale": None if fingerprint is None else float(fingerprint.scale),
@@ -111,10 +120,25 @@ def save_factorization(factorization: Any, path: str | os.PathLike, *, overwrite
             shutil.rmtree(staging, ignore_errors=True)
 
 
+def _options_dict(options: Any) -> dict[str, Any] | None:
+    if not isinstance(options, EngineOptions):
+        return None
+    from dataclasses import asdict
+
+    values = asdict(options)
+    values["snapshot_fractions"] = list(values["snapshot_fractions"])
+    return values
+
+
 def _arrays_to_save(factorization: Any) -> list[tuple[str, np.ndarray]]:
     arrays = [(name, getattr(factorization, name)) for name in _ARRAYS]
-    for number, (_level, indices, block) in enumerate(factorization._raw.snapshots):
-        arrays += [(f"snapshot_{number}_indices", indices), (f"snapshot_{number}_block", block)]
+    state = factorization.insertion_state
+    for number, snap in enumerate(state.snapshots):
+        data = snap.block if snap.block is not None else snap.rows
+        kind = "block" if snap.block is not None else "rows"
+        arrays += [(f"snapshot_{number}_indices", snap.indices), (f"snapshot_{number}_{kind}", data)]
+    if state.final_rows is not None:
+        arrays.append(("final_rows", state.final_rows))
     if factorization.labels is not None:
         arrays.append(("labels", factorization.labels))
     fingerprint = factorization.fingerprint
@@ -130,11 +154,12 @@ def _chunks(shape: tuple[int, ...]) -> tuple[int, ...]:
     return (first, *[max(1, s) for s in shape[1:]])
 
 
-def load_factorization(path: str | os.PathLike):
-    """Read a factorization written by :meth:`Factorization.save`."""
-    from mmf_stream._engine import RawFactorization
-    from mmf_stream._factorization import Factorization
+def load_parts(path: str | os.PathLike):
+    """Read a factorization written by :meth:`Factorization.save`.
 
+    Returns ``(raw, insertion_state, order, norm, labels, metadata)``; the
+    public :func:`mmf_stream.load` wraps them in a ``Factorization``.
+    """
     recover_interrupted_swap(path)
     source, group, meta = open_tagged_group(path, FORMAT, READABLE_VERSIONS, "factorization")
     version = meta["format_version"]
@@ -147,14 +172,17 @@ def load_factorization(path: str | os.PathLike):
             require_complete(array, f"{source}: {name}")
         return np.asarray(array[...])
 
+    factored = meta.get("input") == "means"
     has_fingerprint = meta.get("fingerprint_scale") is not None
     try:
         arrays = {name: read(name) for name in _ARRAYS}
         labels = read("labels") if meta.get("labels") else None
-        snapshots = [
-            (int(level), read(f"snapshot_{i}_indices"), read(f"snapshot_{i}_block"))
-            for i, level in enumerate(meta.get("snapshot_levels", []))
-        ]
+        kind = "rows" if factored else "block"
+        snapshots = []
+        for i, level in enumerate(meta.get("snapshot_levels", [])):
+            data = read(f"snapshot_{i}_{kind}")
+            snapshots.append(Snapshot(int(level), read(f"snapshot_{i}_indices"), **{kind: data}))
+        final_rows = read("final_rows") if factored else None
         fingerprint_arrays = (read("fingerprint_diagonal"), read("fingerprint_probe")) if has_fingerprint else None
     except ValueError as exc:
         if str(exc).startswith(str(source)):
@@ -185,30 +213,42 @@ def load_factorization(path: str | os.PathLike):
         values = arrays[name]
         if values.size and (values.min() < 0 or values.max() >= size):
             raise ValueError(f"{source} is corrupt: {name} holds indices outside 0..{size - 1}")
-    for level, indices, block in snapshots:
-        n = indices.shape[0]
-        if block.shape != (n, n) or not 0 <= level <= n_levels or (n and (indices.min() < 0 or indices.max() >= size)):
+    width = None if final_rows is None else final_rows.shape[1]
+    if final_rows is not None and (final_rows.ndim != 2 or final_rows.shape[0] != size):
+        raise ValueError(f"{source} is corrupt: final_rows has shape {final_rows.shape}, expected ({size}, D)")
+    for snap in snapshots:
+        n = snap.size
+        data = snap.rows if factored else snap.block
+        fits = data.shape == ((n, width) if factored else (n, n))
+        if not fits or not 0 <= snap.level <= n_levels or (n and (snap.indices.min() < 0 or snap.indices.max() >= size)):
             raise ValueError(f"{source} is corrupt: an insertion snapshot does not fit the factorization")
     fingerprint = None
     if fingerprint_arrays is not None:
         if any(a.shape != (size,) for a in fingerprint_arrays):
             raise ValueError(f"{source} is corrupt: the fingerprint does not fit the factorization")
         fingerprint = Fingerprint(*fingerprint_arrays, scale=float(meta["fingerprint_scale"]))
-    for name in ("rotations", "level_errors", "diagonal", "core_block"):
-        if not np.all(np.isfinite(arrays[name])):
-            raise ValueError(f"{source} is corrupt: {name} has non-finite values")
-    raw = RawFactorization(**arrays, snapshots=snapshots)
-    return Factorization(
-        raw,
-        order=order,
-        norm=float(meta["norm"]),
-        labels=labels,
-        metadata={
-            "seed": meta.get("seed"),
-            "candidates": meta.get("candidates"),
-            "format_version": version,
-            "since_repair": int(meta.get("since_repair", 0)),
-            "drift": float(meta.get("drift", 0.0)),
-            "fingerprint": fingerprint,
-        },
-    )
+    finite = [arrays[name] for name in ("rotations", "level_errors", "diagonal", "core_block")]
+    if final_rows is not None:
+        finite.append(final_rows)
+    if not all(np.all(np.isfinite(a)) for a in finite):
+        raise ValueError(f"{source} is corrupt: it has non-finite values")
+    options = None
+    if isinstance(meta.get("options"), dict):
+        try:
+            options = resolve_options({**meta["options"], "snapshot_fractions": tuple(meta["options"]["snapshot_fractions"])})
+        except (TypeError, ValueError, KeyError):
+            options = None  # written by another version: the defaults apply
+    raw = RawFactorization(**arrays)
+    metadata = {
+        "seed": meta.get("seed"),
+        "candidates": meta.get("candidates"),
+        "format_version": version,
+        "since_repair": int(meta.get("since_repair", 0)),
+        "drift": float(meta.get("drift", 0.0)),
+        "fingerprint": fingerprint,
+        "input": "means" if factored else "matrix",
+        "schedule": meta.get("schedule"),
+        "options": options,
+    }
+    state = InsertionState(snapshots=snapshots, final_rows=final_rows)
+    return raw, state, order, float(meta["norm"]), labels, metadata

@@ -7,8 +7,8 @@ from typing import Any
 
 import numpy as np
 
-from mmf_stream import _kernels as K
-from mmf_stream._io import as_str_array
+from mmf_stream.engine import kernels as K
+from mmf_stream._formats import as_str_array
 
 
 #: largest accepted |C_ij|: MMF sums squared entries, and float64 overflows near 1e308
@@ -74,6 +74,35 @@ def symmetric_matrix(matrix: Any, *, tolerance: float = 1e-8) -> np.ndarray:
     out = np.empty((rows, rows), dtype=np.float64)
     K.symmetrize_into(array, out)
     return out
+
+
+def means_matrix(means: Any) -> np.ndarray:
+    """Validate class means (m x D: NumPy, Zarr, Dask or nested lists); return a float64 C-ordered copy."""
+    if hasattr(means, "compute") and callable(means.compute) and hasattr(means, "chunks"):  # Dask array
+        means = means.compute()
+    array = _as_2d_array(means)
+    if array.dtype == object or not (np.issubdtype(array.dtype, np.number) or array.dtype == np.bool_):
+        raise TypeError(f"means must hold real numbers, got dtype {array.dtype}")
+    if np.issubdtype(array.dtype, np.complexfloating):
+        raise TypeError("means must be real, got a complex dtype")
+    if array.ndim != 2:
+        raise ValueError(f"means must be 2-D (classes x features), got shape {array.shape}")
+    if array.shape[0] == 0:
+        raise ValueError("means holds no classes (0 rows)")
+    if array.shape[1] == 0:
+        raise ValueError(f"means has no features (shape {array.shape}, D = 0)")
+    out = np.ascontiguousarray(array, dtype=np.float64)
+    finite = np.isfinite(out)
+    if not finite.all():
+        bad = np.argwhere(~finite)[0]
+        raise ValueError(f"means has non-finite entries (NaN or Inf), first at ({bad[0]}, {bad[1]})")
+    largest = float(np.max(np.abs(out))) if out.size else 0.0
+    if largest * largest * out.shape[1] > MAX_ABS_ENTRY:
+        raise ValueError(
+            f"means entries reach {largest:.3g}: the covariance entries would overflow in the error; "
+            "rescale the means"
+        )
+    return out.copy() if out is array else out
 
 
 def order_and_core(order: Any, core_size: Any, size: int) -> tuple[int, int]:

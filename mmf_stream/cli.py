@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from mmf_stream._integrity import check_replaceable, fsync_tree, own_format, staging_path, swap_into_place
-from mmf_stream._io import one_line
+from mmf_stream._formats import one_line
 from mmf_stream._progress import progress
 
 EXIT_USAGE = 2
@@ -508,7 +508,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _version() -> str:
-    from mmf_stream import __version__
+    from mmf_stream._version import __version__
 
     return __version__
 

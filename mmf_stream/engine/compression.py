@@ -1,0 +1,323 @@
+"""Compressions: what the level loops work on, behind one interface.
+
+A compression holds the current ``C_l`` of mmf-math.md section 1 over
+*positions* (the level loop maps positions to original indices) and answers
+what the loop asks:
+
+``block(t)``, ``gram(t)``
+    a tuple's ``k x k`` block ``C[t, t]`` and its Gram over the active set
+    ``C[t, S] C[S, t]``;
+``rebuild(pivots, ...)``
+    neighbour candidates of pivots (the pivot and its most strongly coupled
+    active positions), scored, written into the candidate cache;
+``rotate(t, rotation, pos)``
+    apply a level; returns the wavelet, its diagonal, its exact squared row
+    energy over the active set and its rotated column (for cache down-dates);
+``remove(s, column)``
+    take the wavelet out of the active set;
+``compact(keep)``, ``active_block()``, ``snapshot(level)``; ``index`` maps
+positions to original indices.
+
+Staged runs also ask for ``features()`` (rows to cluster), ``cluster_inputs``
+(a cluster's ``A`` and ``P``) and ``apply_cluster`` (a cluster's levels).
+
+Implementations:
+
+* :class:`DenseCompression`: an ``m x m`` buffer, any symmetric matrix.
+* :class:`FactoredCompression`: ``C = M M'`` from class means ``M`` (m x D),
+  mmf-math.md section 9: rotations act on rows of ``M``, ``W = M_S' M_S``
+  loses one rank-one term per wavelet; ``C`` is never formed.
+* :class:`GramCompression`: one staged cluster, ``A`` and ``P`` explicit.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from mmf_stream.engine import gram_kernels as GK
+from mmf_stream.engine import kernels as K
+from mmf_stream.engine.raw import Snapshot
+
+#: factored candidates are rebuilt in batches of this many pivots (bounds the
+#: ``batch x m`` coupling rows held at once)
+_PIVOT_BATCH = 256
+
+
+class DenseCompression:
+    """The whole compression as a dense ``m x m`` buffer (consumed in place)."""
+
+    factored = False
+
+    def __init__(self, matrix: np.ndarray) -> None:
+        self._buffer = matrix.reshape(-1)
+        self.matrix = matrix
+        self.n = matrix.shape[0]
+        self.active = np.ones(self.n, dtype=np.bool_)
+        self.energy = K.row_energies(matrix)
+        self.index = np.arange(self.n, dtype=np.int64)  # position -> original index
+
+    # ------------------------------------------------------------ greedy loop
+    def block(self, t: np.ndarray) -> np.ndarray:
+        return K.tuple_block(self.matrix, t)
+
+    def gram(self, t: np.ndarray) -> np.ndarray:
+        return K.tuple_gram(self.matrix, t)
+
+    def rebuild(self, pivots, k, tuples, grams, directions, scores, iterations) -> None:
+        _rebuild_dense(self.matrix, self.energy, self.active, pivots, k, tuples, grams, directions, scores,
+                       iterations)
+
+    def rotate(self, t, rotation, pos):
+        return _apply_level(self.matrix, self.energy, self.active, t, rotation, pos)
+
+    def remove(self, s: int, column: np.ndarray) -> None:
+        K.remove_index(self.matrix, self.energy, self.active, s)
+
+    def compact(self, keep: np.ndarray) -> None:
+        self.n = K.compact_square(self._buffer, self.n, keep)
+        self.matrix = self._buffer[: self.n * self.n].reshape(self.n, self.n)
+        self.energy = self.energy[keep]
+        self.index = self.index[keep]
+        self.active = np.ones(self.n, dtype=np.bool_)
+
+    def active_block(self) -> np.ndarray:
+        live = np.flatnonzero(self.active)
+        return self.matrix[np.ix_(live, live)].copy()
+
+    def snapshot(self, level: int) -> Snapshot:
+        return Snapshot(level, self.index[self.active].copy(), block=self.active_block())
+
+    def reset_energy(self) -> None:
+        self.energy = K.row_energies(self.matrix)
+
+    # ---------------------------------------------------------------- stages
+    def features(self, width: int, rng: np.random.Generator) -> np.ndarray:
+        live = np.flatnonzero(self.active)
+        sketch = rng.standard_normal((self.n, width))
+        sketch[~self.active] = 0.0
+        return self.matrix[live] @ sketch
+
+    def cluster_inputs(self, members: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        rows = self.matrix[members]
+        return rows[:, members].copy(), rows @ rows.T
+
+    def apply_cluster(self, members: np.ndarray, mixing: np.ndarray, wavelets: np.ndarray):
+        rows = mixing @ self.matrix[members]
+        rows[:, members] = rows[:, members] @ mixing.T
+        self.matrix[members, :] = rows
+        self.matrix[:, members] = rows.T
+        wavelet_rows = self.matrix[wavelets]
+        energies = np.einsum("ij,ij->i", wavelet_rows, wavelet_rows)
+        inner = wavelet_rows[:, wavelets]
+        diagonal = np.diagonal(inner).copy()
+        for position in wavelets:
+            self.active[position] = False
+            self.matrix[position, :] = 0.0
+            self.matrix[:, position] = 0.0
+        return diagonal, _sequential_row_energy(energies, inner)
+
+
+class FactoredCompression:
+    """``C = M M'`` from the rows of ``M`` (class means, m x D); ``C`` is never formed."""
+
+    factored = True
+
+    def __init__(self, means: np.ndarray) -> None:
+        self.rows = means  # consumed: rotated in place
+        self.n = means.shape[0]
+        self.active = np.ones(self.n, dtype=np.bool_)
+        self.inner = means.T @ means  # W = M_S' M_S
+        self.energy = np.einsum("ij,ij->i", means @ self.inner, means)
+        self.index = np.arange(self.n, dtype=np.int64)  # position -> original index
+        #: every original index's row once it left the active set (its final row)
+        self.final_rows = np.zeros_like(means)
+
+    def block(self, t: np.ndarray) -> np.ndarray:
+        x = self.rows[t]
+        return x @ x.T
+
+    def gram(self, t: np.ndarray) -> np.ndarray:
+        x = self.rows[t]
+        return x @ self.inner @ x.T
+
+    def rebuild(self, pivots, k, tuples, grams, directions, scores, iterations) -> None:
+        pivots = np.asarray(pivots, dtype=np.int64)
+        for start in range(0, pivots.shape[0], _PIVOT_BATCH):
+            batch = pivots[start : start + _PIVOT_BATCH]
+            coupling = self.rows[batch] @ self.rows.T
+            chosen = GK.neighbour_tuples(coupling, self.energy, self.active, batch, k)
+            x = self.rows[chosen]  # (b, k, D)
+            blocks = np.ascontiguousarray(x @ x.transpose(0, 2, 1))
+            batch_grams = np.ascontiguousarray((x @ self.inner) @ x.transpose(0, 2, 1))
+            batch_directions = np.empty((batch.shape[0], k))
+            batch_scores = np.empty(batch.shape[0])
+            GK.score_candidates(batch_grams, blocks, iterations, batch_directions, batch_scores)
+            tuples[batch] = chosen
+            grams[batch] = batch_grams
+            directions[batch] = batch_directions
+            scores[batch] = batch_scores
+
+    def rotate(self, t, rotation, pos):
+        self.rows[t] = rotation @ self.rows[t]
+        x = self.rows[t]
+        self.energy[t] = np.einsum("ij,ij->i", x @ self.inner, x)
+        s = int(t[pos])
+        row = self.rows[s]
+        diagonal = float(row @ row)
+        row_energy = float(self.energy[s]) - diagonal * diagonal
+        column = self.rows @ row
+        column[~self.active] = 0.0
+        return s, diagonal, max(row_energy, 0.0), column
+
+    def remove(self, s: int, column: np.ndarray) -> None:
+        row = self.rows[s].copy()
+        self.final_rows[self.index[s]] = row
+        self.inner -= np.outer(row, row)
+        self.active[s] = False
+        self.energy -= column * column
+        np.maximum(self.energy, 0.0, out=self.energy)
+        self.energy[s] = 0.0
+        self.rows[s] = 0.0
+
+    def compact(self, keep: np.ndarray) -> None:
+        self.rows = self.rows[keep]
+        self.index = self.index[keep]
+        self.energy = self.energy[keep]
+        self.n = keep.shape[0]
+        self.active = np.ones(self.n, dtype=np.bool_)
+
+    def active_block(self) -> np.ndarray:
+        x = self.rows[self.active]
+        return x @ x.T
+
+    def snapshot(self, level: int) -> Snapshot:
+        return Snapshot(level, self.index[self.active].copy(), rows=self.rows[self.active].copy())
+
+    def reset_energy(self) -> None:
+        self.inner = self.rows[self.active].T @ self.rows[self.active]
+        self.energy = np.einsum("ij,ij->i", self.rows @ self.inner, self.rows)
+        self.energy[~self.active] = 0.0
+
+    # ---------------------------------------------------------------- stages
+    def features(self, width: int, rng: np.random.Generator) -> np.ndarray:
+        rows = self.rows[self.active]
+        if rows.shape[1] <= width:
+            return rows
+        return rows @ rng.standard_normal((rows.shape[1], width))
+
+    def cluster_inputs(self, members: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        x = self.rows[members]
+        return x @ x.T, (x @ self.inner) @ x.T
+
+    def apply_cluster(self, members: np.ndarray, mixing: np.ndarray, wavelets: np.ndarray):
+        self.rows[members] = mixing @ self.rows[members]
+        x = self.rows[wavelets]
+        energies = np.einsum("ij,ij->i", x @ self.inner, x)
+        inner = x @ x.T
+        diagonal = np.diagonal(inner).copy()
+        self.inner -= x.T @ x
+        self.final_rows[self.index[wavelets]] = x
+        self.rows[wavelets] = 0.0
+        self.active[wavelets] = False
+        return diagonal, _sequential_row_energy(energies, inner)
+
+
+class GramCompression:
+    """One staged cluster: ``A = C[c, c]`` and ``P = C[c, S] C[S, c]`` held explicitly."""
+
+    factored = False
+    fixed_size = True  # clusters are small: compaction would gain nothing
+
+    def __init__(self, block: np.ndarray, gram: np.ndarray) -> None:
+        self.matrix = np.ascontiguousarray(block, dtype=np.float64)
+        self.gram_matrix = np.ascontiguousarray(gram, dtype=np.float64)
+        self.n = self.matrix.shape[0]
+        self.active = np.ones(self.n, dtype=np.bool_)
+        self.energy = np.maximum(np.diagonal(self.gram_matrix).copy(), 0.0)
+        self.index = np.arange(self.n, dtype=np.int64)
+
+    def block(self, t: np.ndarray) -> np.ndarray:
+        return K.tuple_block(self.matrix, t)
+
+    def gram(self, t: np.ndarray) -> np.ndarray:
+        return K.tuple_block(self.gram_matrix, t)
+
+    def rebuild(self, pivots, k, tuples, grams, directions, scores, iterations) -> None:
+        GK.rebuild_from_gram(self.matrix, self.gram_matrix, self.energy, self.active, np.asarray(pivots, np.int64),
+                             k, tuples, grams, directions, scores, iterations)
+
+    def rotate(self, t, rotation, pos):
+        new_rows = GK.rotate_symmetric(self.matrix, t, rotation)
+        GK.rotate_symmetric(self.gram_matrix, t, rotation)
+        for a in range(t.shape[0]):
+            self.energy[t[a]] = max(self.gram_matrix[t[a], t[a]], 0.0)
+        s = int(t[pos])
+        diagonal = float(self.matrix[s, s])
+        row_energy = float(self.gram_matrix[s, s]) - diagonal * diagonal
+        return s, diagonal, max(row_energy, 0.0), new_rows[pos].copy()
+
+    def remove(self, s: int, column: np.ndarray) -> None:
+        GK.remove_from_gram(self.matrix, self.gram_matrix, self.energy, self.active, s, column)
+
+    def active_block(self) -> np.ndarray:
+        live = np.flatnonzero(self.active)
+        return self.matrix[np.ix_(live, live)].copy()
+
+
+def _sequential_row_energy(energies: np.ndarray, inner: np.ndarray) -> np.ndarray:
+    """Exact ``r_i^2`` of wavelets removed in order ``0..q-1`` (mmf-math.md section 4).
+
+    ``energies[i]`` is the squared norm of wavelet ``i``'s row over the active
+    set before any of them left; ``inner[i, j] = C[s_i, s_j]``. Wavelet ``i``
+    leaves after ``0..i-1``, so its row energy excludes those columns and itself.
+    """
+    lower = np.tril(inner * inner)
+    return np.maximum(energies - lower.sum(axis=1), 0.0)
+
+
+# ----------------------------------------------------------------- dense kernels
+from numba import njit  # noqa: E402
+
+
+@njit(cache=True)
+def _build_candidate(matrix, scale, active, pivot, k, starts, max_iter):
+    neighbours = K.nearest_neighbours(matrix[pivot], scale, active, pivot, k - 1)
+    t = np.empty(k, dtype=np.int64)
+    t[0] = pivot
+    t[1:] = neighbours
+    gram = K.tuple_gram(matrix, t)
+    block = K.tuple_block(matrix, t)
+    direction, energy = K.wavelet_direction(gram, block, starts, max_iter)
+    return t, gram, direction, max(energy, 0.0)
+
+
+@njit(cache=True)
+def _rebuild_dense(matrix, energy, active, pivots, k, tuples, grams, directions, scores, iterations):
+    scale = np.empty(energy.shape[0])
+    for j in range(energy.shape[0]):
+        scale[j] = 1.0 / np.sqrt(energy[j]) if energy[j] > 0.0 else 0.0
+    for p in pivots:
+        t, gram, direction, value = _build_candidate(matrix, scale, active, p, k, 1, iterations)
+        tuples[p] = t
+        grams[p] = gram
+        directions[p] = direction
+        scores[p] = value
+
+
+@njit(cache=True)
+def _apply_level(matrix, energy, active, t, rotation, pos):
+    """Rotate tuple ``t``; return (wavelet position, its diagonal, its squared row
+    energy over the active set, its rotated column)."""
+    old_rows = np.empty((t.shape[0], matrix.shape[1]))
+    for a in range(t.shape[0]):
+        old_rows[a] = matrix[t[a]]
+    new_rows = K.rotate_tuple_rows(old_rows, t, rotation)
+    K.write_tuple_rows(matrix, 0, t, new_rows)
+    K.update_row_energy(energy, old_rows, new_rows, t, active)
+    s = t[pos]
+    row = new_rows[pos]
+    total = 0.0
+    for j in range(row.shape[0]):
+        if active[j] and j != s:
+            total += row[j] * row[j]
+    return s, row[s], total, row.copy()

@@ -1,0 +1,102 @@
+"""Numba kernels for compressions that hold a tuple's Gram explicitly.
+
+A staged cluster (mmf-math.md section 4) holds two small matrices over its
+``c`` members: ``A = C[c, c]`` and ``P = C[c, S] C[S, c]``, the Gram of its rows
+over the *whole* active set ``S``. A tuple's Gram is then ``P[t, t]``, exactly;
+removing a wavelet ``s`` down-dates ``P`` by ``a a'`` with ``a = A[:, s]``.
+Factored compressions (class means) batch their candidates' rows through BLAS
+and only need the per-candidate steps here. Pure functions on arrays.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from mmf_stream.engine import kernels as K
+
+
+@njit(cache=True)
+def rebuild_from_gram(block_matrix, gram_matrix, energy, active, pivots, k, tuples, grams, directions, scores,
+                      iterations):
+    """Cache entries for ``pivots``: the pivot and its ``k - 1`` most strongly
+    coupled active neighbours (``|A[p, j]| / sqrt(energy[j])``), scored with the
+    exact Gram ``P[t, t]``."""
+    n = energy.shape[0]
+    scale = np.empty(n)
+    for j in range(n):
+        scale[j] = 1.0 / np.sqrt(energy[j]) if energy[j] > 0.0 else 0.0
+    for p in pivots:
+        neighbours = K.nearest_neighbours(block_matrix[p], scale, active, p, k - 1)
+        t = np.empty(k, dtype=np.int64)
+        t[0] = p
+        t[1:] = neighbours
+        gram = K.tuple_block(gram_matrix, t)
+        block = K.tuple_block(block_matrix, t)
+        direction, value = K.wavelet_direction(gram, block, 1, iterations)
+        tuples[p] = t
+        grams[p] = gram
+        directions[p] = direction
+        scores[p] = max(value, 0.0)
+
+
+@njit(cache=True)
+def neighbour_tuples(rows, energy, active, pivots, k):
+    """Tuples for ``pivots`` from their coupling rows (``rows[i] = C[pivots[i], :]``)."""
+    n = energy.shape[0]
+    scale = np.empty(n)
+    for j in range(n):
+        scale[j] = 1.0 / np.sqrt(energy[j]) if energy[j] > 0.0 else 0.0
+    out = np.empty((pivots.shape[0], k), dtype=np.int64)
+    for i in range(pivots.shape[0]):
+        p = pivots[i]
+        neighbours = K.nearest_neighbours(rows[i], scale, active, p, k - 1)
+        out[i, 0] = p
+        out[i, 1:] = neighbours
+    return out
+
+
+@njit(cache=True)
+def score_candidates(grams, blocks, iterations, directions, scores):
+    """Wavelet direction and error of each candidate from its Gram and block."""
+    for i in range(grams.shape[0]):
+        direction, value = K.wavelet_direction(grams[i], blocks[i], 1, iterations)
+        directions[i] = direction
+        scores[i] = max(value, 0.0)
+
+
+@njit(cache=True)
+def rotate_symmetric(matrix, t, rotation):
+    """``matrix <- Q matrix Q'`` for the k-point rotation ``(t, rotation)``; returns the new rows ``t``."""
+    k = t.shape[0]
+    old = np.empty((k, matrix.shape[1]))
+    for a in range(k):
+        old[a] = matrix[t[a]]
+    new = K.rotate_tuple_rows(old, t, rotation)
+    K.write_tuple_rows(matrix, 0, t, new)
+    return new
+
+
+@njit(cache=True)
+def remove_from_gram(block_matrix, gram_matrix, energy, active, s, column):
+    """Take ``s`` out: ``P -= a a'`` (``a = A[:, s]``, given as ``column``), zero row and
+    column ``s`` of both matrices, ``energy = diag(P)``."""
+    n = energy.shape[0]
+    active[s] = False
+    for i in range(n):
+        if not active[i]:
+            continue
+        ai = column[i]
+        if ai == 0.0:
+            continue
+        for j in range(n):
+            gram_matrix[i, j] -= ai * column[j]
+    for i in range(n):
+        block_matrix[i, s] = 0.0
+        block_matrix[s, i] = 0.0
+        gram_matrix[i, s] = 0.0
+        gram_matrix[s, i] = 0.0
+    for i in range(n):
+        energy[i] = gram_matrix[i, i] if active[i] else 0.0
+        if energy[i] < 0.0:
+            energy[i] = 0.0

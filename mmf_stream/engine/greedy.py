@@ -1,0 +1,217 @@
+"""The greedy level loop, over any compression (:mod:`mmf_stream.engine.compression`).
+
+Each level (mmf-math.md sections 1-3) is four steps:
+
+1. *candidates*: every active position is a pivot; its tuple is the pivot and
+   its ``k - 1`` most strongly coupled active neighbours. Each candidate's
+   Gram over the active set, wavelet direction and error are cached;
+2. *scoring*: the best cached candidates are rescored exactly from the current
+   compression and the wavelet direction re-optimised; the smallest error wins;
+3. *rotation*: the compression applies the winning rotation, reports the
+   wavelet's exact row energy over the active set, and the wavelet leaves;
+4. *cache update*: candidates disjoint from the winner are down-dated exactly
+   in O(k^2) each (their Gram loses the wavelet's column); candidates that met
+   the winner go stale. Few stale candidates are rebuilt at once; many (the
+   hub classes of uncentred class covariances) are rebuilt lazily, only when
+   they reach the top of the ranking, at most ``options.max_rebuilds`` a level.
+
+Compressions that can shrink are compacted whenever half of their positions
+have become wavelets, so the work per level shrinks with the active set.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+
+import numpy as np
+
+from mmf_stream.engine import kernels as K
+from mmf_stream.engine.options import DEFAULT_OPTIONS, EngineOptions
+from mmf_stream.engine.raw import RawFactorization, Snapshot
+
+#: stale candidates examined per round of a lazy refresh
+_LAZY_WINDOW = 16
+#: a compression is compacted once this fraction of its positions are wavelets
+#: (and it has at least ``_COMPACT_MIN`` positions)
+_COMPACT_FRACTION = 0.5
+_COMPACT_MIN = 64
+
+
+class LevelLog:
+    """Levels in original indices, in the order they were applied."""
+
+    def __init__(self, size: int, order: int, capacity: int) -> None:
+        self.tuples = np.empty((capacity, order), dtype=np.int64)
+        self.wavelets = np.empty(capacity, dtype=np.int64)
+        self.rotations = np.empty((capacity, order, order))
+        self.errors = np.empty(capacity)
+        self.diagonal = np.zeros(size)
+        self.count = 0
+
+    def add(self, t: np.ndarray, s: int, rotation: np.ndarray, squared_error: float, diagonal: float) -> None:
+        i = self.count
+        self.tuples[i] = t
+        self.wavelets[i] = s
+        self.rotations[i] = rotation
+        self.errors[i] = squared_error
+        self.diagonal[s] = diagonal
+        self.count += 1
+
+    def finish(self, compression) -> RawFactorization:
+        """The levels so far, with the compression's active positions as the core."""
+        live = np.flatnonzero(compression.active)
+        core = compression.index[live]
+        core_block = compression.active_block()
+        ordering = np.argsort(core)
+        core = core[ordering]
+        core_block = core_block[np.ix_(ordering, ordering)]
+        self.diagonal[core] = np.diagonal(core_block)
+        n = self.count
+        return RawFactorization(
+            tuples=self.tuples[:n].copy(),
+            wavelets=self.wavelets[:n].copy(),
+            rotations=self.rotations[:n].copy(),
+            level_errors=self.errors[:n].copy(),
+            diagonal=self.diagonal,
+            core=core,
+            core_block=core_block,
+        )
+
+
+class CandidateCache:
+    """One candidate tuple per position, with its Gram, wavelet direction and error."""
+
+    def __init__(self, n: int, order: int) -> None:
+        self.tuples = np.zeros((n, order), dtype=np.int64)
+        self.grams = np.zeros((n, order, order))
+        self.directions = np.zeros((n, order))
+        self.scores = np.full(n, np.inf)
+        self.stale = np.zeros(n, dtype=np.bool_)
+
+    def rebuild(self, compression, pivots: np.ndarray, order: int, iterations: int) -> None:
+        compression.rebuild(pivots, order, self.tuples, self.grams, self.directions, self.scores, iterations)
+        self.stale[pivots] = False
+
+    def compact(self, keep: np.ndarray, previous: int) -> None:
+        remap = np.full(previous, -1, dtype=np.int64)
+        remap[keep] = np.arange(keep.shape[0])
+        self.tuples = remap[self.tuples[keep]]
+        self.stale = self.stale[keep]
+        self.grams = self.grams[keep]
+        self.directions = self.directions[keep]
+        self.scores = self.scores[keep]
+
+
+def greedy_levels(
+    compression,
+    order: int,
+    n_levels: int,
+    log: LevelLog,
+    *,
+    tie_break: np.ndarray,
+    options: EngineOptions = DEFAULT_OPTIONS,
+    exhaustive: bool = False,
+    progress: Callable[[int], None] | None = None,
+    snapshot_sizes: tuple[int, ...] = (),
+    snapshots: list[Snapshot] | None = None,
+) -> np.ndarray:
+    """Run ``n_levels`` greedy levels on ``compression``, appending them to ``log``.
+
+    ``tie_break`` (one value per position) orders candidates of equal score.
+    For each of ``snapshot_sizes``, a :class:`Snapshot` of the compression is
+    appended to ``snapshots`` when that many positions are still active.
+    Returns ``tie_break`` for the compression's positions at the end (it
+    follows compactions).
+    """
+    k = order
+    cache = None if exhaustive else CandidateCache(compression.n, k)
+    if cache is not None:
+        cache.rebuild(compression, np.flatnonzero(compression.active), k, options.rebuild_iter)
+    n_active = int(np.count_nonzero(compression.active))
+    wanted = {int(size) for size in snapshot_sizes}
+    compactable = hasattr(compression, "compact") and not getattr(compression, "fixed_size", False)
+    pending = 0
+    for level in range(n_levels):
+        if exhaustive:
+            t, direction = _best_exhaustive(compression, k, options)
+        else:
+            t, direction = _best_cached(compression, cache, tie_break, k, options)
+        block = compression.block(t)
+        rotation, pos = K.rotation_from_wavelet(direction, block)
+        s, diag_s, row_energy, column = compression.rotate(t, rotation, pos)
+        log.add(compression.index[t], int(compression.index[s]), rotation, 2.0 * row_energy, diag_s)
+        if cache is not None:
+            K.candidate_downdate(cache.tuples, cache.grams, cache.directions, cache.scores, compression.active,
+                                 cache.stale, t, column)
+        compression.remove(s, column)
+        if cache is not None:
+            cache.stale &= compression.active
+        n_active -= 1
+        if snapshots is not None and n_active in wanted:
+            snapshots.append(compression.snapshot(log.count))
+        n = compression.n
+        if compactable and n_active <= _COMPACT_FRACTION * n and n >= _COMPACT_MIN and level + 1 < n_levels:
+            keep = np.flatnonzero(compression.active)
+            compression.compact(keep)
+            tie_break = tie_break[keep]
+            if cache is not None:
+                cache.compact(keep, n)
+        pending += 1
+        if progress is not None and (pending >= 64 or level + 1 == n_levels):
+            progress(pending)
+            pending = 0
+    return tie_break
+
+
+def _best_cached(compression, cache: CandidateCache, tie_break, k, options: EngineOptions):
+    """Select the level's tuple from the candidate cache.
+
+    Stale candidates are rebuilt first: all of them when few, else lazily (only
+    those reaching the top of the ranking, ``options.max_rebuilds`` at most);
+    the best ``options.rescore`` are then rescored exactly.
+    """
+    active = compression.active
+    stale = cache.stale
+    rebuild = np.flatnonzero(active & stale)
+    if rebuild.size <= options.eager_rebuilds:
+        if rebuild.size:
+            cache.rebuild(compression, rebuild, k, options.rebuild_iter)
+    else:
+        budget = options.max_rebuilds
+        window = max(options.rescore, _LAZY_WINDOW)
+        while budget > 0:
+            top = K.smallest_scores(cache.scores, active, tie_break, window)
+            todo = top[stale[top]][:budget]
+            if not todo.size:
+                break
+            cache.rebuild(compression, todo, k, options.rebuild_iter)
+            budget -= todo.size
+    top = K.smallest_scores(cache.scores, active, tie_break, options.rescore)
+    unusable = top[stale[top]]  # the lazy budget ran out: a stale tuple may hold a removed index
+    if unusable.size:
+        cache.rebuild(compression, unusable, k, options.rebuild_iter)
+    best = None
+    for p in top:
+        t = cache.tuples[p]
+        gram = compression.gram(t)
+        block = compression.block(t)
+        direction, value = K.wavelet_direction(gram, block, options.starts, options.max_iter)
+        cache.grams[p] = gram
+        cache.directions[p] = direction
+        cache.scores[p] = max(value, 0.0)
+        if best is None or value < best[0]:
+            best = (value, t.copy(), direction)
+    return best[1], best[2]
+
+
+def _best_exhaustive(compression, k, options: EngineOptions):
+    best = None
+    for combo in itertools.combinations(np.flatnonzero(compression.active).tolist(), k):
+        t = np.array(combo, dtype=np.int64)
+        gram = compression.gram(t)
+        block = compression.block(t)
+        direction, energy = K.wavelet_direction(gram, block, k, options.max_iter)
+        if best is None or energy < best[0] - 1e-12 * max(abs(best[0]), 1e-300):
+            best = (energy, t, direction)
+    return best[1], best[2]

@@ -1,0 +1,126 @@
+"""Every policy number of the engines, in one documented options object."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """Policy numbers of the level loops, stages and insertion.
+
+    The defaults are what the benchmarks measured; change them with
+    ``ms.factorize(..., options=EngineOptions(cluster_size=512))`` or
+    ``options={"cluster_size": 512}``.
+
+    Attributes
+    ----------
+    rescore : int, default 2
+        Cached candidates rescored exactly at each greedy level (guards against
+        drift of the cached scores and lets the multi-start optimiser choose).
+    max_iter : int, default 10
+        Iterations of the wavelet-direction refinement of a rescored candidate.
+    rebuild_iter : int, default 1
+        Refinement iterations for a candidate whose cache entry is rebuilt.
+    starts : int, default 2
+        Jacobi vectors refined when a candidate is rescored exactly.
+    eager_rebuilds : int, default 32
+        When at most this many cached candidates went stale at a level, all are
+        rebuilt; above it (uncentred class covariances, where every pivot's
+        neighbours are the same few hub classes) only stale candidates that
+        reach the top of the score ranking are rebuilt (lazy refresh), at most
+        ``max_rebuilds`` per level. This bounds the work per level.
+    max_rebuilds : int, default 256
+        Cap on lazy rebuilds per level.
+    cluster_size : int, default 256
+        Largest cluster of a staged run (mmf-math.md section 4).
+    stage_fraction : float, default 0.5
+        Fraction of each cluster's indices that become wavelets in one stage.
+    greedy_below : int, default 1024
+        A staged run finishes with plain greedy levels once this few indices
+        are active.
+    sketch_width : int, default 64
+        Columns of the random sketch ``C R`` used to cluster rows of a dense
+        compression.
+    auto_dense_greedy_max : int, default 6000
+        ``schedule="auto"``: dense matrices up to this size use plain greedy.
+    auto_factored_greedy_max : int, default 2000
+        ``schedule="auto"``: class means up to this many classes use plain greedy.
+    snapshot_fractions : tuple of float, default (0.30, 0.04)
+        Insertion state: fractions of the size at which snapshots are kept
+        (shallowest first).
+    min_snapshot : int, default 24
+        Smallest snapshot kept (indices).
+    max_deep_snapshot : int, default 512
+        Largest deepest snapshot (indices): every insertion re-runs the levels
+        below it, so it bounds the cost of one insertion on large results.
+    repair_every : int, default 10
+        Every this many inserted indices, the tail is re-run from the shallowest
+        snapshot (a repair); 0 never repairs unless asked.
+    refresh_drift : float or None, default 0.05
+        ``factorize_incremental``: when the energy dropped above the shallow cut
+        exceeds this fraction of the error^2, factor everything so far afresh.
+    """
+
+    rescore: int = 2
+    max_iter: int = 10
+    rebuild_iter: int = 1
+    starts: int = 2
+    eager_rebuilds: int = 32
+    max_rebuilds: int = 256
+    cluster_size: int = 256
+    stage_fraction: float = 0.5
+    greedy_below: int = 1024
+    sketch_width: int = 64
+    auto_dense_greedy_max: int = 6000
+    auto_factored_greedy_max: int = 2000
+    snapshot_fractions: tuple[float, ...] = (0.30, 0.04)
+    min_snapshot: int = 24
+    max_deep_snapshot: int = 512
+    repair_every: int = 10
+    refresh_drift: float | None = 0.05
+
+    def __post_init__(self) -> None:
+        positive = ("rescore", "max_iter", "rebuild_iter", "starts", "max_rebuilds", "sketch_width",
+                    "min_snapshot", "max_deep_snapshot")
+        for name in positive:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"options.{name} must be an integer >= 1, got {value!r}")
+        for name in ("eager_rebuilds", "repair_every", "auto_dense_greedy_max", "auto_factored_greedy_max"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"options.{name} must be an integer >= 0, got {value!r}")
+        if isinstance(self.cluster_size, bool) or not isinstance(self.cluster_size, int) or self.cluster_size < 16:
+            raise ValueError(f"options.cluster_size must be an integer >= 16, got {self.cluster_size!r}")
+        if isinstance(self.greedy_below, bool) or not isinstance(self.greedy_below, int) or self.greedy_below < 2:
+            raise ValueError(f"options.greedy_below must be an integer >= 2, got {self.greedy_below!r}")
+        if not 0.0 < float(self.stage_fraction) <= 0.9:
+            raise ValueError(f"options.stage_fraction must be in (0, 0.9], got {self.stage_fraction!r}")
+        fractions = tuple(float(x) for x in self.snapshot_fractions)
+        if not fractions or any(not 0.0 < x < 1.0 for x in fractions) or list(fractions) != sorted(fractions, reverse=True):
+            raise ValueError("options.snapshot_fractions must be decreasing fractions in (0, 1)")
+        if self.refresh_drift is not None and not float(self.refresh_drift) > 0.0:
+            raise ValueError(f"options.refresh_drift must be positive or None, got {self.refresh_drift!r}")
+
+
+DEFAULT_OPTIONS = EngineOptions()
+
+
+def resolve_options(options: EngineOptions | dict[str, Any] | None, **overrides: Any) -> EngineOptions:
+    """An :class:`EngineOptions` from None, an instance or a dict, with ``overrides`` applied."""
+    if options is None:
+        base = DEFAULT_OPTIONS
+    elif isinstance(options, EngineOptions):
+        base = options
+    elif isinstance(options, dict):
+        known = {f.name for f in fields(EngineOptions)}
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise ValueError(f"unknown engine option {unknown[0]!r}; known: {', '.join(sorted(known))}")
+        base = EngineOptions(**options)
+    else:
+        raise TypeError(f"options must be an EngineOptions or a dict, got {type(options).__name__}")
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    return replace(base, **overrides) if overrides else base

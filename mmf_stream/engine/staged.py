@@ -1,0 +1,187 @@
+"""Staged levels for large m (mmf-math.md section 4).
+
+A stage partitions the active set into clusters of at most
+``options.cluster_size`` rows that are similar (a principal-direction tree on
+a sketch of the rows), runs greedy levels inside every cluster independently,
+then applies every cluster's levels to the compression in a fixed order.
+
+A cluster scores each tuple with its exact Gram over the *whole* active set:
+it receives ``A = C[c, c]`` and ``P = C[c, S] C[S, c]`` at the start of the
+stage. Rotations inside other clusters leave ``P`` unchanged; the cluster's
+own wavelets down-date it exactly. So the cluster's work,
+:func:`factor_cluster`, is a pure function of ``(A, P)`` and the stage's
+shared numbers, and the stage's result does not depend on the order in which
+clusters run: ``map_clusters`` may run them in any order, in threads, or as
+Dask tasks.
+
+The error of every level is computed exactly when its cluster is applied, in
+the recorded sequential order (mmf-math.md section 4), from the compression
+itself: it equals the reconstruction error.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import numpy as np
+
+from mmf_stream.engine import kernels as K
+from mmf_stream.engine.compression import GramCompression
+from mmf_stream.engine.greedy import LevelLog, greedy_levels
+from mmf_stream.engine.options import DEFAULT_OPTIONS, EngineOptions
+from mmf_stream.engine.raw import Snapshot
+
+#: power iterations for a tree node's principal direction
+_POWER_ITERATIONS = 8
+
+MapClusters = Callable[[Callable, Iterable], Iterable]
+
+
+@dataclass(frozen=True)
+class ClusterTask:
+    """Everything one cluster's work depends on."""
+
+    block: np.ndarray  # A = C[c, c]
+    gram: np.ndarray  # P = C[c, S] C[S, c]
+    tie_break: np.ndarray  # (c,) tie-break values of the members
+    quota: int  # levels to run
+    order: int
+    options: EngineOptions
+
+
+@dataclass(frozen=True)
+class ClusterLevels:
+    """A cluster's levels in local positions (0..c-1), in the order they were made."""
+
+    tuples: np.ndarray  # (q, k)
+    wavelets: np.ndarray  # (q,)
+    rotations: np.ndarray  # (q, k, k)
+
+    def mixing(self, size: int) -> np.ndarray:
+        """The product ``Q_q ... Q_1`` as a ``size x size`` orthogonal matrix."""
+        out = np.eye(size)
+        K.apply_rotations(out, self.tuples, self.rotations, False)
+        return out
+
+
+def factor_cluster(task: ClusterTask) -> ClusterLevels:
+    """Greedy levels inside one cluster: a pure function of ``task``."""
+    compression = GramCompression(task.block, task.gram)
+    size = compression.n
+    log = LevelLog(size, task.order, task.quota)
+    greedy_levels(compression, task.order, task.quota, log, tie_break=task.tie_break, options=task.options)
+    n = log.count
+    return ClusterLevels(tuples=log.tuples[:n].copy(), wavelets=log.wavelets[:n].copy(),
+                         rotations=log.rotations[:n].copy())
+
+
+def partition(features: np.ndarray, cluster_size: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """Split the rows of ``features`` into groups of at most ``cluster_size`` similar rows.
+
+    A principal-direction tree: a node's rows (normalised, centred) are split
+    at the point along their principal direction that leaves each side a
+    whole number of clusters' worth. Deterministic for a given ``rng`` state.
+    """
+    norms = np.linalg.norm(features, axis=1)
+    unit = features / np.where(norms > 0, norms, 1.0)[:, None]
+    groups: list[np.ndarray] = []
+    stack = [np.arange(features.shape[0])]
+    while stack:
+        members = stack.pop()
+        if members.shape[0] <= cluster_size:
+            groups.append(np.sort(members))
+            continue
+        rows = unit[members]
+        centred = rows - rows.mean(axis=0)
+        direction = rng.standard_normal(rows.shape[1])
+        for _ in range(_POWER_ITERATIONS):
+            direction = centred.T @ (centred @ direction)
+            norm = np.linalg.norm(direction)
+            if norm == 0.0:
+                break
+            direction /= norm
+        projection = centred @ direction
+        leaves = math.ceil(members.shape[0] / cluster_size)
+        left = int(round(members.shape[0] * (leaves // 2) / leaves))
+        ranking = np.argsort(projection, kind="stable")
+        stack.append(members[ranking[left:]])
+        stack.append(members[ranking[:left]])
+    return groups
+
+
+def _quotas(sizes: np.ndarray, order: int, fraction: float, allowed: int) -> np.ndarray:
+    quotas = np.minimum(np.floor(fraction * sizes).astype(np.int64), np.maximum(sizes - order, 0))
+    total = int(quotas.sum())
+    if total > allowed:
+        quotas = np.floor(quotas * (allowed / total)).astype(np.int64)
+    return quotas
+
+
+def staged_levels(
+    compression,
+    order: int,
+    n_levels: int,
+    log: LevelLog,
+    *,
+    tie_break: np.ndarray,
+    seed: int = 0,
+    options: EngineOptions = DEFAULT_OPTIONS,
+    progress: Callable[[int], None] | None = None,
+    snapshot_sizes: tuple[int, ...] = (),
+    snapshots: list[Snapshot] | None = None,
+    map_clusters: MapClusters | None = None,
+) -> np.ndarray:
+    """Run ``n_levels`` levels in stages, then greedy levels below ``options.greedy_below``.
+
+    ``map_clusters(function, tasks)`` runs :func:`factor_cluster` on every
+    :class:`ClusterTask` and returns the results in the tasks' order (default:
+    in turn, in this process). Returns ``tie_break`` for the final positions.
+    """
+    run_map = map_clusters if map_clusters is not None else map
+    rng = np.random.default_rng([seed, 0x5EED])
+    wanted = sorted({int(s) for s in snapshot_sizes}, reverse=True)
+    done = 0
+    while done < n_levels:
+        n_active = int(np.count_nonzero(compression.active))
+        allowed = min(n_levels - done, n_active - options.greedy_below)
+        if allowed <= 0:
+            break
+        live = np.flatnonzero(compression.active)
+        groups = partition(compression.features(options.sketch_width, rng), options.cluster_size, rng)
+        members = [live[g] for g in groups]
+        quotas = _quotas(np.array([g.shape[0] for g in groups]), order, options.stage_fraction, allowed)
+        if int(quotas.sum()) == 0:
+            break
+        tasks = (
+            ClusterTask(*compression.cluster_inputs(group), tie_break=tie_break[group], quota=int(quota),
+                        order=order, options=options)
+            for group, quota in zip(members, quotas)
+        )
+        results = list(run_map(factor_cluster, tasks))
+        stage_levels = 0
+        for group, result in zip(members, results):  # fixed order: the recorded sequence of levels
+            if not result.wavelets.shape[0]:
+                continue
+            wavelets = group[result.wavelets]
+            diagonal, row_energy = compression.apply_cluster(group, result.mixing(group.shape[0]), wavelets)
+            for i in range(result.wavelets.shape[0]):
+                log.add(compression.index[group[result.tuples[i]]], int(compression.index[wavelets[i]]),
+                        result.rotations[i], 2.0 * row_energy[i], diagonal[i])
+            stage_levels += result.wavelets.shape[0]
+        done += stage_levels
+        n_after = n_active - stage_levels
+        if snapshots is not None and any(n_after <= size < n_active for size in wanted):
+            snapshots.append(compression.snapshot(log.count))
+        wanted = [size for size in wanted if size < n_after]
+        keep = np.flatnonzero(compression.active)
+        compression.compact(keep)
+        tie_break = tie_break[keep]
+        if progress is not None:
+            progress(stage_levels)
+    if done < n_levels:
+        compression.reset_energy()
+        tie_break = greedy_levels(compression, order, n_levels - done, log, tie_break=tie_break, options=options,
+                                  progress=progress, snapshot_sizes=tuple(wanted), snapshots=snapshots)
+    return tie_break
