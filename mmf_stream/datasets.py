@@ -1,4 +1,4 @@
-"""Matrices to factor: a synthetic hierarchical covariance and graph Laplacians.
+"""Matrices to factor: a synthetic hierarchical covariance, class means and graph Laplacians.
 
 Everything here is generated or comes from packages' bundled data; nothing is
 downloaded.
@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["hierarchical_covariance", "karate_laplacian", "grid_laplacian"]
+__all__ = ["hierarchical_covariance", "class_means", "karate_laplacian", "grid_laplacian"]
 
 
 def hierarchical_covariance(
@@ -84,6 +84,141 @@ def hierarchical_covariance(
         paths[:, level] = remainder % branching
         remainder //= branching
     return covariance, paths
+
+
+def _integer(name: str, value, minimum: int) -> int:
+    """``value`` as an int, with a one-line TypeError/ValueError when it is not an integer >= ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an integer, got {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name} must be at least {minimum}, got {value}")
+    return int(value)
+
+
+def _non_negative(name: str, value) -> float:
+    """``value`` as a float, with a one-line TypeError/ValueError when it is not a finite real >= 0."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    if not np.isfinite(value) or value < 0:
+        raise ValueError(f"{name} must be finite and non-negative, got {value}")
+    return float(value)
+
+
+def class_means(
+    m: int,
+    D: int,
+    *,
+    seed: int = 0,
+    branching: int = 4,
+    depth: int = 3,
+    scales: Sequence[float] = (1.0, 0.5, 0.25),
+    noise: float = 0.1,
+    offset: float = 1.0,
+    return_leaves: bool = False,
+):
+    """Class means like those of post-ReLU features: a tree of centres, a shared offset, ReLU.
+
+    The centres are drawn as in :func:`hierarchical_covariance`: the root's
+    ``branching`` children are drawn from ``N(0, scales[0]^2 I_D)``; each child
+    of a centre at depth ``l`` adds ``N(0, scales[l]^2 I_D)``, down to
+    ``branching ** depth`` leaves. Each of the ``m`` classes is a uniformly
+    chosen leaf plus ``N(0, noise^2 I_D)`` (classes come in random order). A
+    shared positive offset ``b`` (one vector for all classes, entries
+    ``offset * U(0.5, 1.5)``) is added and the result passed through a ReLU::
+
+        M[i] = max(0, leaf_centre(i) + noise_i + b)
+
+    so every entry is ``>= 0`` (about a fifth are exactly 0 with the defaults),
+    as the per-class averages of post-ReLU features are.
+
+    What ``C = M @ M.T`` looks like: it is the *uncentred* class covariance
+    (second-moment matrix) of the classes, entrywise positive, symmetric
+    positive semi-definite and of rank at most ``D``. The mean class
+    ``mu = M.mean(axis=0)`` is far from 0, so ``C`` is dominated by a common
+    direction, ``C ~ m ||mu||^2 u u'`` with ``u`` close to the constant
+    vector ``1 / sqrt(m)``: with the defaults the top eigenvalue holds about
+    95% of ``||C||_F^2``. The hierarchy lives in the remainder: after centring
+    (``(M - mu) @ (M - mu).T``) classes of the same leaf are the most strongly
+    coupled, then classes sharing a branch, as in
+    :func:`hierarchical_covariance`. With ``offset=0`` the common direction
+    comes from the ReLU alone and is weaker.
+
+    Parameters
+    ----------
+    m : int
+        Number of classes (rows of ``M``), at least 1.
+    D : int
+        Feature dimension (columns of ``M``), at least 1.
+    seed : int, default 0
+        Seed of the random generator; the result is deterministic for a seed.
+    branching, depth : int, default 4, 3
+        Shape of the tree of centres (``branching ** depth`` leaves).
+    scales : sequence of float, default (1.0, 0.5, 0.25)
+        Standard deviation of the offset added at each depth (length ``depth``).
+    noise : float, default 0.1
+        Standard deviation of a class mean around its leaf centre.
+    offset : float, default 1.0
+        Mean entry of the shared positive offset vector added before the ReLU
+        (its entries are drawn from ``offset * U(0.5, 1.5)``); 0 for none.
+    return_leaves : bool, default False
+        Also return, per class, the path of its leaf through the tree as an
+        ``(m, depth)`` integer array (column ``l`` is the branch taken at
+        depth ``l``).
+
+    Returns
+    -------
+    M : ndarray of shape (m, D)
+        The class means, float64, all entries ``>= 0``.
+    leaves : ndarray of shape (m, depth), optional
+        Only with ``return_leaves``.
+
+    Raises
+    ------
+    TypeError
+        If ``m``, ``D``, ``seed``, ``branching`` or ``depth`` is not an integer,
+        or ``noise``, ``offset`` or a scale is not a real number.
+    ValueError
+        If ``m``, ``D``, ``branching`` or ``depth`` is below 1, ``scales`` does
+        not have ``depth`` entries, or ``noise``, ``offset`` or a scale is
+        negative or not finite.
+
+    Examples
+    --------
+    >>> M = class_means(100, 32, seed=0)
+    >>> M.shape, bool((M >= 0).all())
+    ((100, 32), True)
+    """
+    m = _integer("m", m, 1)
+    D = _integer("D", D, 1)
+    seed = _integer("seed", seed, 0)
+    branching = _integer("branching", branching, 1)
+    depth = _integer("depth", depth, 1)
+    if isinstance(scales, (str, bytes)) or not isinstance(scales, Sequence | np.ndarray):
+        raise TypeError(f"scales must be a sequence of numbers, got {type(scales).__name__}")
+    if len(scales) != depth:
+        raise ValueError(f"scales needs one value per depth ({depth}), got {len(scales)}")
+    scales = [_non_negative("scales entry", scale) for scale in scales]
+    noise = _non_negative("noise", noise)
+    offset = _non_negative("offset", offset)
+    rng = np.random.default_rng(seed)
+    centres = np.zeros((1, D))
+    for scale in scales:
+        offsets = rng.normal(scale=scale, size=(centres.shape[0] * branching, D))
+        centres = np.repeat(centres, branching, axis=0) + offsets
+    shared = offset * rng.uniform(0.5, 1.5, size=D)
+    leaf = rng.integers(0, centres.shape[0], size=m)
+    means = centres[leaf]
+    means += rng.normal(scale=noise, size=(m, D))
+    means += shared
+    np.maximum(means, 0.0, out=means)
+    if not return_leaves:
+        return means
+    paths = np.empty((m, depth), dtype=np.int64)
+    remainder = leaf.copy()
+    for level in range(depth - 1, -1, -1):
+        paths[:, level] = remainder % branching
+        remainder //= branching
+    return means, paths
 
 
 def karate_laplacian(normalized: bool = False) -> np.ndarray:
