@@ -17,7 +17,7 @@ from mmf_stream._incremental import factorize_incremental
 from mmf_stream._io import read_labels, read_matrix
 from mmf_stream._store import FORMAT_VERSION
 from mmf_stream._version import __version__
-from mmf_stream.datasets import grid_laplacian, hierarchical_covariance, karate_laplacian
+from mmf_stream.datasets import class_means, grid_laplacian, hierarchical_covariance, karate_laplacian
 from mmf_stream.engine import EngineOptions
 
 __all__ = [
@@ -28,6 +28,7 @@ __all__ = [
     "Level",
     "__version__",
     "class_covariance",
+    "class_means",
     "datasets",
     "factorize",
     "factorize_incremental",

@@ -400,17 +400,17 @@ def _int_at_least(lowest: int):
     return parse
 
 
-def _kernels_cached(module: str = "_kernels") -> bool:
+def _kernels_cached(module: str = "compression._rebuild_dense") -> bool:
     """Whether numba's on-disk cache already holds the kernels of ``mmf_stream.<module>``."""
     import os
 
     import mmf_stream
 
-    folder = Path(os.environ.get("NUMBA_CACHE_DIR") or Path(mmf_stream.__file__).parent / "__pycache__")
-    return folder.is_dir() and any(folder.rglob(f"{module}.*.nbi"))
+    folder = Path(os.environ.get("NUMBA_CACHE_DIR") or Path(mmf_stream.__file__).parent)
+    return folder.is_dir() and any(folder.rglob(f"{module}[.-]*.nbi"))
 
 
-def _compile_notice(quiet: bool, module: str = "_kernels") -> None:
+def _compile_notice(quiet: bool, module: str = "compression._rebuild_dense") -> None:
     """Say once, on the first run in an environment, that numba is compiling the kernels."""
     if quiet:
         return

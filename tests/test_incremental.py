@@ -65,14 +65,14 @@ def test_zero_column_adds_no_error_and_keeps_levels(grown):
 
 def test_insertion_never_modifies_the_original(grown):
     C, f = grown
-    before = (f.tuples.copy(), f.rotations.copy(), f.error, f.size, [s[2].copy() for s in f._raw.snapshots])
+    before = (f.tuples.copy(), f.rotations.copy(), f.error, f.size, [s.block.copy() for s in f.insertion_state.snapshots])
     f.insert(C[:220, 225], C[225, 225], label="c225")
     f.insert_many(C[:, 220:], labels=[f"c{i}" for i in range(220, 260)])
     np.testing.assert_array_equal(f.tuples, before[0])
     np.testing.assert_array_equal(f.rotations, before[1])
     assert f.error == before[2] and f.size == before[3]
-    for (_, _, block), old in zip(f._raw.snapshots, before[4]):
-        np.testing.assert_array_equal(block, old)
+    for snap, old in zip(f.insertion_state.snapshots, before[4]):
+        np.testing.assert_array_equal(snap.block, old)
 
 
 def test_factorize_incremental_matches_the_matrix():

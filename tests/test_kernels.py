@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from mmf_stream import _kernels as K
+from mmf_stream.engine import kernels as K
 
 from conftest import random_symmetric
 

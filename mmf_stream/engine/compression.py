@@ -118,11 +118,17 @@ class DenseCompression:
 
 
 class FactoredCompression:
-    """``C = M M'`` from the rows of ``M`` (class means, m x D); ``C`` is never formed."""
+    """``C = M M'`` from the rows of ``M`` (class means, m x D); ``C`` is never formed.
+
+    With at most ``explicit_max`` positions (the end of a staged run, small
+    inputs) the compression also holds ``A = X X'`` and ``P = X W X'`` for its
+    rows ``X`` (a :class:`GramCompression`), so that a level costs O(k n + n^2)
+    instead of rebuilding coupling rows through ``W`` (O(n D) a candidate).
+    """
 
     factored = True
 
-    def __init__(self, means: np.ndarray) -> None:
+    def __init__(self, means: np.ndarray, explicit_max: int = 0) -> None:
         self.rows = means  # consumed: rotated in place
         self.n = means.shape[0]
         self.active = np.ones(self.n, dtype=np.bool_)
@@ -131,16 +137,33 @@ class FactoredCompression:
         self.index = np.arange(self.n, dtype=np.int64)  # position -> original index
         #: every original index's row once it left the active set (its final row)
         self.final_rows = np.zeros_like(means)
+        self.explicit_max = explicit_max
+        self.explicit: GramCompression | None = None
+        self._maybe_explicit()
+
+    def _maybe_explicit(self) -> None:
+        if self.explicit is None and self.n <= self.explicit_max and bool(self.active.all()):
+            block = self.rows @ self.rows.T
+            self.explicit = GramCompression(block, (self.rows @ self.inner) @ self.rows.T)
+            self.active = self.explicit.active
+            self.energy = self.explicit.energy
 
     def block(self, t: np.ndarray) -> np.ndarray:
+        if self.explicit is not None:
+            return self.explicit.block(t)
         x = self.rows[t]
         return x @ x.T
 
     def gram(self, t: np.ndarray) -> np.ndarray:
+        if self.explicit is not None:
+            return self.explicit.gram(t)
         x = self.rows[t]
         return x @ self.inner @ x.T
 
     def rebuild(self, pivots, k, tuples, grams, directions, scores, iterations) -> None:
+        if self.explicit is not None:
+            self.explicit.rebuild(pivots, k, tuples, grams, directions, scores, iterations)
+            return
         pivots = np.asarray(pivots, dtype=np.int64)
         for start in range(0, pivots.shape[0], _PIVOT_BATCH):
             batch = pivots[start : start + _PIVOT_BATCH]
@@ -159,6 +182,8 @@ class FactoredCompression:
 
     def rotate(self, t, rotation, pos):
         self.rows[t] = rotation @ self.rows[t]
+        if self.explicit is not None:
+            return self.explicit.rotate(t, rotation, pos)
         x = self.rows[t]
         self.energy[t] = np.einsum("ij,ij->i", x @ self.inner, x)
         s = int(t[pos])
@@ -173,18 +198,27 @@ class FactoredCompression:
         row = self.rows[s].copy()
         self.final_rows[self.index[s]] = row
         self.inner -= np.outer(row, row)
+        self.rows[s] = 0.0
+        if self.explicit is not None:
+            self.explicit.remove(s, column)
+            return
         self.active[s] = False
         self.energy -= column * column
         np.maximum(self.energy, 0.0, out=self.energy)
         self.energy[s] = 0.0
-        self.rows[s] = 0.0
 
     def compact(self, keep: np.ndarray) -> None:
         self.rows = self.rows[keep]
         self.index = self.index[keep]
-        self.energy = self.energy[keep]
         self.n = keep.shape[0]
+        if self.explicit is not None:
+            self.explicit.compact(keep)
+            self.active = self.explicit.active
+            self.energy = self.explicit.energy
+            return
+        self.energy = self.energy[keep]
         self.active = np.ones(self.n, dtype=np.bool_)
+        self._maybe_explicit()
 
     def active_block(self) -> np.ndarray:
         x = self.rows[self.active]
@@ -194,7 +228,10 @@ class FactoredCompression:
         return Snapshot(level, self.index[self.active].copy(), rows=self.rows[self.active].copy())
 
     def reset_energy(self) -> None:
-        self.inner = self.rows[self.active].T @ self.rows[self.active]
+        live = self.rows[self.active]
+        self.inner = live.T @ live
+        if self.explicit is not None:
+            return
         self.energy = np.einsum("ij,ij->i", self.rows @ self.inner, self.rows)
         self.energy[~self.active] = 0.0
 
@@ -226,7 +263,6 @@ class GramCompression:
     """One staged cluster: ``A = C[c, c]`` and ``P = C[c, S] C[S, c]`` held explicitly."""
 
     factored = False
-    fixed_size = True  # clusters are small: compaction would gain nothing
 
     def __init__(self, block: np.ndarray, gram: np.ndarray) -> None:
         self.matrix = np.ascontiguousarray(block, dtype=np.float64)
@@ -258,6 +294,14 @@ class GramCompression:
 
     def remove(self, s: int, column: np.ndarray) -> None:
         GK.remove_from_gram(self.matrix, self.gram_matrix, self.energy, self.active, s, column)
+
+    def compact(self, keep: np.ndarray) -> None:
+        self.matrix = np.ascontiguousarray(self.matrix[np.ix_(keep, keep)])
+        self.gram_matrix = np.ascontiguousarray(self.gram_matrix[np.ix_(keep, keep)])
+        self.energy = self.energy[keep]
+        self.index = self.index[keep]
+        self.n = keep.shape[0]
+        self.active = np.ones(self.n, dtype=np.bool_)
 
     def active_block(self) -> np.ndarray:
         live = np.flatnonzero(self.active)

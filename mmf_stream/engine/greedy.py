@@ -167,8 +167,10 @@ def greedy_levels(
 def _best_cached(compression, cache: CandidateCache, tie_break, k, options: EngineOptions):
     """Select the level's tuple from the candidate cache.
 
-    Stale candidates are rebuilt first: all of them when few, else lazily (only
-    those reaching the top of the ranking, ``options.max_rebuilds`` at most);
+    Stale candidates are rebuilt first: all of them when at most
+    ``options.eager_rebuilds``; else that many with the best estimated scores,
+    then lazily those reaching the top of the ranking (``options.max_rebuilds``
+    at most);
     the best ``options.rescore`` are then rescored exactly.
     """
     active = compression.active
@@ -177,7 +179,9 @@ def _best_cached(compression, cache: CandidateCache, tie_break, k, options: Engi
     if rebuild.size <= options.eager_rebuilds:
         if rebuild.size:
             cache.rebuild(compression, rebuild, k, options.rebuild_iter)
-    else:
+    else:  # bounded: the most promising stale candidates now, the others when they reach the top
+        promising = rebuild[np.argpartition(cache.scores[rebuild], options.eager_rebuilds - 1)[: options.eager_rebuilds]]
+        cache.rebuild(compression, promising, k, options.rebuild_iter)
         budget = options.max_rebuilds
         window = max(options.rescore, _LAZY_WINDOW)
         while budget > 0:

@@ -25,13 +25,14 @@ class EngineOptions:
         Refinement iterations for a candidate whose cache entry is rebuilt.
     starts : int, default 2
         Jacobi vectors refined when a candidate is rescored exactly.
-    eager_rebuilds : int, default 32
+    eager_rebuilds : int, default 256
         When at most this many cached candidates went stale at a level, all are
         rebuilt; above it (uncentred class covariances, where every pivot's
-        neighbours are the same few hub classes) only stale candidates that
-        reach the top of the score ranking are rebuilt (lazy refresh), at most
-        ``max_rebuilds`` per level. This bounds the work per level.
-    max_rebuilds : int, default 256
+        neighbours are the same few hub classes) only this many, those with the
+        best estimated scores, plus the stale candidates that reach the top of
+        the score ranking (lazy refresh, at most ``max_rebuilds``). This bounds
+        the work per level.
+    max_rebuilds : int, default 64
         Cap on lazy rebuilds per level.
     cluster_size : int, default 256
         Largest cluster of a staged run (mmf-math.md section 4).
@@ -67,8 +68,8 @@ class EngineOptions:
     max_iter: int = 10
     rebuild_iter: int = 1
     starts: int = 2
-    eager_rebuilds: int = 32
-    max_rebuilds: int = 256
+    eager_rebuilds: int = 256
+    max_rebuilds: int = 64
     cluster_size: int = 256
     stage_fraction: float = 0.5
     greedy_below: int = 1024
@@ -88,6 +89,8 @@ class EngineOptions:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"options.{name} must be an integer >= 1, got {value!r}")
+        if self.eager_rebuilds < 1:
+            raise ValueError(f"options.eager_rebuilds must be an integer >= 1, got {self.eager_rebuilds!r}")
         for name in ("eager_rebuilds", "repair_every", "auto_dense_greedy_max", "auto_factored_greedy_max"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:

@@ -84,4 +84,7 @@ def factor_dense(matrix: np.ndarray, order: int, n_levels: int, **kwargs) -> tup
 
 def factor_means(means: np.ndarray, order: int, n_levels: int, **kwargs) -> tuple[RawFactorization, InsertionState]:
     """:func:`factor` on ``C = M M'`` from the rows of ``means`` (float64, consumed)."""
-    return factor(FactoredCompression(means), order, n_levels, **kwargs)
+    options = kwargs.get("options", DEFAULT_OPTIONS)
+    staged = kwargs.get("schedule") == "staged"
+    explicit_max = options.greedy_below if staged else max(options.greedy_below, options.auto_factored_greedy_max)
+    return factor(FactoredCompression(means, explicit_max=explicit_max), order, n_levels, **kwargs)

@@ -146,7 +146,7 @@ def staged_levels(
     while done < n_levels:
         n_active = int(np.count_nonzero(compression.active))
         allowed = min(n_levels - done, n_active - options.greedy_below)
-        if allowed <= 0:
+        if allowed <= 0 or getattr(compression, "explicit", None) is not None:
             break
         live = np.flatnonzero(compression.active)
         groups = partition(compression.features(options.sketch_width, rng), options.cluster_size, rng)
