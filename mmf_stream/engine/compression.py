@@ -87,7 +87,8 @@ class DenseCompression:
     def snapshot(self, level: int) -> Snapshot:
         return Snapshot(level, self.index[self.active].copy(), block=self.active_block())
 
-    def reset_energy(self) -> None:
+    def prepare_greedy(self, explicit_max: int) -> None:
+        """Before greedy levels: fresh row energies (``explicit_max`` is for factored compressions)."""
         self.energy = K.row_energies(self.matrix)
 
     # ---------------------------------------------------------------- stages
@@ -197,11 +198,11 @@ class FactoredCompression:
     def remove(self, s: int, column: np.ndarray) -> None:
         row = self.rows[s].copy()
         self.final_rows[self.index[s]] = row
-        self.inner -= np.outer(row, row)
         self.rows[s] = 0.0
-        if self.explicit is not None:
+        if self.explicit is not None:  # P is down-dated instead; W is recomputed when needed
             self.explicit.remove(s, column)
             return
+        self.inner -= np.outer(row, row)
         self.active[s] = False
         self.energy -= column * column
         np.maximum(self.energy, 0.0, out=self.energy)
@@ -227,10 +228,18 @@ class FactoredCompression:
     def snapshot(self, level: int) -> Snapshot:
         return Snapshot(level, self.index[self.active].copy(), rows=self.rows[self.active].copy())
 
-    def reset_energy(self) -> None:
+    def prepare_greedy(self, explicit_max: int) -> None:
+        """Before greedy levels: fresh ``W`` and energies; explicit ``A``, ``P`` if at most
+        ``explicit_max`` positions are active."""
         live = self.rows[self.active]
         self.inner = live.T @ live
         if self.explicit is not None:
+            return
+        if int(np.count_nonzero(self.active)) <= explicit_max:
+            if not self.active.all():
+                self.compact(np.flatnonzero(self.active))
+            self.explicit_max = max(self.explicit_max, explicit_max)
+            self._maybe_explicit()
             return
         self.energy = np.einsum("ij,ij->i", self.rows @ self.inner, self.rows)
         self.energy[~self.active] = 0.0

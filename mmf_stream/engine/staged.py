@@ -36,6 +36,10 @@ from mmf_stream.engine.raw import Snapshot
 #: power iterations for a tree node's principal direction
 _POWER_ITERATIONS = 8
 
+#: a factored compression holds ``A`` and ``P`` explicitly for the final greedy
+#: levels when at most this many times ``options.greedy_below`` indices are active
+_EXPLICIT_FACTOR = 4
+
 MapClusters = Callable[[Callable, Iterable], Iterable]
 
 
@@ -181,7 +185,7 @@ def staged_levels(
         if progress is not None:
             progress(stage_levels)
     if done < n_levels:
-        compression.reset_energy()
+        compression.prepare_greedy(_EXPLICIT_FACTOR * options.greedy_below)
         tie_break = greedy_levels(compression, order, n_levels - done, log, tie_break=tie_break, options=options,
                                   progress=progress, snapshot_sizes=tuple(wanted), snapshots=snapshots)
     return tie_break
