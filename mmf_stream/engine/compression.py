@@ -19,7 +19,9 @@ what the loop asks:
 positions to original indices.
 
 Staged runs also ask for ``features()`` (rows to cluster), ``cluster_inputs``
-(a cluster's ``A`` and ``P``) and ``apply_cluster`` (a cluster's levels).
+(a cluster's ``A`` and ``P``) and ``apply_stage`` (every cluster's levels, in
+a fixed order, with each wavelet's exact row energy), and ``prepare_greedy``
+before the final greedy levels.
 
 Implementations:
 
@@ -102,20 +104,25 @@ class DenseCompression:
         rows = self.matrix[members]
         return rows[:, members].copy(), rows @ rows.T
 
-    def apply_cluster(self, members: np.ndarray, mixing: np.ndarray, wavelets: np.ndarray):
-        rows = mixing @ self.matrix[members]
-        rows[:, members] = rows[:, members] @ mixing.T
-        self.matrix[members, :] = rows
-        self.matrix[:, members] = rows.T
-        wavelet_rows = self.matrix[wavelets]
-        energies = np.einsum("ij,ij->i", wavelet_rows, wavelet_rows)
-        inner = wavelet_rows[:, wavelets]
-        diagonal = np.diagonal(inner).copy()
-        for position in wavelets:
-            self.active[position] = False
-            self.matrix[position, :] = 0.0
-            self.matrix[:, position] = 0.0
-        return diagonal, _sequential_row_energy(energies, inner)
+    def apply_stage(self, groups: list[np.ndarray], results: list) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Apply a stage's levels (clusters in the given order) and take its wavelets out.
+
+        The rotations act on rows (contiguous), then the matrix is transposed in
+        place and they act on rows again: ``Q C Q'`` in O(k^2 m) per level.
+        Every wavelet's exact row energy follows from the result (mmf-math.md
+        section 4). The wavelets' rows and columns are left in place: the
+        caller compacts right after. Returns ``(tuples, wavelets, diagonal,
+        squared row energy)`` in positions, in the recorded order.
+        """
+        tuples = np.concatenate([group[result.tuples] for group, result in zip(groups, results)])
+        rotations = np.concatenate([result.rotations for result in results])
+        wavelets = np.concatenate([group[result.wavelets] for group, result in zip(groups, results)])
+        K.apply_rotations(self.matrix, tuples, rotations, False)
+        GK.transpose_inplace(self.matrix)
+        K.apply_rotations(self.matrix, tuples, rotations, False)
+        diagonal, row_energy = GK.sequential_row_energy(self.matrix, self.active, wavelets)
+        self.active[wavelets] = False
+        return tuples, wavelets, diagonal, row_energy
 
 
 class FactoredCompression:
@@ -255,7 +262,26 @@ class FactoredCompression:
         x = self.rows[members]
         return x @ x.T, (x @ self.inner) @ x.T
 
+    def apply_stage(self, groups: list[np.ndarray], results: list) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Apply a stage's levels cluster by cluster (in the given order) and take its wavelets out.
+
+        Returns ``(tuples, wavelets, diagonal, squared row energy)`` in positions, in the recorded order.
+        """
+        parts = [self._apply_cluster(group, result) for group, result in zip(groups, results)]
+        return tuple(np.concatenate(values) for values in zip(*parts))
+
+    def _apply_cluster(self, members: np.ndarray, result):
+        wavelets = members[result.wavelets]
+        tuples = members[result.tuples]
+        if not wavelets.shape[0]:
+            return tuples, wavelets, np.empty(0), np.empty(0)
+        mixing = result.mixing(members.shape[0])
+        diagonal, row_energy = self.apply_cluster(members, mixing, wavelets)
+        return tuples, wavelets, diagonal, row_energy
+
     def apply_cluster(self, members: np.ndarray, mixing: np.ndarray, wavelets: np.ndarray):
+        """Rows ``members`` mixed by ``mixing`` (the cluster's ``Q_q ... Q_1``), then its
+        wavelets leave; returns their diagonal and exact squared row energies."""
         self.rows[members] = mixing @ self.rows[members]
         x = self.rows[wavelets]
         energies = np.einsum("ij,ij->i", x @ self.inner, x)

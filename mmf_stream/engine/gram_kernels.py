@@ -100,3 +100,44 @@ def remove_from_gram(block_matrix, gram_matrix, energy, active, s, column):
         energy[i] = gram_matrix[i, i] if active[i] else 0.0
         if energy[i] < 0.0:
             energy[i] = 0.0
+
+
+#: tile side of the in-place transpose
+_TILE = 64
+
+
+@njit(cache=True)
+def transpose_inplace(matrix):
+    """``matrix <- matrix'`` for a square matrix, in place, tile by tile."""
+    n = matrix.shape[0]
+    for bi in range(0, n, _TILE):
+        for bj in range(bi, n, _TILE):
+            for i in range(bi, min(bi + _TILE, n)):
+                start = i + 1 if bi == bj else bj
+                for j in range(start, min(bj + _TILE, n)):
+                    value = matrix[i, j]
+                    matrix[i, j] = matrix[j, i]
+                    matrix[j, i] = value
+
+
+@njit(cache=True)
+def sequential_row_energy(matrix, active, wavelets):
+    """Exact ``r_i^2`` of wavelets removed in the order given, from the compression after
+    all their levels (mmf-math.md section 4): the squared norm of row ``s_i`` over
+    the active set, minus its entries at ``s_0 .. s_i``. Returns ``(diagonal, r2)``."""
+    q = wavelets.shape[0]
+    n = matrix.shape[1]
+    diagonal = np.empty(q)
+    out = np.empty(q)
+    for i in range(q):
+        row = matrix[wavelets[i]]
+        total = 0.0
+        for j in range(n):
+            if active[j]:
+                total += row[j] * row[j]
+        for j in range(i + 1):
+            value = row[wavelets[j]]
+            total -= value * value
+        diagonal[i] = row[wavelets[i]]
+        out[i] = max(total, 0.0)
+    return diagonal, out

@@ -164,16 +164,13 @@ def staged_levels(
             for group, quota in zip(members, quotas)
         )
         results = list(run_map(factor_cluster, tasks))
-        stage_levels = 0
-        for group, result in zip(members, results):  # fixed order: the recorded sequence of levels
-            if not result.wavelets.shape[0]:
-                continue
-            wavelets = group[result.wavelets]
-            diagonal, row_energy = compression.apply_cluster(group, result.mixing(group.shape[0]), wavelets)
-            for i in range(result.wavelets.shape[0]):
-                log.add(compression.index[group[result.tuples[i]]], int(compression.index[wavelets[i]]),
-                        result.rotations[i], 2.0 * row_energy[i], diagonal[i])
-            stage_levels += result.wavelets.shape[0]
+        # fixed cluster order: the recorded sequence of levels
+        tuples, wavelets, diagonal, row_energy = compression.apply_stage(members, results)
+        rotations = np.concatenate([result.rotations for result in results])
+        for i in range(tuples.shape[0]):
+            log.add(compression.index[tuples[i]], int(compression.index[wavelets[i]]), rotations[i],
+                    2.0 * row_energy[i], diagonal[i])
+        stage_levels = int(tuples.shape[0])
         done += stage_levels
         n_after = n_active - stage_levels
         if snapshots is not None and any(n_after <= size < n_active for size in wanted):
