@@ -447,10 +447,9 @@ class Factorization:
             count = new_rows.shape[0]
             all_labels = _check_new_labels(self, labels, count)
             shallow = self._shallow(repair, count, opts)
-            raw, new_state, cut_level = I.insert_means(self._raw, state, self.order, new_rows, shallow=shallow,
-                                                       seed=seed, options=opts)
+            raw, new_state, cut_level, old = I.insert_means(self._raw, state, self.order, new_rows,
+                                                            shallow=shallow, seed=seed, options=opts)
             # the couplings with the old classes in the original basis (norm, fingerprint): Q' (M_L mu)
-            old = state.final_rows @ new_rows.T
             K.apply_rotations(old, self._raw.tuples, self._raw.rotations, True)
             block = new_rows @ new_rows.T
         else:

@@ -140,19 +140,21 @@ class FactoredCompression:
         self.rows = means  # consumed: rotated in place
         self.n = means.shape[0]
         self.active = np.ones(self.n, dtype=np.bool_)
-        self.inner = means.T @ means  # W = M_S' M_S
-        self.energy = np.einsum("ij,ij->i", means @ self.inner, means)
         self.index = np.arange(self.n, dtype=np.int64)  # position -> original index
         #: every original index's row once it left the active set (its final row)
         self.final_rows = np.zeros_like(means)
         self.explicit_max = explicit_max
         self.explicit: GramCompression | None = None
         self._maybe_explicit()
+        if self.explicit is None:
+            self.inner = means.T @ means  # W = M_S' M_S
+            self.energy = np.einsum("ij,ij->i", means @ self.inner, means)
 
     def _maybe_explicit(self) -> None:
+        """Hold ``A = X X'`` and ``P = X W X' = A A`` (every row active) once small enough."""
         if self.explicit is None and self.n <= self.explicit_max and bool(self.active.all()):
             block = self.rows @ self.rows.T
-            self.explicit = GramCompression(block, (self.rows @ self.inner) @ self.rows.T)
+            self.explicit = GramCompression(block, block @ block)
             self.active = self.explicit.active
             self.energy = self.explicit.energy
 
@@ -238,8 +240,6 @@ class FactoredCompression:
     def prepare_greedy(self, explicit_max: int) -> None:
         """Before greedy levels: fresh ``W`` and energies; explicit ``A``, ``P`` if at most
         ``explicit_max`` positions are active."""
-        live = self.rows[self.active]
-        self.inner = live.T @ live
         if self.explicit is not None:
             return
         if int(np.count_nonzero(self.active)) <= explicit_max:
@@ -248,6 +248,8 @@ class FactoredCompression:
             self.explicit_max = max(self.explicit_max, explicit_max)
             self._maybe_explicit()
             return
+        live = self.rows[self.active]
+        self.inner = live.T @ live
         self.energy = np.einsum("ij,ij->i", self.rows @ self.inner, self.rows)
         self.energy[~self.active] = 0.0
 

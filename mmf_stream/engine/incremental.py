@@ -130,14 +130,16 @@ def insert_means(raw: RawFactorization, state: InsertionState, order: int, means
                  seed: int = 0, options: EngineOptions = DEFAULT_OPTIONS):
     """Insert ``b`` new classes of a factored result from their means alone (``means``: b x D).
 
-    Returns ``(raw, state, cut_level)`` of the grown factorization.
+    Returns ``(raw, state, cut_level, rotated)`` of the grown factorization, with
+    ``rotated = final_rows @ means.T`` (the new columns ``Q u`` in the final basis).
     """
     size = raw.diagonal.shape[0]
     count = means.shape[0]
     new_size = size + count
     cut_index = _cut(state, new_size, shallow, options)
     cut_level = state.snapshots[cut_index].level
-    couplings = state.final_rows[raw.wavelets[:cut_level]] @ means.T  # (cut_level, b)
+    rotated = state.final_rows @ means.T  # (m, b): the new columns in the final basis
+    couplings = rotated[raw.wavelets[:cut_level]]
     extras = np.zeros(raw.wavelets.shape[0])
     extras[:cut_level] = 2.0 * np.einsum("ij,ij->i", couplings, couplings)
     new_ids = np.arange(size, new_size)
@@ -156,7 +158,7 @@ def insert_means(raw: RawFactorization, state: InsertionState, order: int, means
     final_rows[tail_indices] = tail_state.final_rows
     result, new_state = _assemble(raw, cut_level, extras, tail, tail_state, tail_indices, grown, new_size, options,
                                   final_rows=final_rows)
-    return result, new_state, cut_level
+    return result, new_state, cut_level, rotated
 
 
 def _append_unrelated(raw: RawFactorization, state: InsertionState, order: int, block: np.ndarray, seed: int,
