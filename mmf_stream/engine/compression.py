@@ -95,10 +95,11 @@ class DenseCompression:
 
     # ---------------------------------------------------------------- stages
     def features(self, width: int, rng: np.random.Generator) -> np.ndarray:
-        live = np.flatnonzero(self.active)
         sketch = rng.standard_normal((self.n, width))
+        if self.active.all():  # the usual case (stages compact): no copy of the matrix
+            return self.matrix @ sketch
         sketch[~self.active] = 0.0
-        return self.matrix[live] @ sketch
+        return self.matrix[self.active] @ sketch
 
     def cluster_inputs(self, members: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         rows = self.matrix[members]

@@ -28,7 +28,7 @@ from numba import njit
 from mmf_stream.engine.kernels import rotate_rows_inplace
 from mmf_stream.engine.options import DEFAULT_OPTIONS, EngineOptions
 from mmf_stream.engine.raw import InsertionState, RawFactorization, Snapshot
-from mmf_stream.engine.schedule import factor_dense, factor_means, resolve_schedule, snapshot_sizes
+from mmf_stream.engine.schedule import factor_dense, factor_means, resolve_schedule, shallow_target, snapshot_sizes
 
 
 @njit(cache=True)
@@ -51,7 +51,7 @@ def head_pass(columns, tuples, rotations, wavelets, start, stop, extras):
 def _cut(state: InsertionState, new_size: int, shallow: bool, options: EngineOptions) -> int:
     if not shallow:
         return len(state.snapshots) - 1
-    target = options.snapshot_fractions[0] * new_size
+    target = shallow_target(new_size, options)
     return int(np.argmin([abs(snap.size - target) for snap in state.snapshots]))
 
 
@@ -59,7 +59,7 @@ def _keep_two(snapshots: list[Snapshot], new_size: int, options: EngineOptions) 
     """The snapshot nearest the shallow target and the deepest."""
     if len(snapshots) <= 1:
         return snapshots
-    target = options.snapshot_fractions[0] * new_size
+    target = shallow_target(new_size, options)
     nearest = int(np.argmin([abs(snap.size - target) for snap in snapshots[:-1]]))
     return [snapshots[nearest], snapshots[-1]]
 

@@ -53,9 +53,13 @@ class EngineOptions:
         (shallowest first).
     min_snapshot : int, default 24
         Smallest snapshot kept (indices).
-    max_deep_snapshot : int, default 512
+    max_deep_snapshot : int, default 256
         Largest deepest snapshot (indices): every insertion re-runs the levels
         below it, so it bounds the cost of one insertion on large results.
+    max_shallow_snapshot : int, default 4096
+        Largest shallowest snapshot (indices): a repair re-runs the levels below
+        it, so it bounds the cost of a repair (and the snapshot's memory) on
+        large results.
     repair_every : int, default 10
         Every this many inserted indices, the tail is re-run from the shallowest
         snapshot (a repair); 0 never repairs unless asked.
@@ -78,13 +82,14 @@ class EngineOptions:
     auto_factored_greedy_max: int = 2000
     snapshot_fractions: tuple[float, ...] = (0.30, 0.04)
     min_snapshot: int = 24
-    max_deep_snapshot: int = 512
+    max_deep_snapshot: int = 256
+    max_shallow_snapshot: int = 4096
     repair_every: int = 10
     refresh_drift: float | None = 0.05
 
     def __post_init__(self) -> None:
         positive = ("rescore", "max_iter", "rebuild_iter", "starts", "max_rebuilds", "sketch_width",
-                    "min_snapshot", "max_deep_snapshot")
+                    "min_snapshot", "max_deep_snapshot", "max_shallow_snapshot")
         for name in positive:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:

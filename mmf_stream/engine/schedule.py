@@ -23,11 +23,17 @@ def resolve_schedule(schedule: str, size: int, factored: bool, options: EngineOp
     return "greedy" if size <= limit else "staged"
 
 
+def shallow_target(size: int, options: EngineOptions = DEFAULT_OPTIONS) -> float:
+    """The size a repair's (shallowest) snapshot aims at, for a result of ``size`` indices."""
+    return min(options.snapshot_fractions[0] * size, float(options.max_shallow_snapshot))
+
+
 def snapshot_sizes(size: int, order: int, core_size: int, options: EngineOptions = DEFAULT_OPTIONS) -> tuple[int, ...]:
     """Active-set sizes at which insertion snapshots are taken (above the core, below ``size``).
 
-    The deepest is at most ``options.max_deep_snapshot``, which bounds the
-    work of one insertion.
+    The deepest is at most ``options.max_deep_snapshot`` (it bounds the work of
+    one insertion), the shallowest at most ``options.max_shallow_snapshot`` (it
+    bounds the work of a repair).
     """
     floor = max(options.min_snapshot, order + 1, core_size + order)
     fractions = options.snapshot_fractions
@@ -36,6 +42,8 @@ def snapshot_sizes(size: int, order: int, core_size: int, options: EngineOptions
         target = max(floor, int(round(fraction * size)))
         if number == len(fractions) - 1 and len(fractions) > 1:
             target = max(floor, min(target, options.max_deep_snapshot))
+        elif number == 0:
+            target = max(floor, min(target, options.max_shallow_snapshot))
         if target < size and target not in sizes:
             sizes.append(target)
     # small matrices: the whole matrix is the snapshot (insertions re-run the batch)
