@@ -236,8 +236,8 @@ class Factorization:
 
     @property
     def factored(self) -> bool:
-        """Whether this result was made from class means (``C = M M'``) and keeps factored insertion state."""
-        return self.insertion_state.factored
+        """Whether this result was made from class means (``C = M M'``): it inserts from means."""
+        return self.metadata.get("input") == "means" or self.insertion_state.factored
 
     # ------------------------------------------------------------------ arrays
     @property

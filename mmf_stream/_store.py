@@ -182,7 +182,7 @@ def load_parts(path: str | os.PathLike):
         for i, level in enumerate(meta.get("snapshot_levels", [])):
             data = read(f"snapshot_{i}_{kind}")
             snapshots.append(Snapshot(int(level), read(f"snapshot_{i}_indices"), **{kind: data}))
-        final_rows = read("final_rows") if factored else None
+        final_rows = read("final_rows") if factored and snapshots else None  # no insertion state: none
         fingerprint_arrays = (read("fingerprint_diagonal"), read("fingerprint_probe")) if has_fingerprint else None
     except ValueError as exc:
         if str(exc).startswith(str(source)):

@@ -306,16 +306,15 @@ def test_save_load_staged_factored_result(tmp_path):
     _same_levels(loaded.insert(mean=M[160]), f.insert(mean=M[160]))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: factorize(means=M, incremental=False).save(p) writes input='means' but no final_rows "
-    "(its InsertionState() has final_rows=None); ms.load(p) then raises "
-    "\"ValueError: ... is corrupt: array 'final_rows' is missing\""))
 def test_save_load_factored_result_without_insertion_state(tmp_path):
     M = ms.class_means(30, 8, seed=1)
     f = ms.factorize(means=M, order=3, incremental=False)
     f.save(tmp_path / "plain.zarr")
     loaded = ms.load(tmp_path / "plain.zarr")
     _same_levels(loaded, f)
+    assert loaded.factored and f.factored
+    with pytest.raises(ValueError, match="no insertion state"):
+        loaded.insert(mean=M[0])
 
 
 # ------------------------------------------------------- entry point checks
