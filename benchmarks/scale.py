@@ -170,26 +170,29 @@ def _measure(row: Row, path: str, repeats: int) -> dict:
         f = ms.factorize(means=data[: row.m], order=row.order, labels=range(row.m))
         initial = time.perf_counter() - start
         times = []
+        repairs = 0
+        schedule = f.metadata.get("schedule")
         for i in range(row.m, row.m + row.inserts):
             start = time.perf_counter()
             f = f.insert(mean=data[i], label=i)
             times.append(time.perf_counter() - start)
+            repairs += int(f.insertion_report.repaired)
         peak = status_mb("VmHWM")  # noqa: F821
         error, relative = f.error, f.relative_error
         del f
         start = time.perf_counter()
         batch = ms.factorize(means=data, order=row.order)
         return {"times": times, "initial_s": initial, "batch_s": time.perf_counter() - start,
-                "batch_error": batch.error, "peak_mb": peak - baseline, "error": error, "relative": relative}
+                "batch_error": batch.error, "schedule": schedule, "repairs": repairs, "peak_mb": peak - baseline, "error": error, "relative": relative}
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         f = _factor(row, data)
         times.append(time.perf_counter() - start)
-        error, relative = f.error, f.relative_error
+        error, relative, schedule = f.error, f.relative_error, f.metadata.get("schedule")
         del f
     peak = status_mb("VmHWM")  # noqa: F821
-    return {"times": times, "peak_mb": peak - baseline, "error": error, "relative": relative}
+    return {"times": times, "peak_mb": peak - baseline, "error": error, "relative": relative, "schedule": schedule}
 
 
 def _one_line(text: str, limit: int = 160) -> str:
@@ -267,7 +270,7 @@ def _reference(row: Row, result: dict, quick: bool) -> str:
 def cells(row: Row, result: dict, markdown: bool, quick: bool) -> list[str]:
     """The table row: failures and timeouts fill the measurement cells with one message."""
     head = [row.case, f"{row.m} + {row.inserts}" if row.case == "insert" else str(row.m),
-            "-" if row.dim is None else str(row.dim), row.mode, row.schedule or "-"]
+            "-" if row.dim is None else str(row.dim), row.mode, row.schedule or result.get("schedule") or "-"]
     if "timeout" in result or "failure" in result:
         message = "> timeout" if "timeout" in result else "error: " + result["failure"]
         if markdown:
@@ -352,7 +355,7 @@ def main() -> None:
                 f"insertion: initial factorization of {row.m} classes {_seconds(result['initial_s'])} s; "
                 f"{row.inserts} inserts one by one: median {np.median(times) * 1000:.2f} ms, "
                 f"p99 {np.percentile(times, 99) * 1000:.2f} ms, mean {times.mean() * 1000:.2f} ms, "
-                f"total {times.sum():.2f} s; batch of {row.m + row.inserts}: {_seconds(result['batch_s'])} s; "
+                f"total {times.sum():.2f} s ({result.get('repairs', 0)} repairs); batch of {row.m + row.inserts}: {_seconds(result['batch_s'])} s; "
                 f"error after inserts / batch error = {result['error'] / result['batch_error']:.3f}"
             )
     if notes:

@@ -46,7 +46,7 @@ class EngineOptions:
         compression.
     auto_dense_greedy_max : int, default 6000
         ``schedule="auto"``: dense matrices up to this size use plain greedy.
-    auto_factored_greedy_max : int, default 2000
+    auto_factored_greedy_max : int, default 1024
         ``schedule="auto"``: class means up to this many classes use plain greedy.
     snapshot_fractions : tuple of float, default (0.30, 0.04)
         Insertion state: fractions of the size at which snapshots are kept
@@ -79,7 +79,7 @@ class EngineOptions:
     greedy_below: int = 1024
     sketch_width: int = 64
     auto_dense_greedy_max: int = 6000
-    auto_factored_greedy_max: int = 2000
+    auto_factored_greedy_max: int = 1024
     snapshot_fractions: tuple[float, ...] = (0.30, 0.04)
     min_snapshot: int = 24
     max_deep_snapshot: int = 256
