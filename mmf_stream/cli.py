@@ -1,5 +1,8 @@
 """The ``mmf-stream`` command line.
 
+``mmf-stream warmup`` compiles (and numba caches on disk) every kernel ahead of
+the first real run: use it in install steps and Dask worker images.
+
 Every subcommand turns bad input into a one-line message on stderr and exit
 status 2; it never prints a traceback for a user error.
 """
@@ -31,33 +34,81 @@ def _progress_bar(total: int, desc: str, quiet: bool):
     return progress(total, desc, unit="level", quiet=quiet)
 
 
+def _read_means(path: str):
+    """Class means (m x D) for ``--means``: a ``.npy`` file (memory-mapped) or a Zarr array."""
+    from mmf_stream._formats import existing_path
+    from mmf_stream._io import load_npy
+
+    source = existing_path(path)
+    suffix = source.suffix.lower()
+    if suffix == ".npy":
+        return load_npy(source, mmap=True)
+    if not (source.is_dir() or suffix == ".zarr"):
+        raise ValueError(f"{source}: unknown means format {suffix or '(no suffix)'}; --means takes .npy or a Zarr array")
+    if own_format(source) == "class-store":
+        raise ValueError(f"{source} is a class store; give it as INPUT (mmf-stream factorize {source} ...), "
+                         "not --means")
+    try:
+        import zarr
+
+        node = zarr.open(str(source), mode="r")
+    except Exception as exc:  # noqa: BLE001 - any parser failure is "corrupt input"
+        raise ValueError(f"cannot read {source}: {one_line(exc)}") from None
+    if not isinstance(node, zarr.Array):
+        raise ValueError(f"{source} is a Zarr group; --means must be a Zarr array (classes x features)")
+    return node
+
+
 def _factorize(args: argparse.Namespace) -> int:
     import mmf_stream as ms
 
+    # exactly one source: a matrix / class store (INPUT) or class means (--means)
+    if (args.input is None) == (args.means is None):
+        given = "both INPUT and --means" if args.input is not None else "neither INPUT nor --means"
+        raise ValueError(f"give exactly one of INPUT (a matrix or class store) or --means M.npy; got {given}")
     out = Path(args.out)
     check_replaceable(out, args.overwrite, kinds=("factorization",))
-    store = ms.Store.open(args.input, mode="r") if own_format(Path(args.input)) == "class-store" else None
-    matrix = store.matrix() if store is not None else ms.read_matrix(args.input)  # a store: opened once
-    labels = ms.read_labels(args.labels) if args.labels else (store.labels if store is not None else None)
-    shape = getattr(matrix, "shape", (0,))
-    size = shape[0] if len(shape) else 0
+    labels = ms.read_labels(args.labels) if args.labels else None
+    if args.means is not None:
+        source_name = args.means
+        means = _read_means(args.means)
+        source, kwargs = None, {"means": means}
+        size = means.shape[0] if len(means.shape) else 0
+    elif own_format(Path(args.input)) == "class-store":
+        # factored from the store's means (C = M M' is never formed); its labels unless --labels
+        source_name = args.input
+        source = ms.Store.open(args.input, mode="r")
+        kwargs, size = {}, source.size
+    else:
+        source_name = args.input
+        source = ms.read_matrix(args.input)
+        kwargs = {}
+        shape = getattr(source, "shape", (0,))
+        size = shape[0] if len(shape) else 0
+        if len(shape) == 2 and shape[0] != shape[1] and 0 not in shape:
+            raise ValueError(f"matrix must be square, got shape {shape[0]} x {shape[1]} "
+                             "(class means, classes x features, go in with --means)")
+    factored = source is None or isinstance(source, ms.Store)
     core = args.core_size if args.core_size is not None else args.order - 1
     start = time.perf_counter()
-    _compile_notice(args.quiet)
+    _compile_notice(args.quiet, module=_FACTORED_KERNEL if factored else _DENSE_KERNEL)
     with _progress_bar(max(size - core, 0), "factorize", args.quiet) as update:
         result = ms.factorize(
-            matrix,
+            source,
             order=args.order,
             core_size=args.core_size,
             seed=args.seed,
             labels=labels,
+            schedule=args.schedule,
             candidates=args.candidates,
             progress=update,
+            **kwargs,
         )
     seconds = time.perf_counter() - start
     result.save(out, overwrite=args.overwrite)
     if not args.quiet:
-        print(f"factorized {args.input} in {seconds:.2f} s -> {out}")
+        how = f"{result.metadata.get('schedule', args.schedule)}, from {'class means' if factored else 'the matrix'}"
+        print(f"factorized {source_name} in {seconds:.2f} s ({how}) -> {out}")
         print(result.summary(levels=args.show))
     return 0
 
@@ -297,11 +348,18 @@ def _insert(args: argparse.Namespace) -> int:
         new.append(key)
     order = np.array([slot[label] for label in old + new])
     _check_same_classes(result, store, order[: len(old)], args.result, args.store)
-    matrix = store.columns(order[len(old):], rows=order)  # (size + b) x b, from the means
-    _compile_notice(False)
-    grown = result.insert_many(matrix, labels=new) if len(new) > 1 else result.insert(
-        matrix[: len(old), 0], matrix[len(old), 0], label=new[0]
-    )
+    if result.factored:
+        # made from class means: insert the new classes' rows of the store's factor F (F F' = C,
+        # normalised as the store says); no column of C is formed
+        means = store.factor()[order[len(old):]]
+        _compile_notice(False, module=_FACTORED_KERNEL)
+        grown = result.insert_many(means=means, labels=new)
+    else:
+        matrix = store.columns(order[len(old):], rows=order)  # (size + b) x b, from the means
+        _compile_notice(False)
+        grown = result.insert_many(matrix, labels=new) if len(new) > 1 else result.insert(
+            matrix[: len(old), 0], matrix[len(old), 0], label=new[0]
+        )
     grown.save(out, overwrite=args.overwrite)
     seconds = time.perf_counter() - start
     report = grown.insertion_report
@@ -400,7 +458,13 @@ def _int_at_least(lowest: int):
     return parse
 
 
-def _kernels_cached(module: str = "compression._rebuild_dense") -> bool:
+#: a kernel that every dense run compiles, and one that every factored (class means) run does (staged dense
+#: runs too): if its cache is missing, so are most others
+_DENSE_KERNEL = "compression._rebuild_dense"
+_FACTORED_KERNEL = "gram_kernels.rebuild_from_gram"
+
+
+def _kernels_cached(module: str = _DENSE_KERNEL) -> bool:
     """Whether numba's on-disk cache already holds the kernels of ``mmf_stream.<module>``."""
     import os
 
@@ -410,13 +474,79 @@ def _kernels_cached(module: str = "compression._rebuild_dense") -> bool:
     return folder.is_dir() and any(folder.rglob(f"{module}[.-]*.nbi"))
 
 
-def _compile_notice(quiet: bool, module: str = "compression._rebuild_dense") -> None:
+def _compile_notice(quiet: bool, module: str = _DENSE_KERNEL) -> None:
     """Say once, on the first run in an environment, that numba is compiling the kernels."""
     if quiet:
         return
     if not _kernels_cached(module):
         print("mmf-stream: compiling the numba kernels (first run in this environment only; "
-              "about a minute, then cached)", file=sys.stderr, flush=True)
+              "about a minute, then cached; run 'mmf-stream warmup' to do it ahead)", file=sys.stderr, flush=True)
+
+
+#: the tiny problems 'warmup' factors: every engine path at least once (arrays only: the order and the
+#: sizes do not change the compiled signatures)
+_WARMUP_SIZE = 200
+_WARMUP_OPTIONS = {"cluster_size": 32, "greedy_below": 40}
+
+
+def _warmup(args: argparse.Namespace) -> int:
+    import os
+    import tempfile
+
+    import mmf_stream as ms
+
+    start = time.perf_counter()
+    if not args.quiet and not (_kernels_cached(_DENSE_KERNEL) and _kernels_cached(_FACTORED_KERNEL)):
+        print("mmf-stream: compiling the numba kernels of every engine (about a minute; numba caches them on "
+              "disk, so later runs start at once)", file=sys.stderr, flush=True)
+    size, options = _WARMUP_SIZE, _WARMUP_OPTIONS
+    C = ms.hierarchical_covariance(size, seed=0)
+    M = ms.class_means(size, 16)
+    with tempfile.TemporaryDirectory(prefix="mmf-stream-warmup-") as scratch:
+        # the matrix in memory and as the CLI reads .npy (memory-mapped, read-only), float64 and float32
+        np.save(os.path.join(scratch, "c64.npy"), C)
+        np.save(os.path.join(scratch, "c32.npy"), C.astype(np.float32))
+        dense_inputs = [C, C.astype(np.float32), ms.read_matrix(os.path.join(scratch, "c64.npy")),
+                        ms.read_matrix(os.path.join(scratch, "c32.npy"))]
+        for matrix in dense_inputs:
+            ms.factorize(matrix, order=4, core_size=20, schedule="greedy", options=options)
+        results = []
+        for schedule in ("greedy", "staged"):
+            for order in (4, 5):
+                dense = ms.factorize(np.ascontiguousarray(C[:-3, :-3]), order=order, core_size=20, schedule=schedule, options=options)
+                # greedy: first without the explicit Gram (the path of more than 2000 classes), then with it
+                factored = ms.factorize(means=M[:-3], order=order, core_size=20, schedule=schedule,
+                                        options={**options, "auto_factored_greedy_max": 0})
+                results.append((dense, factored))
+        ms.factorize(C[:10, :10], order=3, candidates="exhaustive")
+        ms.factorize(means=M[:10], order=3, candidates="exhaustive")
+        # insertion: one class and a block, with and without a repair, dense columns and means
+        for dense, factored in results[:2]:
+            for count, repair in ((1, False), (3, True)):
+                columns = C[: size - 3 + count, size - 3: size - 3 + count]  # (m + b) x b
+                dense.insert_many(columns, labels=None, repair=repair)
+                factored.insert_many(means=M[size - 3: size - 3 + count], repair=repair)
+        dense, factored = results[0]
+        dense.reconstruct(), dense.inverse_transform(dense.transform(np.ones(dense.size)))
+        factored.reconstruct()
+        # the class covariance pass of 'covariance': float32 and float64 features, in memory and memory-mapped
+        from mmf_stream._io import read_features
+
+        rows = min(64, size)
+        labels = np.arange(rows) % 8
+        for dtype in (np.float32, np.float64):
+            features = M[:rows].astype(dtype)
+            np.save(os.path.join(scratch, "features.npy"), features)
+            ms.class_covariance(features, labels)
+            ms.class_covariance(read_features(os.path.join(scratch, "features.npy")), labels)
+    seconds = time.perf_counter() - start
+    if not args.quiet:
+        from mmf_stream.engine import kernels
+
+        folder = getattr(getattr(kernels.apply_rotations, "_cache", None), "_cache_path", None)  # numba internals
+        where = f" in {folder}" if isinstance(folder, str) else ""
+        print(f"warm-up done in {seconds:.1f} s: the numba kernels are compiled and cached{where}")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -424,8 +554,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    fac = sub.add_parser("factorize", help="factor a symmetric matrix and save the result as Zarr")
-    fac.add_argument("input", help="matrix: .npy, .mtx (Matrix Market), Zarr array, or a class store (keeps labels)")
+    fac = sub.add_parser(
+        "factorize", help="factor a symmetric matrix, a class store or class means and save the result as Zarr",
+        description="Factor a symmetric matrix (INPUT: .npy, .mtx, Zarr array), a class store (INPUT: factored "
+        "from its class means, C = M M' is never formed; keeps its labels) or class means (--means M.npy, "
+        "classes x features). Results made from class means insert new classes from their means alone.",
+    )
+    fac.add_argument("input", nargs="?", default=None,
+                     help="matrix: .npy, .mtx (Matrix Market), Zarr array; or a class store (factored from its "
+                     "means, keeps labels). Leave out with --means")
+    fac.add_argument("--means", default=None, metavar="M",
+                     help="class means instead of INPUT: m x D, .npy or Zarr array (C = M M' is never formed)")
     fac.add_argument("--order", "-k", type=_int_at_least(2), default=5, help="indices per rotation (default 5)")
     fac.add_argument("--core-size", type=_int_at_least(1), default=None,
                      help="core size (default order - 1, full depth)")
@@ -434,6 +573,9 @@ def build_parser() -> argparse.ArgumentParser:
     fac.add_argument("--candidates", choices=["neighbors", "exhaustive"], default="neighbors",
                      help="tuples scored per level: 'neighbors' (each index with its most coupled neighbours, "
                      "fast) or 'exhaustive' (every k-subset: tiny matrices only, warns when it will be slow)")
+    fac.add_argument("--schedule", choices=["auto", "greedy", "staged"], default="auto",
+                     help="'greedy' (one level at a time over all indices), 'staged' (levels in stages of "
+                     "independent clusters, for large m) or 'auto' (greedy for small inputs, staged above; default)")
     fac.add_argument("--out", "-o", required=True, help="result directory (Zarr group)")
     fac.add_argument("--overwrite", action="store_true", help="replace an existing result (nothing else)")
     fac.add_argument("--show", type=_int_at_least(0), default=5, help="levels to print (default 5)")
@@ -489,7 +631,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     ins = sub.add_parser("insert", help="insert classes of a class store into a saved factorization (incremental MMF)")
     ins.add_argument("result", help="result directory written by 'factorize' (with labels)")
-    ins.add_argument("store", help="class store holding the result's classes and the new ones")
+    ins.add_argument("store", help="class store holding the result's classes and the new ones (results made "
+                     "from class means insert the new classes' means; no covariance column is formed)")
     ins.add_argument("--labels", nargs="+", default=None, help="classes to insert (default: all the result lacks)")
     ins.add_argument("--out", "-o", required=True, help="new result directory")
     ins.add_argument("--overwrite", action="store_true", help="replace an existing result (nothing else)")
@@ -504,6 +647,17 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--show", type=_int_at_least(0), default=8, help="levels to print (default 8)")
     demo.add_argument("--out", default=None, help="also save the result here (a directory; replaces a result)")
     demo.set_defaults(run=_demo)
+
+    warm = sub.add_parser(
+        "warmup", help="compile and cache the numba kernels now (for install steps and Dask worker images)",
+        description="Compile every numba kernel the engines use (dense and factored, greedy and staged "
+        "factorization, insertion, the class covariance pass) by factoring tiny built-in problems, and print how "
+        "long it took. numba caches compiled kernels on disk (beside the installed package, or in "
+        "NUMBA_CACHE_DIR), so run it once in an install step or when building a Dask worker image: the first "
+        "real run then starts at once instead of compiling for about a minute.",
+    )
+    warm.add_argument("--quiet", "-q", action="store_true", help="print nothing")
+    warm.set_defaults(run=_warmup)
     return parser
 
 

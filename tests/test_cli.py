@@ -117,7 +117,7 @@ def test_existing_output_is_not_overwritten(tmp_path):
 def test_help_lists_subcommands():
     done = _run("--help")
     assert done.returncode == 0
-    for name in ("factorize", "info", "demo"):
+    for name in ("factorize", "info", "demo", "insert", "warmup"):
         assert name in done.stdout
 
 
@@ -180,7 +180,8 @@ def test_insert_command_streams_new_classes_from_a_store(tmp_path):
     (tmp_path / "l2.txt").write_text("\n".join(names[i] for i in labels[~first]) + "\n")
     store, before, after = tmp_path / "s.zarr", tmp_path / "r.zarr", tmp_path / "r2.zarr"
     assert _run("covariance", tmp_path / "f1.npy", tmp_path / "l1.txt", "-o", store).returncode == 0
-    assert _run("factorize", store, "-k", 3, "-o", before, "-q").returncode == 0
+    assert _run("factorize", store, "-k", 3, "-o", before, "-q").returncode == 0  # from the class means
+    assert ms.load(before).factored
     _assert_clean_error(_run("insert", before, store, "-o", after), "holds no class that the result lacks")
     assert _run("covariance", tmp_path / "f2.npy", tmp_path / "l2.txt", "-o", store, "--append").returncode == 0
     done = _run("insert", before, store, "-o", after)
