@@ -74,8 +74,9 @@ def hierarchical_covariance(
     order = rng.permutation(size)
     points = points[order]
     leaf = leaf[order]
-    covariance = points @ points.T / dim
-    covariance = 0.5 * (covariance + covariance.T)
+    covariance = points @ points.T
+    covariance /= dim
+    _symmetrize_in_place(covariance)
     if not return_leaves:
         return covariance
     paths = np.empty((size, depth), dtype=np.int64)
@@ -84,6 +85,20 @@ def hierarchical_covariance(
         paths[:, level] = remainder % branching
         remainder //= branching
     return covariance, paths
+
+
+#: rows per block of the in-place symmetrisation (bounds its temporaries to 2 x block x m)
+_SYMMETRIZE_BLOCK = 512
+
+
+def _symmetrize_in_place(matrix: np.ndarray) -> None:
+    """``matrix <- (matrix + matrix') / 2`` block by block, without an m x m temporary."""
+    n = matrix.shape[0]
+    for start in range(0, n, _SYMMETRIZE_BLOCK):
+        stop = min(start + _SYMMETRIZE_BLOCK, n)
+        average = 0.5 * (matrix[start:stop, start:] + matrix[start:, start:stop].T)
+        matrix[start:stop, start:] = average
+        matrix[start:, start:stop] = average.T
 
 
 def _integer(name: str, value, minimum: int) -> int:
