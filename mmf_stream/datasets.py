@@ -74,7 +74,9 @@ def hierarchical_covariance(
     order = rng.permutation(size)
     points = points[order]
     leaf = leaf[order]
-    covariance = points @ points.T
+    covariance = np.empty((size, size))
+    for start in range(0, size, _SYMMETRIZE_BLOCK):  # row blocks: OpenBLAS's syrk crashes near m = 32,000
+        np.matmul(points[start : start + _SYMMETRIZE_BLOCK], points.T, out=covariance[start : start + _SYMMETRIZE_BLOCK])
     covariance /= dim
     _symmetrize_in_place(covariance)
     if not return_leaves:
