@@ -122,6 +122,8 @@ def plan(quick: bool, inserts: int) -> list[Row]:
     for m in (500, 1000) if quick else (4000, 8000, 16000):
         for mode in ("dense", "factored"):
             rows.append(Row("class_means", m, DIM, mode, None, 4, m // 8))
+        if m <= 8000:  # staged against greedy on the same matrix
+            rows.append(Row("class_means", m, DIM, "dense", "staged" if m <= 6000 else "greedy", 4, m // 8))
     for m in (1000, 2000) if quick else (25000, 50000, 100000):
         rows.append(Row("class_means-order5", m, DIM, "factored", None, 5, None))
     rows.append(Row("insert", 1000 if quick else 100000, DIM, "factored", None, 5, None,
