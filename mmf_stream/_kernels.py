@@ -21,10 +21,13 @@ from numba import njit
 _JACOBI_SWEEPS = 60
 
 
-# Compile time: the kernels below avoid NumPy functions whose Numba
-# implementations are large (argsort, det, matmul, fancy indexing): the first
-# factorization in a fresh environment compiles every kernel, and each caller
-# re-optimises the code of its callees. The loops give the same numbers.
+# Compile time: the first factorization in a fresh environment compiles every
+# kernel (then Numba caches them on disk), and LLVM re-optimises a callee's code
+# inside every caller. So the kernels avoid NumPy functions with large Numba
+# implementations (argsort, det, eye, fancy indexing, array expressions, array
+# assignment with its error messages) in favour of loops giving the same numbers,
+# pass arrays of one layout, and small helpers are inlined (inline="always").
+# See warm_up() to compile everything ahead of the first run.
 
 
 @njit(cache=True)
@@ -720,3 +723,36 @@ def apply_rotations(matrix, tuples, rotations, inverse):
     for step in range(levels):
         level = levels - 1 - step if inverse else step
         rotate_rows_inplace(matrix, tuples[level], rotations[level], inverse, tmp)
+
+
+def warm_up() -> float:
+    """Compile every kernel a factorization uses; return the seconds it took.
+
+    Runs a tiny factorization (with compaction and insertion state), an
+    insertion and a reconstruction through the public API, so each kernel is
+    compiled for exactly the argument types the engine passes, plus the input
+    checks for float32 matrices. Numba writes the compiled code to its on-disk
+    cache (``__pycache__`` beside the sources, or ``NUMBA_CACHE_DIR``): in a
+    fresh environment this takes the first run's compile time once; later runs,
+    and ``warm_up`` itself, then only load the kernels (about a second).
+    """
+    import time
+
+    import mmf_stream  # the public API: the engine's own calls with its own argument types
+
+    start = time.perf_counter()
+    rng = np.random.default_rng(0)
+    factors = rng.normal(size=(72, 6))
+    matrix = factors @ factors.T / 6.0
+    # 70 indices: the compression is compacted (n >= 64) and snapshots are kept
+    result = mmf_stream.factorize(matrix[:70, :70], order=3)
+    result = result.insert_many(matrix[:70, 70:], matrix[70:, 70:])
+    result.reconstruct()
+    # the input checks run on the user's array as given: float32 or float64, C- or
+    # F-ordered or a strided view (the float64 C case ran above)
+    for dtype in (np.float64, np.float32):
+        square = matrix[:8, :8].astype(dtype)
+        for array in (square, np.asfortranarray(square), square[::2, ::2]):
+            max_asymmetry(array)
+            symmetrize_into(array, np.empty(array.shape))
+    return time.perf_counter() - start
