@@ -730,8 +730,8 @@ def warm_up() -> float:
 
     Runs a tiny factorization (with compaction and insertion state), an
     insertion and a reconstruction through the public API, so each kernel is
-    compiled for exactly the argument types the engine passes, plus the input
-    checks for float32 matrices. Numba writes the compiled code to its on-disk
+    compiled for exactly the argument types the engine passes, and the input
+    checks for float64 and float32 matrices of any layout. Numba writes the compiled code to its on-disk
     cache (``__pycache__`` beside the sources, or ``NUMBA_CACHE_DIR``): in a
     fresh environment this takes the first run's compile time once; later runs,
     and ``warm_up`` itself, then only load the kernels (about a second).
@@ -745,11 +745,11 @@ def warm_up() -> float:
     factors = rng.normal(size=(72, 6))
     matrix = factors @ factors.T / 6.0
     # 70 indices: the compression is compacted (n >= 64) and snapshots are kept
-    result = mmf_stream.factorize(matrix[:70, :70], order=3)
+    result = mmf_stream.factorize(np.ascontiguousarray(matrix[:70, :70]), order=3)
     result = result.insert_many(matrix[:70, 70:], matrix[70:, 70:])
     result.reconstruct()
-    # the input checks run on the user's array as given: float32 or float64, C- or
-    # F-ordered or a strided view (the float64 C case ran above)
+    # the input checks run on the user's array as given: float64 or float32, C- or
+    # F-ordered or a strided view
     for dtype in (np.float64, np.float32):
         square = matrix[:8, :8].astype(dtype)
         for array in (square, np.asfortranarray(square), square[::2, ::2]):
