@@ -483,63 +483,13 @@ def _compile_notice(quiet: bool, module: str = _DENSE_KERNEL) -> None:
               "about a minute, then cached; run 'mmf-stream warmup' to do it ahead)", file=sys.stderr, flush=True)
 
 
-#: the tiny problems 'warmup' factors: every engine path at least once (arrays only: the order and the
-#: sizes do not change the compiled signatures)
-_WARMUP_SIZE = 200
-_WARMUP_OPTIONS = {"cluster_size": 32, "greedy_below": 40}
-
-
 def _warmup(args: argparse.Namespace) -> int:
-    import os
-    import tempfile
+    from mmf_stream._warmup import warm_up
 
-    import mmf_stream as ms
-
-    start = time.perf_counter()
     if not args.quiet and not (_kernels_cached(_DENSE_KERNEL) and _kernels_cached(_FACTORED_KERNEL)):
         print("mmf-stream: compiling the numba kernels of every engine (about a minute; numba caches them on "
               "disk, so later runs start at once)", file=sys.stderr, flush=True)
-    size, options = _WARMUP_SIZE, _WARMUP_OPTIONS
-    C = ms.hierarchical_covariance(size, seed=0)
-    M = ms.class_means(size, 16)
-    with tempfile.TemporaryDirectory(prefix="mmf-stream-warmup-") as scratch:
-        # the matrix in memory and as the CLI reads .npy (memory-mapped, read-only), float64 and float32
-        np.save(os.path.join(scratch, "c64.npy"), C)
-        np.save(os.path.join(scratch, "c32.npy"), C.astype(np.float32))
-        dense_inputs = [C, C.astype(np.float32), ms.read_matrix(os.path.join(scratch, "c64.npy")),
-                        ms.read_matrix(os.path.join(scratch, "c32.npy"))]
-        for matrix in dense_inputs:
-            ms.factorize(matrix, order=4, core_size=20, schedule="greedy", options=options)
-        results = []
-        for schedule in ("greedy", "staged"):
-            for order in (4, 5):
-                dense = ms.factorize(np.ascontiguousarray(C[:-3, :-3]), order=order, core_size=20, schedule=schedule, options=options)
-                # greedy: first without the explicit Gram (the path of more than 2000 classes), then with it
-                factored = ms.factorize(means=M[:-3], order=order, core_size=20, schedule=schedule,
-                                        options={**options, "auto_factored_greedy_max": 0})
-                results.append((dense, factored))
-        ms.factorize(C[:10, :10], order=3, candidates="exhaustive")
-        ms.factorize(means=M[:10], order=3, candidates="exhaustive")
-        # insertion: one class and a block, with and without a repair, dense columns and means
-        for dense, factored in results[:2]:
-            for count, repair in ((1, False), (3, True)):
-                columns = C[: size - 3 + count, size - 3: size - 3 + count]  # (m + b) x b
-                dense.insert_many(columns, labels=None, repair=repair)
-                factored.insert_many(means=M[size - 3: size - 3 + count], repair=repair)
-        dense, factored = results[0]
-        dense.reconstruct(), dense.inverse_transform(dense.transform(np.ones(dense.size)))
-        factored.reconstruct()
-        # the class covariance pass of 'covariance': float32 and float64 features, in memory and memory-mapped
-        from mmf_stream._io import read_features
-
-        rows = min(64, size)
-        labels = np.arange(rows) % 8
-        for dtype in (np.float32, np.float64):
-            features = M[:rows].astype(dtype)
-            np.save(os.path.join(scratch, "features.npy"), features)
-            ms.class_covariance(features, labels)
-            ms.class_covariance(read_features(os.path.join(scratch, "features.npy")), labels)
-    seconds = time.perf_counter() - start
+    seconds = warm_up()
     if not args.quiet:
         from mmf_stream.engine import kernels
 

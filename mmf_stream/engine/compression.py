@@ -361,12 +361,13 @@ def _sequential_row_energy(energies: np.ndarray, inner: np.ndarray) -> np.ndarra
 from numba import njit  # noqa: E402
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _build_candidate(matrix, scale, active, pivot, k, starts, max_iter):
     neighbours = K.nearest_neighbours(matrix[pivot], scale, active, pivot, k - 1)
     t = np.empty(k, dtype=np.int64)
     t[0] = pivot
-    t[1:] = neighbours
+    for i in range(k - 1):  # loops, not array assignment: much less to compile
+        t[1 + i] = neighbours[i]
     gram = K.tuple_gram(matrix, t)
     block = K.tuple_block(matrix, t)
     direction, energy = K.wavelet_direction(gram, block, starts, max_iter)
@@ -379,10 +380,13 @@ def _rebuild_dense(matrix, energy, active, pivots, k, tuples, grams, directions,
     for j in range(energy.shape[0]):
         scale[j] = 1.0 / np.sqrt(energy[j]) if energy[j] > 0.0 else 0.0
     for p in pivots:
-        t, gram, direction, value = _build_candidate(matrix, scale, active, p, k, 1, iterations)
-        tuples[p] = t
-        grams[p] = gram
-        directions[p] = direction
+        # int64, not literal, arguments: wavelet_direction is compiled once
+        t, gram, direction, value = _build_candidate(matrix, scale, active, p, k, np.int64(1), np.int64(iterations))
+        for a in range(k):
+            tuples[p, a] = t[a]
+            directions[p, a] = direction[a]
+            for b in range(k):
+                grams[p, a, b] = gram[a, b]
         scores[p] = value
 
 
@@ -392,7 +396,8 @@ def _apply_level(matrix, energy, active, t, rotation, pos):
     energy over the active set, its rotated column)."""
     old_rows = np.empty((t.shape[0], matrix.shape[1]))
     for a in range(t.shape[0]):
-        old_rows[a] = matrix[t[a]]
+        for j in range(matrix.shape[1]):
+            old_rows[a, j] = matrix[t[a], j]
     new_rows = K.rotate_tuple_rows(old_rows, t, rotation)
     K.write_tuple_rows(matrix, 0, t, new_rows)
     K.update_row_energy(energy, old_rows, new_rows, t, active)

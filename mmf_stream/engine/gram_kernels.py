@@ -30,13 +30,16 @@ def rebuild_from_gram(block_matrix, gram_matrix, energy, active, pivots, k, tupl
         neighbours = K.nearest_neighbours(block_matrix[p], scale, active, p, k - 1)
         t = np.empty(k, dtype=np.int64)
         t[0] = p
-        t[1:] = neighbours
+        for i in range(k - 1):
+            t[1 + i] = neighbours[i]
         gram = K.tuple_block(gram_matrix, t)
         block = K.tuple_block(block_matrix, t)
-        direction, value = K.wavelet_direction(gram, block, 1, iterations)
-        tuples[p] = t
-        grams[p] = gram
-        directions[p] = direction
+        direction, value = K.wavelet_direction(gram, block, np.int64(1), np.int64(iterations))
+        for a in range(k):
+            tuples[p, a] = t[a]
+            directions[p, a] = direction[a]
+            for b in range(k):
+                grams[p, a, b] = gram[a, b]
         scores[p] = max(value, 0.0)
 
 
@@ -52,7 +55,8 @@ def neighbour_tuples(rows, energy, active, pivots, k):
         p = pivots[i]
         neighbours = K.nearest_neighbours(rows[i], scale, active, p, k - 1)
         out[i, 0] = p
-        out[i, 1:] = neighbours
+        for j in range(k - 1):
+            out[i, 1 + j] = neighbours[j]
     return out
 
 
@@ -60,8 +64,9 @@ def neighbour_tuples(rows, energy, active, pivots, k):
 def score_candidates(grams, blocks, iterations, directions, scores):
     """Wavelet direction and error of each candidate from its Gram and block."""
     for i in range(grams.shape[0]):
-        direction, value = K.wavelet_direction(grams[i], blocks[i], 1, iterations)
-        directions[i] = direction
+        direction, value = K.wavelet_direction(grams[i], blocks[i], np.int64(1), np.int64(iterations))
+        for a in range(direction.shape[0]):
+            directions[i, a] = direction[a]
         scores[i] = max(value, 0.0)
 
 

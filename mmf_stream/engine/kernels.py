@@ -21,6 +21,130 @@ from numba import njit
 _JACOBI_SWEEPS = 60
 
 
+# Compile time: the first factorization in a fresh environment compiles every
+# kernel (then Numba caches them on disk), and LLVM re-optimises a callee's code
+# inside every caller. So the kernels avoid NumPy functions with large Numba
+# implementations (argsort, det, eye, fancy indexing, array expressions, array
+# assignment with its error messages) in favour of loops giving the same numbers,
+# pass arrays of one layout, and small helpers are inlined (inline="always").
+# mmf_stream._warmup.warm_up() (mmf-stream warmup) compiles everything ahead of the first run.
+
+
+@njit(cache=True)
+def _argsort(values):
+    """``np.argsort(values)`` by the same algorithm as Numba's (quicksort, insertion
+    sort below 16 elements, NaN last), so ties come out in the same order."""
+    n = values.shape[0]
+    order = np.empty(n, dtype=np.int64)
+    for i in range(n):
+        order[i] = i
+    if n < 2:
+        return order
+    stack = np.empty((100, 2), dtype=np.int64)
+    stack[0, 0] = 0
+    stack[0, 1] = n - 1
+    top = 1
+    while top > 0:
+        top -= 1
+        low = stack[top, 0]
+        high = stack[top, 1]
+        while high - low >= 15:
+            # median of three; x < y below is NumPy's float order: x < y, or y is NaN and x is not
+            mid = (low + high) >> 1
+            x = values[order[mid]]
+            y = values[order[low]]
+            if x < y or (y != y and x == x):
+                order[low], order[mid] = order[mid], order[low]
+            x = values[order[high]]
+            y = values[order[mid]]
+            if x < y or (y != y and x == x):
+                order[high], order[mid] = order[mid], order[high]
+            x = values[order[mid]]
+            y = values[order[low]]
+            if x < y or (y != y and x == x):
+                order[low], order[mid] = order[mid], order[low]
+            pivot = values[order[mid]]
+            order[high], order[mid] = order[mid], order[high]
+            i = low
+            j = high - 1
+            while True:
+                while i < high:
+                    x = values[order[i]]
+                    if not (x < pivot or (pivot != pivot and x == x)):
+                        break
+                    i += 1
+                while j >= low:
+                    y = values[order[j]]
+                    if not (pivot < y or (y != y and pivot == pivot)):
+                        break
+                    j -= 1
+                if i >= j:
+                    break
+                order[i], order[j] = order[j], order[i]
+                i += 1
+                j -= 1
+            order[i], order[high] = order[high], order[i]
+            if high - i > i - low:
+                if high > i:
+                    stack[top, 0] = i + 1
+                    stack[top, 1] = high
+                    top += 1
+                high = i - 1
+            else:
+                if i > low:
+                    stack[top, 0] = low
+                    stack[top, 1] = i - 1
+                    top += 1
+                low = i + 1
+        for i in range(low + 1, high + 1):
+            item = order[i]
+            x = values[item]
+            j = i
+            while j > low:
+                y = values[order[j - 1]]
+                if not (x < y or (y != y and x == x)):
+                    break
+                order[j] = order[j - 1]
+                j -= 1
+            order[j] = item
+    return order
+
+
+@njit(cache=True, inline="always")
+def _column(matrix, c):
+    """``matrix[:, c].copy()``."""
+    out = np.empty(matrix.shape[0])
+    for r in range(matrix.shape[0]):
+        out[r] = matrix[r, c]
+    return out
+
+
+@njit(cache=True, inline="always")
+def _det(matrix):
+    """Determinant of a small matrix (LU with partial pivoting)."""
+    n = matrix.shape[0]
+    a = matrix.copy()
+    det = 1.0
+    for c in range(n):
+        p = c
+        for r in range(c + 1, n):
+            if abs(a[r, c]) > abs(a[p, c]):
+                p = r
+        if p != c:
+            for j in range(n):
+                a[c, j], a[p, j] = a[p, j], a[c, j]
+            det = -det
+        pivot = a[c, c]
+        det *= pivot
+        if pivot == 0.0:
+            return det
+        for r in range(c + 1, n):
+            factor = a[r, c] / pivot
+            for j in range(c + 1, n):
+                a[r, j] -= factor * a[c, j]
+    return det
+
+
 @njit(cache=True)
 def small_eigh(matrix):
     """Eigen-decomposition of a small symmetric matrix by cyclic Jacobi.
@@ -30,7 +154,9 @@ def small_eigh(matrix):
     """
     n = matrix.shape[0]
     a = matrix.copy()
-    v = np.eye(n)
+    v = np.zeros((n, n))
+    for i in range(n):
+        v[i, i] = 1.0
     scale = 0.0
     for i in range(n):
         for j in range(n):
@@ -72,11 +198,17 @@ def small_eigh(matrix):
     values = np.empty(n)
     for i in range(n):
         values[i] = a[i, i]
-    order = np.argsort(values)
-    return values[order].copy(), v[:, order].copy()
+    order = _argsort(values)
+    sorted_values = np.empty(n)
+    vectors = np.empty((n, n))
+    for c in range(n):
+        sorted_values[c] = values[order[c]]
+        for r in range(n):
+            vectors[r, c] = v[r, order[c]]
+    return sorted_values, vectors
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def quadratic(matrix, vector):
     """``vector' matrix vector`` for a small matrix."""
     n = vector.shape[0]
@@ -89,7 +221,7 @@ def quadratic(matrix, vector):
     return total
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def wavelet_energy(gram, block, direction):
     """``f(o) = o' G o - (o' At o)^2``: the wavelet row's off-diagonal energy."""
     diagonal = quadratic(block, direction)
@@ -110,19 +242,25 @@ def wavelet_direction(gram, block, starts, max_iter):
     values, vectors = small_eigh(block)
     energies = np.empty(k)
     for i in range(k):
-        energies[i] = quadratic(gram, vectors[:, i]) - values[i] * values[i]
-    ranking = np.argsort(energies)
-    best = vectors[:, ranking[0]].copy()
+        energies[i] = quadratic(gram, _column(vectors, i)) - values[i] * values[i]
+    ranking = _argsort(energies)
+    best = _column(vectors, ranking[0])
     best_energy = energies[ranking[0]]
     n_starts = min(starts, k)
+    majorant = np.empty((k, k))
     for start in range(n_starts):
-        current = vectors[:, ranking[start]].copy()
+        current = _column(vectors, ranking[start])
         energy = energies[ranking[start]]
         for _ in range(max_iter):
             a = quadratic(block, current)
-            majorant = gram - 2.0 * a * block
+            twice = 2.0 * a
+            for r in range(k):
+                for c in range(k):
+                    majorant[r, c] = gram[r, c] - twice * block[r, c]
             _, w = small_eigh(majorant)
-            candidate = w[:, 0].copy()
+            candidate = np.empty(k)
+            for r in range(k):
+                candidate[r] = w[r, 0]
             candidate_energy = wavelet_energy(gram, block, candidate)
             if candidate_energy < energy - 1e-14 * abs(energy) - 1e-300:
                 current = candidate
@@ -174,25 +312,33 @@ def rotation_from_wavelet(direction, block):
         for i in range(k):
             basis[i, column] = vec[i] / norm
         column += 1
-    reduced = basis.T @ block @ basis
+    # basis' as a C-contiguous array: one layout of matmul to compile (same result)
+    basis_t = np.empty((k - 1, k))
+    for i in range(k):
+        for c in range(k - 1):
+            basis_t[c, i] = basis[i, c]
+    reduced = basis_t @ block @ basis
     _, w = small_eigh(reduced)
     complement = basis @ w
     rotation = np.zeros((k, k))
-    rotation[pos, :] = direction
-    taken = np.zeros(k, dtype=np.bool_)
-    taken[pos] = True
+    for j in range(k):
+        rotation[pos, j] = direction[j]
+    taken = np.zeros(k, dtype=np.int64)  # flags (an int64 array: one array type less to compile)
+    taken[pos] = 1
     for c in range(k - 1):
         target = -1
         weight = -1.0
         for i in range(k):
-            if not taken[i] and abs(complement[i, c]) > weight:
+            if taken[i] == 0 and abs(complement[i, c]) > weight:
                 weight = abs(complement[i, c])
                 target = i
-        taken[target] = True
-        rotation[target, :] = complement[:, c]
-    if np.linalg.det(rotation) < 0.0:
+        taken[target] = 1
+        for j in range(k):
+            rotation[target, j] = complement[j, c]
+    if _det(rotation) < 0.0:
         other = 1 if pos == 0 else 0
-        rotation[other, :] = -rotation[other, :]
+        for j in range(k):
+            rotation[other, j] = -rotation[other, j]
     return rotation, pos
 
 
@@ -286,7 +432,7 @@ def tuple_block(matrix, t):
     return block
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _filled(positions):
     """The leading slots of a top-``count`` list that were filled (not -1)."""
     found = 0
@@ -296,7 +442,7 @@ def _filled(positions):
     return positions[:found].copy()
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def nearest_neighbours(row, scale, active, pivot, count):
     """The ``count`` active positions ``j != pivot`` with largest ``|row[j]| * scale[j]``.
 
@@ -304,8 +450,11 @@ def nearest_neighbours(row, scale, active, pivot, count):
     per-position norm, so the ranking is by normalised coupling. Returns
     positions sorted by decreasing similarity (fewer if too few are active).
     """
-    best_pos = np.full(count, -1, dtype=np.int64)
-    best_val = np.full(count, -1.0)
+    best_pos = np.empty(count, dtype=np.int64)
+    best_val = np.empty(count)
+    for i in range(count):
+        best_pos[i] = -1
+        best_val[i] = -1.0
     n = row.shape[0]
     for j in range(n):
         if not active[j] or j == pivot:
@@ -323,7 +472,7 @@ def nearest_neighbours(row, scale, active, pivot, count):
     return _filled(best_pos)
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def rotate_tuple_rows(rows, t, rotation):
     """New rows ``t`` of ``Q A Q'`` from the old rows ``A[t, :]`` (k x n).
 
@@ -355,7 +504,7 @@ def rotate_tuple_rows(rows, t, rotation):
     return out
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def write_tuple_rows(block, row_offset, t, new_rows):
     """Write rotated rows ``t`` into a row block and, by symmetry, columns ``t``.
 
@@ -371,7 +520,8 @@ def write_tuple_rows(block, row_offset, t, new_rows):
     for a in range(k):
         local = t[a] - row_offset
         if 0 <= local < nrows:
-            block[local, :] = new_rows[a]
+            for j in range(block.shape[1]):
+                block[local, j] = new_rows[a, j]
 
 
 @njit(cache=True, fastmath=True)
@@ -465,9 +615,13 @@ def smallest_scores(scores, active, tie_break, count):
     """Positions of the ``count`` active candidates with the smallest scores."""
     if count <= 0:
         return np.empty(0, dtype=np.int64)
-    best_pos = np.full(count, -1, dtype=np.int64)
-    best_val = np.full(count, np.inf)
-    best_tie = np.full(count, np.inf)
+    best_pos = np.empty(count, dtype=np.int64)
+    best_val = np.empty(count)
+    best_tie = np.empty(count)
+    for i in range(count):
+        best_pos[i] = -1
+        best_val[i] = np.inf
+        best_tie[i] = np.inf
     n = scores.shape[0]
     for p in range(n):
         if not active[p]:
