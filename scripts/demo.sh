@@ -9,4 +9,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet -e .
+# install step: compile and cache the numba kernels once (about a minute in a fresh
+# environment, a few seconds afterwards), so the job itself starts at once
+.venv/bin/mmf-stream warmup --quiet
 .venv/bin/mmf-stream demo "$@"

@@ -300,7 +300,9 @@ def test_warmup_compiles_and_says_how_long(capsys, monkeypatch):
     assert main(["warmup"]) == 0
     captured = capsys.readouterr()
     assert "warm-up done in" in captured.out and " s: the numba kernels are compiled and cached" in captured.out
-    monkeypatch.setattr(cli, "_WARMUP_SIZE", 80)  # the same kernels, less work
+    from mmf_stream import _warmup
+
+    monkeypatch.setattr(_warmup, "_WARMUP_SIZE", 80)  # the same kernels, less work
     assert main(["warmup", "--quiet"]) == 0
     captured = capsys.readouterr()
     assert captured.out == "" and captured.err == ""
