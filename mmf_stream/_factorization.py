@@ -377,7 +377,7 @@ class Factorization:
             alone; ``column`` and ``diagonal`` are then left out.
         repair : bool, optional
             Re-run the levels from the shallow snapshot (costlier, lower error).
-            By default every ``options.repair_every``-th insertion does.
+            By default every :meth:`repair_interval`-th insertion does.
         options : EngineOptions or dict, optional
             Policy numbers (:class:`~mmf_stream.engine.EngineOptions`).
         """
@@ -419,8 +419,8 @@ class Factorization:
             Factored results: the new classes' means alone (instead of columns).
         repair : bool, optional
             Force (True) or skip (False) re-running from the shallow snapshot;
-            by default it runs for blocks of ``options.repair_every`` or more
-            and every ``options.repair_every`` insertions.
+            by default it runs for blocks of :meth:`repair_interval` or more
+            and every :meth:`repair_interval` insertions.
         options : EngineOptions or dict, optional
             Policy numbers (:class:`~mmf_stream.engine.EngineOptions`).
         """
@@ -465,10 +465,21 @@ class Factorization:
                                                        seed=seed, options=opts)
         return self._grown(raw, new_state, cut_level, old, block, all_labels, shallow, count)
 
+    def repair_interval(self, options: EngineOptions | dict | None = None) -> int:
+        """Insertions between repairs by default: ``options.repair_every``, or more on large
+        results, so that a repair costs at most ``options.repair_budget`` levels per
+        insertion (0: never)."""
+        opts = resolve_options(options if options is not None else self.metadata.get("options"))
+        if opts.repair_every == 0:
+            return 0
+        snapshots = self.insertion_state.snapshots
+        shallow = snapshots[0].size if snapshots else 0
+        return max(opts.repair_every, -(-shallow // opts.repair_budget))
+
     def _shallow(self, repair: bool | None, count: int, options: EngineOptions) -> bool:
         if repair is not None:
             return bool(repair)
-        every = options.repair_every
+        every = self.repair_interval(options)
         since = int(self.metadata.get("since_repair", 0)) + count
         return every > 0 and (count >= every or since >= every)
 

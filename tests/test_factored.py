@@ -437,3 +437,22 @@ def test_factorize_incremental_repair_every_has_an_effect():
         _check_valid(f, C)
     with pytest.raises(ValueError, match="repair_every"):
         ms.factorize_incremental(C, order=3, repair_every=-1)
+
+
+def test_repair_interval_grows_with_the_shallow_snapshot():
+    M = ms.class_means(280, 8, seed=3)
+    f = ms.factorize(means=M[:200], order=4)
+    shallow = f.insertion_state.snapshots[0].size
+    assert f.repair_interval() == 10  # small result: options.repair_every
+    assert f.repair_interval({"repair_budget": 2}) == max(10, -(-shallow // 2)) > 10
+    assert f.repair_interval({"repair_every": 0}) == 0
+    options = {"repair_budget": 2}
+    g, since, first = f, 0, None
+    for i in range(200, 280):
+        expected = since + 1 >= g.repair_interval(options)
+        g = g.insert(mean=M[i], options=options)
+        assert g.insertion_report.repaired == expected
+        since = 0 if expected else since + 1
+        if expected and first is None:
+            first = i - 200 + 1
+    assert first is not None and first > 10  # later than repair_every alone would repair

@@ -56,13 +56,17 @@ class EngineOptions:
     max_deep_snapshot : int, default 256
         Largest deepest snapshot (indices): every insertion re-runs the levels
         below it, so it bounds the cost of one insertion on large results.
-    max_shallow_snapshot : int, default 4096
+    max_shallow_snapshot : int, default 12000
         Largest shallowest snapshot (indices): a repair re-runs the levels below
         it, so it bounds the cost of a repair (and the snapshot's memory) on
         large results.
     repair_every : int, default 10
-        Every this many inserted indices, the tail is re-run from the shallowest
-        snapshot (a repair); 0 never repairs unless asked.
+        Every this many inserted indices (at least), the tail is re-run from the
+        shallowest snapshot (a repair); 0 never repairs unless asked.
+    repair_budget : int, default 120
+        Levels a repair may cost per inserted index, amortised: on large
+        results a repair re-running ``n`` levels waits for at least
+        ``n / repair_budget`` insertions (100,000 classes: every 100).
     refresh_drift : float or None, default 0.05
         ``factorize_incremental``: when the energy dropped above the shallow cut
         exceeds this fraction of the error^2, factor everything so far afresh.
@@ -83,13 +87,14 @@ class EngineOptions:
     snapshot_fractions: tuple[float, ...] = (0.30, 0.04)
     min_snapshot: int = 24
     max_deep_snapshot: int = 256
-    max_shallow_snapshot: int = 4096
+    max_shallow_snapshot: int = 12000
     repair_every: int = 10
+    repair_budget: int = 120
     refresh_drift: float | None = 0.05
 
     def __post_init__(self) -> None:
         positive = ("rescore", "max_iter", "rebuild_iter", "starts", "max_rebuilds", "sketch_width",
-                    "min_snapshot", "max_deep_snapshot", "max_shallow_snapshot")
+                    "min_snapshot", "max_deep_snapshot", "max_shallow_snapshot", "repair_budget")
         for name in positive:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
