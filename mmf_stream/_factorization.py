@@ -585,17 +585,12 @@ def _class_store(source: Any):
     if isinstance(source, Store):
         return source
     if isinstance(source, (str, os.PathLike)):
-        import json
         from pathlib import Path
 
-        meta_file = Path(source) / "zarr.json"
-        if meta_file.is_file():
-            try:
-                meta = json.loads(meta_file.read_text()).get("attributes", {}).get("mmf_stream", {})
-            except (OSError, ValueError):
-                return None
-            if isinstance(meta, dict) and meta.get("format") == "class-store":
-                return Store.open(source, mode="r")
+        from mmf_stream._integrity import own_format
+
+        if own_format(Path(source)) == "class-store":
+            return Store.open(source, mode="r")
     return None
 
 

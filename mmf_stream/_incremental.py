@@ -14,6 +14,9 @@ from mmf_stream.engine.options import EngineOptions, resolve_options
 
 __all__ = ["InsertionReport", "factorize_incremental"]
 
+#: ``refresh_drift`` left out: use ``options.refresh_drift`` (None means "never")
+_FROM_OPTIONS: Any = object()
+
 
 def factorize_incremental(
     C: Any,
@@ -23,7 +26,7 @@ def factorize_incremental(
     seed: int = 0,
     labels: Any = None,
     repair_every: int | None = None,
-    refresh_drift: float | None = -1.0,
+    refresh_drift: float | None = _FROM_OPTIONS,
     options: EngineOptions | dict[str, Any] | None = None,
     progress: Any = None,
 ) -> Factorization:
@@ -63,7 +66,7 @@ def factorize_incremental(
             raise ValueError(f"repair_every must be an integer >= 0, got {repair_every!r}")
         overrides["repair_every"] = int(repair_every)
     opts = resolve_options(options, **overrides)
-    if refresh_drift is not None and refresh_drift == -1.0:
+    if refresh_drift is _FROM_OPTIONS:
         refresh_drift = opts.refresh_drift
     work = V.symmetric_matrix(C)
     size = work.shape[0]

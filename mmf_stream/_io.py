@@ -62,12 +62,16 @@ def read_matrix(path: str | os.PathLike) -> np.ndarray:
     raise ValueError(f"{source}: unknown matrix format {suffix or '(no suffix)'}; use .npy, .zarr or .mtx")
 
 
-def read_features(path: str | os.PathLike):
-    """Open features (n x D) without loading them: ``.npy`` (memory-mapped) or a Zarr array."""
+def read_features(path: str | os.PathLike, role: str = "FEATURES"):
+    """Open features (n x D) without loading them: ``.npy`` (memory-mapped) or a Zarr array.
+
+    ``role`` names the argument in error messages (``--means`` reads class means this way).
+    """
     source = existing_path(path)
     suffix = source.suffix.lower()
     if suffix not in (".npy", ".zarr") and not source.is_dir():
-        raise ValueError(f"{source}: unknown features format {suffix or '(no suffix)'}; use .npy or .zarr")
+        kind = "means" if role == "--means" else "features"
+        raise ValueError(f"{source}: unknown {kind} format {suffix or '(no suffix)'}; {role} takes .npy or a Zarr array")
     try:
         if suffix == ".npy":
             return load_npy(source, mmap=True)
@@ -77,7 +81,7 @@ def read_features(path: str | os.PathLike):
     except Exception as exc:  # noqa: BLE001 - any parser failure is "corrupt input"
         raise ValueError(f"cannot read {source}: {one_line(exc)}") from None
     if not isinstance(node, zarr.Array):
-        raise ValueError(f"{source} is a Zarr group; FEATURES must be a Zarr array")
+        raise ValueError(f"{source} is a Zarr group; {role} must be a Zarr array")
     return node
 
 

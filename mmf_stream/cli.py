@@ -37,26 +37,13 @@ def _progress_bar(total: int, desc: str, quiet: bool):
 def _read_means(path: str):
     """Class means (m x D) for ``--means``: a ``.npy`` file (memory-mapped) or a Zarr array."""
     from mmf_stream._formats import existing_path
-    from mmf_stream._io import load_npy
+    from mmf_stream._io import read_features
 
     source = existing_path(path)
-    suffix = source.suffix.lower()
-    if suffix == ".npy":
-        return load_npy(source, mmap=True)
-    if not (source.is_dir() or suffix == ".zarr"):
-        raise ValueError(f"{source}: unknown means format {suffix or '(no suffix)'}; --means takes .npy or a Zarr array")
     if own_format(source) == "class-store":
         raise ValueError(f"{source} is a class store; give it as INPUT (mmf-stream factorize {source} ...), "
                          "not --means")
-    try:
-        import zarr
-
-        node = zarr.open(str(source), mode="r")
-    except Exception as exc:  # noqa: BLE001 - any parser failure is "corrupt input"
-        raise ValueError(f"cannot read {source}: {one_line(exc)}") from None
-    if not isinstance(node, zarr.Array):
-        raise ValueError(f"{source} is a Zarr group; --means must be a Zarr array (classes x features)")
-    return node
+    return read_features(source, role="--means")
 
 
 def _factorize(args: argparse.Namespace) -> int:

@@ -65,10 +65,7 @@ def hierarchical_covariance(
     if len(scales) != depth:
         raise ValueError(f"scales needs one value per depth ({depth}), got {len(scales)}")
     rng = np.random.default_rng(seed)
-    centres = np.zeros((1, dim))
-    for scale in scales:
-        offsets = rng.normal(scale=scale, size=(centres.shape[0] * branching, dim))
-        centres = np.repeat(centres, branching, axis=0) + offsets
+    centres = _centre_tree(rng, dim, branching, scales)
     leaf = rng.integers(0, centres.shape[0], size=size)
     points = centres[leaf] + rng.normal(scale=noise, size=(size, dim))
     order = rng.permutation(size)
@@ -81,12 +78,26 @@ def hierarchical_covariance(
     _symmetrize_in_place(covariance)
     if not return_leaves:
         return covariance
-    paths = np.empty((size, depth), dtype=np.int64)
+    return covariance, _leaf_paths(leaf, depth, branching)
+
+
+def _centre_tree(rng: np.random.Generator, dim: int, branching: int, scales) -> np.ndarray:
+    """Leaf centres of a tree: each depth adds ``N(0, scale^2 I)`` to ``branching`` children of every centre."""
+    centres = np.zeros((1, dim))
+    for scale in scales:
+        offsets = rng.normal(scale=scale, size=(centres.shape[0] * branching, dim))
+        centres = np.repeat(centres, branching, axis=0) + offsets
+    return centres
+
+
+def _leaf_paths(leaf: np.ndarray, depth: int, branching: int) -> np.ndarray:
+    """Per row, the branch taken at each depth to reach its leaf (``(n, depth)``)."""
+    paths = np.empty((leaf.shape[0], depth), dtype=np.int64)
     remainder = leaf.copy()
     for level in range(depth - 1, -1, -1):
         paths[:, level] = remainder % branching
         remainder //= branching
-    return covariance, paths
+    return paths
 
 
 #: rows per block of the in-place symmetrisation (bounds its temporaries to 2 x block x m)
@@ -218,10 +229,7 @@ def class_means(
     noise = _non_negative("noise", noise)
     offset = _non_negative("offset", offset)
     rng = np.random.default_rng(seed)
-    centres = np.zeros((1, D))
-    for scale in scales:
-        offsets = rng.normal(scale=scale, size=(centres.shape[0] * branching, D))
-        centres = np.repeat(centres, branching, axis=0) + offsets
+    centres = _centre_tree(rng, D, branching, scales)
     shared = offset * rng.uniform(0.5, 1.5, size=D)
     leaf = rng.integers(0, centres.shape[0], size=m)
     means = centres[leaf]
@@ -230,12 +238,7 @@ def class_means(
     np.maximum(means, 0.0, out=means)
     if not return_leaves:
         return means
-    paths = np.empty((m, depth), dtype=np.int64)
-    remainder = leaf.copy()
-    for level in range(depth - 1, -1, -1):
-        paths[:, level] = remainder % branching
-        remainder //= branching
-    return means, paths
+    return means, _leaf_paths(leaf, depth, branching)
 
 
 def karate_laplacian(normalized: bool = False) -> np.ndarray:

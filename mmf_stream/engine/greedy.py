@@ -130,7 +130,6 @@ def greedy_levels(
         cache.rebuild(compression, np.flatnonzero(compression.active), k, options.rebuild_iter)
     n_active = int(np.count_nonzero(compression.active))
     wanted = {int(size) for size in snapshot_sizes}
-    compactable = hasattr(compression, "compact") and not getattr(compression, "fixed_size", False)
     pending = 0
     for level in range(n_levels):
         if exhaustive:
@@ -151,7 +150,7 @@ def greedy_levels(
         if snapshots is not None and n_active in wanted:
             snapshots.append(compression.snapshot(log.count))
         n = compression.n
-        if compactable and n_active <= _COMPACT_FRACTION * n and n >= _COMPACT_MIN and level + 1 < n_levels:
+        if n_active <= _COMPACT_FRACTION * n and n >= _COMPACT_MIN and level + 1 < n_levels:
             keep = np.flatnonzero(compression.active)
             compression.compact(keep)
             tie_break = tie_break[keep]
