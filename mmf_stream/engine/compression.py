@@ -38,6 +38,8 @@ import numpy as np
 
 from mmf_stream.engine import gram_kernels as GK
 from mmf_stream.engine import kernels as K
+from mmf_stream.engine import parts as P
+from mmf_stream.engine.options import DEFAULT_OPTIONS
 from mmf_stream.engine.raw import Snapshot
 
 #: factored candidates are rebuilt in batches of this many pivots (bounds the
@@ -97,21 +99,20 @@ class DenseCompression:
     def features(self, width: int, rng: np.random.Generator) -> np.ndarray:
         sketch = rng.standard_normal((self.n, width))
         if self.active.all():  # the usual case (stages compact): no copy of the matrix
-            return self.matrix @ sketch
+            return P.stable_matmul(self.matrix, sketch)
         sketch[~self.active] = 0.0
-        return self.matrix[self.active] @ sketch
+        return P.stable_matmul(self.matrix[self.active], sketch)
 
     def cluster_inputs(self, members: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        rows = self.matrix[members]
-        return rows[:, members].copy(), rows @ rows.T
+        return P.dense_cluster_inputs(self.matrix[members], members)
 
     def apply_stage(self, groups: list[np.ndarray], results: list) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Apply a stage's levels (clusters in the given order) and take its wavelets out.
 
-        The rotations act on rows (contiguous), then the matrix is transposed in
-        place and they act on rows again: ``Q C Q'`` in O(k^2 m) per level.
-        Every wavelet's exact row energy follows from the result (mmf-math.md
-        section 4). The wavelets' rows and columns are left in place: the
+        The rotations act on rows, then on columns row by row (each row stays
+        in cache): ``Q C Q'`` in O(k^2 m) per level, computed exactly as the
+        Dask engine computes it on its blocks of rows. Every wavelet's exact
+        row energy follows from the result (mmf-math.md section 4). The wavelets' rows and columns are left in place: the
         caller compacts right after. Returns ``(tuples, wavelets, diagonal,
         squared row energy)`` in positions, in the recorded order.
         """
@@ -119,9 +120,9 @@ class DenseCompression:
         rotations = np.concatenate([result.rotations for result in results])
         wavelets = np.concatenate([group[result.wavelets] for group, result in zip(groups, results)])
         K.apply_rotations(self.matrix, tuples, rotations, False)
-        GK.transpose_inplace(self.matrix)
-        K.apply_rotations(self.matrix, tuples, rotations, False)
-        diagonal, row_energy = GK.sequential_row_energy(self.matrix, self.active, wavelets)
+        GK.rotate_columns(self.matrix, tuples, rotations)
+        recorded = np.arange(wavelets.shape[0], dtype=np.int64)
+        diagonal, row_energy = GK.ordered_row_energy(self.matrix, wavelets, recorded, self.active, wavelets)
         self.active[wavelets] = False
         return tuples, wavelets, diagonal, row_energy
 
@@ -137,7 +138,7 @@ class FactoredCompression:
 
     factored = True
 
-    def __init__(self, means: np.ndarray, explicit_max: int = 0) -> None:
+    def __init__(self, means: np.ndarray, explicit_max: int = 0, gram_block: int = DEFAULT_OPTIONS.gram_block) -> None:
         self.rows = means  # consumed: rotated in place
         self.n = means.shape[0]
         self.active = np.ones(self.n, dtype=np.bool_)
@@ -148,7 +149,7 @@ class FactoredCompression:
         self.explicit: GramCompression | None = None
         self._maybe_explicit()
         if self.explicit is None:
-            self.inner = means.T @ means  # W = M_S' M_S
+            self.inner = P.blocked_gram(means, gram_block)  # W = M_S' M_S
             self.energy = np.einsum("ij,ij->i", means @ self.inner, means)
 
     def _maybe_explicit(self) -> None:
@@ -259,11 +260,10 @@ class FactoredCompression:
         rows = self.rows[self.active]
         if rows.shape[1] <= width:
             return rows
-        return rows @ rng.standard_normal((rows.shape[1], width))
+        return P.stable_matmul(rows, rng.standard_normal((rows.shape[1], width)))
 
     def cluster_inputs(self, members: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        x = self.rows[members]
-        return x @ x.T, (x @ self.inner) @ x.T
+        return P.factored_cluster_inputs(self.rows[members], self.inner)
 
     def apply_stage(self, groups: list[np.ndarray], results: list) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Apply a stage's levels cluster by cluster (in the given order) and take its wavelets out.

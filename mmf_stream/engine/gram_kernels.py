@@ -107,42 +107,53 @@ def remove_from_gram(block_matrix, gram_matrix, energy, active, s, column):
             energy[i] = 0.0
 
 
-#: tile side of the in-place transpose
-_TILE = 64
+@njit(cache=True)
+def rotate_columns(rows, tuples, rotations):
+    """Apply ``Q_1, ..., Q_L`` in turn to the *columns* of ``rows`` in place: ``rows Q'``.
+
+    Row by row (each row stays in cache), so a block of rows gives the same
+    numbers whatever other rows it is stored with: the Dask engine's parts
+    and the local engine's whole buffer agree bit for bit.
+    """
+    k = tuples.shape[1]
+    tmp = np.empty(k)
+    for r in range(rows.shape[0]):
+        row = rows[r]
+        for level in range(tuples.shape[0]):
+            t = tuples[level]
+            rotation = rotations[level]
+            for a in range(k):
+                total = 0.0
+                for b in range(k):
+                    total += rotation[a, b] * row[t[b]]
+                tmp[a] = total
+            for a in range(k):
+                row[t[a]] = tmp[a]
 
 
 @njit(cache=True)
-def transpose_inplace(matrix):
-    """``matrix <- matrix'`` for a square matrix, in place, tile by tile."""
-    n = matrix.shape[0]
-    for bi in range(0, n, _TILE):
-        for bj in range(bi, n, _TILE):
-            for i in range(bi, min(bi + _TILE, n)):
-                start = i + 1 if bi == bj else bj
-                for j in range(start, min(bj + _TILE, n)):
-                    value = matrix[i, j]
-                    matrix[i, j] = matrix[j, i]
-                    matrix[j, i] = value
+def ordered_row_energy(rows, local_rows, recorded, active, wavelets):
+    """Exact ``r_i^2`` of some of a stage's wavelets (mmf-math.md section 4), row by row.
 
-
-@njit(cache=True)
-def sequential_row_energy(matrix, active, wavelets):
-    """Exact ``r_i^2`` of wavelets removed in the order given, from the compression after
-    all their levels (mmf-math.md section 4): the squared norm of row ``s_i`` over
-    the active set, minus its entries at ``s_0 .. s_i``. Returns ``(diagonal, r2)``."""
-    q = wavelets.shape[0]
-    n = matrix.shape[1]
+    ``wavelets`` are all the stage's wavelets (positions) in recorded order;
+    wavelet ``recorded[i]`` is row ``local_rows[i]`` of ``rows`` (after all
+    the stage's levels). Its squared norm over the active set, minus its
+    entries at the wavelets recorded up to and including itself. Returns
+    ``(diagonal, r2)`` for the given wavelets.
+    """
+    q = recorded.shape[0]
+    n = rows.shape[1]
     diagonal = np.empty(q)
     out = np.empty(q)
     for i in range(q):
-        row = matrix[wavelets[i]]
+        row = rows[local_rows[i]]
         total = 0.0
         for j in range(n):
             if active[j]:
                 total += row[j] * row[j]
-        for j in range(i + 1):
+        for j in range(recorded[i] + 1):
             value = row[wavelets[j]]
             total -= value * value
-        diagonal[i] = row[wavelets[i]]
+        diagonal[i] = row[wavelets[recorded[i]]]
         out[i] = max(total, 0.0)
     return diagonal, out

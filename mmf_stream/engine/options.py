@@ -67,6 +67,11 @@ class EngineOptions:
         Levels a repair may cost per inserted index, amortised: on large
         results a repair re-running ``n`` levels waits for at least
         ``n / repair_budget`` insertions (100,000 classes: every 100).
+    gram_block : int, default 4096
+        Rows per block when the Gram ``W = M' M`` of class means is summed:
+        blocks are summed in a fixed order, so the result does not depend on
+        how rows are spread over Dask workers (the Dask engine reads inputs in
+        blocks of this many rows).
     refresh_drift : float or None, default 0.05
         ``factorize_incremental``: when the energy dropped above the shallow cut
         exceeds this fraction of the error^2, factor everything so far afresh.
@@ -91,10 +96,11 @@ class EngineOptions:
     repair_every: int = 10
     repair_budget: int = 120
     refresh_drift: float | None = 0.05
+    gram_block: int = 4096
 
     def __post_init__(self) -> None:
         positive = ("rescore", "max_iter", "rebuild_iter", "starts", "max_rebuilds", "sketch_width",
-                    "min_snapshot", "max_deep_snapshot", "max_shallow_snapshot", "repair_budget")
+                    "min_snapshot", "max_deep_snapshot", "max_shallow_snapshot", "repair_budget", "gram_block")
         for name in positive:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:

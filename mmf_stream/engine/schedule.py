@@ -73,7 +73,8 @@ def factor(
     common = dict(tie_break=tie_break, options=options, progress=progress, snapshot_sizes=snapshot_sizes,
                   snapshots=snapshots)
     if schedule == "staged" and not exhaustive:
-        staged_levels(compression, order, n_levels, log, seed=seed, map_clusters=map_clusters, **common)
+        compression = staged_levels(compression, order, n_levels, log, seed=seed, map_clusters=map_clusters,
+                                    **common)
     else:
         greedy_levels(compression, order, n_levels, log, exhaustive=exhaustive, **common)
     raw = log.finish(compression)
@@ -95,4 +96,5 @@ def factor_means(means: np.ndarray, order: int, n_levels: int, **kwargs) -> tupl
     options = kwargs.get("options", DEFAULT_OPTIONS)
     staged = kwargs.get("schedule") == "staged"
     explicit_max = options.greedy_below if staged else max(options.greedy_below, options.auto_factored_greedy_max)
-    return factor(FactoredCompression(means, explicit_max=explicit_max), order, n_levels, **kwargs)
+    return factor(FactoredCompression(means, explicit_max=explicit_max, gram_block=options.gram_block), order, n_levels,
+                  **kwargs)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -136,12 +137,15 @@ def staged_levels(
     snapshot_sizes: tuple[int, ...] = (),
     snapshots: list[Snapshot] | None = None,
     map_clusters: MapClusters | None = None,
-) -> np.ndarray:
+) -> Any:
     """Run ``n_levels`` levels in stages, then greedy levels below ``options.greedy_below``.
 
     ``map_clusters(function, tasks)`` runs :func:`factor_cluster` on every
     :class:`ClusterTask` and returns the results in the tasks' order (default:
-    in turn, in this process). Returns ``tie_break`` for the final positions.
+    in turn, in this process). A compression with a ``factor_stage`` method
+    runs its clusters itself (the Dask engine's, whose ``to_local()`` gives
+    the in-process compression for the final greedy levels). Returns the
+    compression the run finished on.
     """
     run_map = map_clusters if map_clusters is not None else map
     rng = np.random.default_rng([seed, 0x5EED])
@@ -158,12 +162,16 @@ def staged_levels(
         quotas = _quotas(np.array([g.shape[0] for g in groups]), order, options.stage_fraction, allowed)
         if int(quotas.sum()) == 0:
             break
-        tasks = (
-            ClusterTask(*compression.cluster_inputs(group), tie_break=tie_break[group], quota=int(quota),
-                        order=order, options=options)
-            for group, quota in zip(members, quotas)
-        )
-        results = list(run_map(factor_cluster, tasks))
+        tie_breaks = [tie_break[group] for group in members]
+        if hasattr(compression, "factor_stage"):  # the compression runs its clusters itself (Dask)
+            results = compression.factor_stage(members, quotas, tie_breaks, order, options)
+        else:
+            tasks = (
+                ClusterTask(*compression.cluster_inputs(group), tie_break=group_tie_break, quota=int(quota),
+                            order=order, options=options)
+                for group, group_tie_break, quota in zip(members, tie_breaks, quotas)
+            )
+            results = list(run_map(factor_cluster, tasks))
         # fixed cluster order: the recorded sequence of levels
         tuples, wavelets, diagonal, row_energy = compression.apply_stage(members, results)
         rotations = np.concatenate([result.rotations for result in results])
@@ -181,8 +189,10 @@ def staged_levels(
         tie_break = tie_break[keep]
         if progress is not None:
             progress(stage_levels)
+    if hasattr(compression, "to_local"):  # distributed: the last levels run here
+        compression = compression.to_local()
     if done < n_levels:
         compression.prepare_greedy(_EXPLICIT_FACTOR * options.greedy_below)
-        tie_break = greedy_levels(compression, order, n_levels - done, log, tie_break=tie_break, options=options,
-                                  progress=progress, snapshot_sizes=tuple(wanted), snapshots=snapshots)
-    return tie_break
+        greedy_levels(compression, order, n_levels - done, log, tie_break=tie_break, options=options,
+                      progress=progress, snapshot_sizes=tuple(wanted), snapshots=snapshots)
+    return compression
