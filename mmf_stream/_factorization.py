@@ -609,6 +609,7 @@ def factorize(
     progress: Callable[[int], None] | None = None,
     incremental: bool = True,
     map_clusters: MapClusters | None = None,
+    client: Any = None,
 ) -> Factorization:
     """Multiresolution matrix factorization of a symmetric matrix or of class means.
 
@@ -660,6 +661,15 @@ def factorize(
     map_clusters : callable, optional
         ``map_clusters(function, tasks)`` runs a stage's cluster tasks (default:
         in turn, in this process); any order gives the same result.
+    client : distributed.Client or str, optional
+        Run the staged levels on a Dask cluster: a ``Client`` or a scheduler
+        address (``"tcp://HOST:PORT"``). Give ``C`` (or ``means``) as a Zarr
+        array, path or URL: every worker reads its own blocks of rows; only
+        cluster memberships, rotations and small summaries pass through the
+        client. The result is bit-identical to the local staged engine's for
+        the same input and seed, whatever the number of workers. Where the
+        schedule resolves to greedy (small inputs), the client is not used.
+        ``f.metadata["dask"]`` records every stage (seconds, bytes moved).
 
     Returns
     -------
@@ -682,6 +692,8 @@ def factorize(
                 raise ValueError(f"{store.path} holds {store.size} class(es); MMF needs at least 2 (and at least "
                                  "the order)")
             means, store_labels, C = store.factor(), store.labels, None
+        elif isinstance(C, (str, os.PathLike)) and client is not None and _is_zarr_array(C):
+            pass  # the workers read it
         elif isinstance(C, (str, os.PathLike)):
             from mmf_stream._io import read_matrix
 
@@ -692,6 +704,19 @@ def factorize(
         raise TypeError(f"seed must be an integer, got {type(seed).__name__}")
     opts = resolve_options(options)
     factored = means is not None
+    if client is not None and candidates != "exhaustive":
+        from mmf_stream._cluster import open_source
+
+        source = open_source(means if factored else C, dense=not factored)
+        if resolve_schedule(schedule, int(source.shape[0]), factored, opts) == "staged":
+            return _factorize_on_cluster(client, source, factored=factored, order=order, core_size=core_size,
+                                         seed=int(seed), labels=labels if labels is not None else store_labels,
+                                         options=opts, symmetry_tolerance=symmetry_tolerance, progress=progress,
+                                         incremental=incremental, candidates=candidates)
+        if isinstance(C, (str, os.PathLike)):  # greedy runs here: read it
+            from mmf_stream._io import read_matrix
+
+            C = read_matrix(C)
     if factored:
         work = V.means_matrix(means)
     else:
@@ -726,6 +751,48 @@ def factorize(
         labels=labels_array,
         metadata={"seed": int(seed), "candidates": candidates, "fingerprint": fingerprint, "schedule": chosen,
                   "input": "means" if factored else "matrix", "options": opts},
+        insertion_state=state,
+    )
+
+
+def _is_zarr_array(path: Any) -> bool:
+    """Whether ``path`` (local path or URL) opens as a Zarr array."""
+    import zarr
+
+    try:
+        zarr.open_array(os.fspath(path), mode="r")
+    except Exception:  # noqa: BLE001 - anything else is read as before
+        return False
+    return True
+
+
+def _factorize_on_cluster(client: Any, source: Any, *, factored: bool, order: Any, core_size: Any, seed: int,
+                          labels: Any, options: EngineOptions, symmetry_tolerance: float,
+                          progress: Callable[[int], None] | None, incremental: bool, candidates: str) -> Factorization:
+    """:func:`factorize` with the staged levels on a Dask cluster (:mod:`mmf_stream._cluster`)."""
+    from mmf_stream._cluster import cluster_client, factor_on_cluster
+
+    size = int(source.shape[0])
+    checked = V.order_and_core(order, core_size, size)
+    labels_array = V.labels_for(labels, size)
+    with cluster_client(client) as dask_client:
+        raw, state, norm, fingerprint, order, compression = factor_on_cluster(
+            dask_client, source, factored=factored, order_and_core=lambda _: checked, seed=seed, options=options,
+            symmetry_tolerance=symmetry_tolerance, progress=progress,
+            snapshot_sizes=(lambda n, k, d: snapshot_sizes(n, k, d, options)) if incremental else None,
+        )
+    if not incremental:
+        state = InsertionState()
+    stages = [vars(record).copy() for record in compression.stages]
+    return Factorization(
+        raw,
+        order=order,
+        norm=norm,
+        labels=labels_array,
+        metadata={"seed": seed, "candidates": candidates, "fingerprint": fingerprint, "schedule": "staged",
+                  "input": "means" if factored else "matrix", "options": options,
+                  "dask": {"stages": stages, "bytes_result": int(compression.bytes_result),
+                           "input_bytes": int(size * source.shape[1] * 8)}},
         insertion_state=state,
     )
 

@@ -1,0 +1,209 @@
+"""Factorization on a Dask cluster: the client, the input's sources, validation from the workers' summaries.
+
+``ms.factorize(X, ..., client=...)`` comes here (the engine's side is
+:mod:`mmf_stream.engine.dask_stages`). ``client`` is a
+``distributed.Client``, a scheduler address (``tcp://HOST:PORT``), or, from
+the CLI's ``--workers N``, an embedded ``LocalCluster`` of N single-threaded
+worker processes on 127.0.0.1 (:func:`cluster_client`).
+
+Inputs: a Zarr array (object, path or URL that Zarr and fsspec open, e.g.
+``file://``, ``s3://``): every worker opens it and reads its own blocks of
+rows (dense matrices also the matching block of columns, for the symmetry
+check and the symmetric part). Any other array (NumPy) is sent to the
+workers block by block through the scheduler: fine for tests and small
+inputs, use Zarr for large ones.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+
+from mmf_stream._fingerprint import Fingerprint, probe_vector
+from mmf_stream._validation import MAX_ABS_ENTRY
+from mmf_stream.engine.dask_stages import DaskCompression
+from mmf_stream.engine.options import EngineOptions
+from mmf_stream.engine.raw import InsertionState, RawFactorization
+from mmf_stream.engine.schedule import factor
+
+#: seconds to wait for a scheduler (``--scheduler ADDR``) before giving up
+CONNECT_TIMEOUT = 30.0
+
+
+class ZarrSource:
+    """A Zarr array that each worker reads itself (pickles as its store and path, not its data)."""
+
+    def __init__(self, array: Any) -> None:
+        self.array = array
+        self.shape = tuple(array.shape)
+        self.dtype = array.dtype
+
+    def for_block(self, start: int, stop: int) -> ZarrSource:
+        return self
+
+    def rows(self, start: int, stop: int) -> np.ndarray:
+        return np.asarray(self.array[start:stop])
+
+    def columns(self, start: int, stop: int) -> np.ndarray:
+        return np.asarray(self.array[:, start:stop])
+
+
+class ArrayBlock:
+    """One block of an in-memory array (rows, and for dense inputs the matching columns)."""
+
+    def __init__(self, rows: np.ndarray, columns: np.ndarray | None) -> None:
+        self._rows = rows
+        self._columns = columns
+
+    def rows(self, start: int, stop: int) -> np.ndarray:
+        return self._rows
+
+    def columns(self, start: int, stop: int) -> np.ndarray:
+        return self._columns
+
+
+class ArraySource:
+    """An in-memory array, sent block by block with the read tasks."""
+
+    def __init__(self, array: np.ndarray, dense: bool) -> None:
+        self.array = array
+        self.shape = tuple(array.shape)
+        self.dtype = array.dtype
+        self.dense = dense
+
+    def for_block(self, start: int, stop: int) -> ArrayBlock:
+        columns = np.ascontiguousarray(self.array[:, start:stop]) if self.dense else None
+        return ArrayBlock(np.ascontiguousarray(self.array[start:stop]), columns)
+
+
+def open_source(value: Any, *, dense: bool) -> ZarrSource | ArraySource:
+    """A source for ``value``: a Zarr array (object, path or URL) or an in-memory array."""
+    import zarr
+
+    if isinstance(value, zarr.Array):
+        source: ZarrSource | ArraySource = ZarrSource(value)
+    elif isinstance(value, (str, os.PathLike)):
+        text = os.fspath(value)
+        try:
+            array = zarr.open_array(text, mode="r")
+        except Exception as error:  # noqa: BLE001 - zarr raises many kinds; one line names the input
+            raise ValueError(f"{text}: not a Zarr array the workers can open ({type(error).__name__}: {error}); "
+                             "give a Zarr array path or URL with --scheduler/--workers") from None
+        source = ZarrSource(array)
+    else:
+        if hasattr(value, "compute") and callable(value.compute) and hasattr(value, "chunks"):  # Dask array
+            value = value.compute()
+        array = np.asarray(value)
+        if array.dtype == object or not (np.issubdtype(array.dtype, np.number) or array.dtype == np.bool_):
+            raise TypeError(f"{'matrix' if dense else 'means'} must hold real numbers, got dtype {array.dtype}")
+        source = ArraySource(array, dense)
+    shape, dtype = source.shape, np.dtype(source.dtype)
+    if np.issubdtype(dtype, np.complexfloating) or not (np.issubdtype(dtype, np.number) or dtype == np.bool_):
+        raise TypeError(f"{'matrix' if dense else 'means'} must hold real numbers, got dtype {dtype}")
+    if len(shape) != 2 or 0 in shape:
+        raise ValueError(f"{'matrix' if dense else 'means'} must be a non-empty 2-D array, got shape {shape}")
+    if dense and shape[0] != shape[1]:
+        raise ValueError(f"matrix must be square, got shape {shape[0]} x {shape[1]}")
+    return source
+
+
+@contextmanager
+def cluster_client(client: Any = None, *, workers: int | None = None) -> Iterator[Any]:
+    """A ``distributed.Client`` for ``client`` (a Client, or a scheduler address) or for an
+    embedded ``LocalCluster`` of ``workers`` single-threaded processes on 127.0.0.1.
+
+    Clients and clusters made here are closed on exit; a given Client is left open.
+    """
+    from distributed import Client, LocalCluster
+
+    if client is not None and workers is not None:
+        raise ValueError("give either a scheduler (client=) or a number of workers, not both")
+    if client is not None and not isinstance(client, str) and hasattr(client, "submit"):
+        yield client
+        return
+    if isinstance(client, str):
+        try:
+            made = Client(client, timeout=CONNECT_TIMEOUT, set_as_default=False)
+        except (OSError, TimeoutError) as error:
+            raise ConnectionError(f"cannot reach the Dask scheduler at {client}: {error}") from None
+        try:
+            yield made
+        finally:
+            made.close()
+        return
+    if client is not None:
+        raise TypeError(f"client must be a distributed.Client or a scheduler address, got {type(client).__name__}")
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"workers must be an integer >= 1, got {workers!r}")
+    cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
+                           dashboard_address=None)
+    try:
+        with Client(cluster, set_as_default=False) as made:
+            yield made
+    finally:
+        cluster.close()
+
+
+def _check_summaries(summaries: list[dict], *, dense: bool, width: int, symmetry_tolerance: float) -> None:
+    """The local validation's errors, from the workers' read summaries."""
+    what = "matrix" if dense else "means"
+    for summary in summaries:
+        if summary["bad"] is not None:
+            row, column = summary["bad"]
+            raise ValueError(f"{what} has non-finite entries (NaN or Inf), first at ({row}, {column})")
+    largest = max(summary["largest"] for summary in summaries)
+    if dense and largest > MAX_ABS_ENTRY:
+        raise ValueError(f"matrix entries reach {largest:.3g}: beyond {MAX_ABS_ENTRY:g} their squares overflow in "
+                         "the error; rescale the matrix (for example divide it by its largest entry)")
+    if not dense and largest * largest * width > MAX_ABS_ENTRY:
+        raise ValueError(f"means entries reach {largest:.3g}: the covariance entries would overflow in the error; "
+                         "rescale the means")
+    if dense:
+        worst, i, j = max(summary["asymmetry"] for summary in summaries)
+        if worst > symmetry_tolerance * max(largest, np.finfo(np.float64).tiny):
+            raise ValueError(f"matrix is not symmetric: largest asymmetry |C[{i},{j}] - C[{j},{i}]| = {worst:.3g} "
+                             f"exceeds {symmetry_tolerance:g} x max|C| = {symmetry_tolerance * largest:.3g}")
+
+
+def factor_on_cluster(
+    client: Any,
+    source: ZarrSource | ArraySource,
+    *,
+    factored: bool,
+    order_and_core: Callable[[int], tuple[int, int]],
+    seed: int,
+    options: EngineOptions,
+    symmetry_tolerance: float,
+    progress: Callable[[int], None] | None,
+    snapshot_sizes: Callable[[int, int, int], tuple[int, ...]] | None,
+) -> tuple[RawFactorization, InsertionState, float, Fingerprint, int, DaskCompression]:
+    """Run the staged engine on the cluster; returns ``(raw, state, norm, fingerprint, order, compression)``.
+
+    ``order_and_core(size)`` checks the order and core size for the input's
+    size; ``snapshot_sizes(size, order, core)`` gives the insertion snapshots
+    (None: no insertion state).
+    """
+    size, width = int(source.shape[0]), int(source.shape[1])
+    order, core_size = order_and_core(size)
+    explicit_max = options.greedy_below
+    compression, summaries = DaskCompression.from_source(client, source, size, width, factored=factored,
+                                                         explicit_max=explicit_max, options=options)
+    _check_summaries(summaries, dense=not factored, width=width, symmetry_tolerance=symmetry_tolerance)
+    diagonal = np.concatenate([summary["diagonal"] for summary in summaries])
+    probe = compression.probe(probe_vector(size))
+    if factored:
+        norm = compression.inner_norm()
+        scale = float(diagonal.max())
+    else:
+        norm = math.sqrt(sum(summary["sumsq"] for summary in summaries))
+        scale = max(summary["largest"] for summary in summaries)
+    fingerprint = Fingerprint(diagonal=diagonal, probe=probe, scale=scale)
+    sizes = snapshot_sizes(size, order, core_size) if snapshot_sizes is not None else ()
+    raw, state = factor(compression, order, size - core_size, schedule="staged", seed=seed, options=options,
+                        progress=progress, snapshot_sizes=sizes)
+    return raw, state, norm, fingerprint, order, compression

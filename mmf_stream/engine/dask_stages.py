@@ -1,0 +1,551 @@
+"""Staged levels on a Dask cluster: the compression lives on the workers as blocks of rows.
+
+Design (mmf-math.md section 4; issue 10):
+
+* The compression is a list of *parts*, each a :class:`RowPart` (sorted
+  positions and their full rows: ``C[rows, S]`` dense, ``M[rows]`` factored)
+  held by Dask futures on the workers. Workers read the first parts straight
+  from the input (a Zarr array by path or URL); the client never holds the
+  matrix.
+* A stage is a fixed batch of tasks per round, not per level: *features*
+  (the rows' sketch, ``n x sketch_width`` numbers back to the client, which
+  partitions them exactly as the local engine does); *factor* (rows are
+  regrouped into buckets, contiguous runs of clusters in the recorded order,
+  on the workers; each bucket factors its clusters and rotates their rows;
+  only the levels, ``k x k`` rotations, come back); *apply* (every row's
+  columns are rotated by the stage's levels, the wavelets' exact row energies
+  computed, the wavelets dropped; only energies come back). Factored runs add
+  a *chain* of small tasks that down-dates ``W = M_S' M_S`` cluster by
+  cluster in the recorded order (``D x D`` matrices between workers).
+* Data stays resident as ordinary task results (futures), not actors: Dask
+  keeps the lineage, so a worker lost mid-stage has its parts recomputed from
+  the tasks before them, back to the Zarr reads, and the result is unchanged.
+  Actors would lose their state with the worker.
+* Results are bit-identical to the local engine's for the same input and
+  seed, whatever the number of workers: every quantity is computed by the
+  same function on the same rows (row-wise kernels, :func:`stable_matmul
+  <mmf_stream.engine.parts.stable_matmul>`, reductions over fixed blocks in a
+  fixed order), and buckets never change the arithmetic.
+
+The final greedy levels (at most ``options.greedy_below`` indices) and the
+insertion snapshots run in the client process on gathered parts
+(:meth:`DaskCompression.to_local`).
+"""
+
+from __future__ import annotations
+
+import operator
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from mmf_stream.engine import gram_kernels as GK
+from mmf_stream.engine import kernels as K
+from mmf_stream.engine import parts as P
+from mmf_stream.engine.compression import DenseCompression, FactoredCompression, _sequential_row_energy
+from mmf_stream.engine.options import DEFAULT_OPTIONS, EngineOptions
+from mmf_stream.engine.raw import Snapshot
+from mmf_stream.engine.staged import ClusterLevels, ClusterTask, factor_cluster
+
+#: buckets (groups of clusters that travel together) per worker in a stage: more
+#: than one evens out the load when clusters differ in cost
+BUCKETS_PER_WORKER = 2
+
+
+@dataclass
+class RowPart:
+    """Some rows of the compression: their positions (sorted) and the rows themselves."""
+
+    positions: np.ndarray
+    rows: np.ndarray
+
+
+@dataclass
+class BucketWork:
+    """A bucket after its clusters were factored: rows rotated, levels, factored extras."""
+
+    part: RowPart
+    levels: list[ClusterLevels]
+    wavelet_rows: list[np.ndarray | None] = field(default_factory=list)  # factored: X of each cluster
+    grams: list[np.ndarray | None] = field(default_factory=list)  # factored: X' X
+    inners: list[np.ndarray | None] = field(default_factory=list)  # factored: X X'
+
+
+# ------------------------------------------------------------------ worker tasks (pure)
+def read_part(source: Any, start: int, stop: int, factored: bool) -> tuple[RowPart, dict]:
+    """Rows ``start:stop`` of the input, validated; returns the part and a small summary."""
+    rows = np.asarray(source.rows(start, stop))
+    finite = np.isfinite(rows)
+    summary: dict[str, Any] = {"start": start, "bad": None}
+    if not finite.all():
+        bad = np.argwhere(~finite)[0]
+        summary["bad"] = (int(bad[0]) + start, int(bad[1]))
+        return RowPart(np.arange(start, stop), np.empty((0, 0))), summary
+    summary["largest"] = float(np.max(np.abs(rows), initial=0.0))
+    if factored:
+        data = np.ascontiguousarray(rows, dtype=np.float64)
+        summary["diagonal"] = np.einsum("ij,ij->i", data, data)
+        return RowPart(np.arange(start, stop, dtype=np.int64), data), summary
+    columns = np.asarray(source.columns(start, stop))  # C[:, start:stop]
+    if not np.isfinite(columns).all():
+        bad = np.argwhere(~np.isfinite(columns))[0]
+        summary["bad"] = (int(bad[0]), int(bad[1]) + start)
+        return RowPart(np.arange(start, stop), np.empty((0, 0))), summary
+    upper = rows.astype(np.float64)
+    lower = columns.T.astype(np.float64)
+    difference = np.abs(upper - lower)
+    worst = np.unravel_index(int(np.argmax(difference)), difference.shape) if difference.size else (0, 0)
+    summary["asymmetry"] = (float(difference[worst]) if difference.size else 0.0, int(worst[0]) + start,
+                            int(worst[1]))
+    data = 0.5 * (upper + lower)  # the symmetric part, as the local validation computes it
+    summary["diagonal"] = data[np.arange(stop - start), np.arange(start, stop)].copy()
+    summary["sumsq"] = float(np.einsum("ij,ij->", data, data))
+    summary["largest"] = float(np.max(np.abs(data), initial=0.0))
+    return RowPart(np.arange(start, stop, dtype=np.int64), data), summary
+
+
+def part_gram(part: RowPart) -> np.ndarray:
+    """``X' X`` of a part (one block of :func:`mmf_stream.engine.parts.blocked_gram`)."""
+    return part.rows.T @ part.rows
+
+
+def part_probe(part: RowPart, vector: np.ndarray) -> np.ndarray:
+    """``X v`` row by row."""
+    return part.rows @ vector
+
+
+def part_transpose_probe(part: RowPart, vector: np.ndarray) -> np.ndarray:
+    """``X' v[positions]``."""
+    return part.rows.T @ vector[part.positions]
+
+
+def frobenius(matrix: np.ndarray) -> float:
+    return float(np.linalg.norm(matrix))
+
+
+def sum_partials(*partials: np.ndarray) -> np.ndarray:
+    return P.sum_in_order(list(partials))
+
+
+def part_features(part: RowPart, sketch_state: dict | None, width: int, sketch: np.ndarray | None) -> np.ndarray:
+    """Rows of the stage's features: ``C[rows] R`` (dense, R regenerated from the rng state) or ``M[rows] R``."""
+    if sketch_state is not None:
+        generator = np.random.Generator(np.random.PCG64())
+        generator.bit_generator.state = sketch_state
+        sketch = generator.standard_normal((part.rows.shape[1], width))
+    if sketch is None:
+        return part.rows.copy()
+    return P.stable_matmul(part.rows, sketch)
+
+
+def split_part(part: RowPart, buckets: np.ndarray) -> dict[int, RowPart]:
+    """The part's rows by bucket (``buckets[i]`` is row ``i``'s)."""
+    return {int(b): RowPart(part.positions[buckets == b], part.rows[buckets == b]) for b in np.unique(buckets)}
+
+
+def assemble(*pieces: RowPart) -> RowPart:
+    """One part from pieces, rows in position order."""
+    positions = np.concatenate([piece.positions for piece in pieces])
+    ordering = np.argsort(positions, kind="stable")
+    rows = np.concatenate([piece.rows for piece in pieces])
+    return RowPart(positions[ordering], rows[ordering])
+
+
+def factor_bucket(bucket: RowPart, clusters: list[tuple[np.ndarray, np.ndarray, int]], factored: bool,
+                  inner: np.ndarray | None, order: int, options: EngineOptions) -> BucketWork:
+    """Factor every cluster of a bucket (members in positions, tie-break values, quota) and rotate its rows."""
+    rows = bucket.rows.copy()  # a task never changes its input: it may run again
+    work = BucketWork(RowPart(bucket.positions, rows), [])
+    for members, tie_break, quota in clusters:
+        local = np.searchsorted(bucket.positions, members)
+        x = rows[local]
+        if factored:
+            block, gram = P.factored_cluster_inputs(x, inner)
+        else:
+            block, gram = P.dense_cluster_inputs(x, members)
+        result = factor_cluster(ClusterTask(block, gram, tie_break=tie_break, quota=int(quota), order=order,
+                                            options=options))
+        work.levels.append(result)
+        if not factored:
+            K.apply_rotations(x, result.tuples, result.rotations, False)
+            rows[local] = x
+            continue
+        if not result.wavelets.shape[0]:
+            work.wavelet_rows.append(None)
+            work.grams.append(None)
+            work.inners.append(None)
+            continue
+        rows[local] = result.mixing(members.shape[0]) @ rows[local]
+        wavelet_rows = rows[local[result.wavelets]]
+        work.wavelet_rows.append(wavelet_rows)
+        work.grams.append(wavelet_rows.T @ wavelet_rows)
+        work.inners.append(wavelet_rows @ wavelet_rows.T)
+    return work
+
+
+def bucket_levels(work: BucketWork) -> list[ClusterLevels]:
+    return work.levels
+
+
+def chain_link(inner: np.ndarray, work: BucketWork) -> tuple[np.ndarray, list[np.ndarray | None]]:
+    """``W`` before each of the bucket's clusters, down-dated cluster by cluster in order; and ``W`` after."""
+    current = inner.copy()
+    before: list[np.ndarray | None] = []
+    for gram in work.grams:
+        if gram is None:
+            before.append(None)
+            continue
+        before.append(current.copy())
+        current -= gram
+    return current, before
+
+
+def apply_dense(work: BucketWork, tuples: np.ndarray, rotations: np.ndarray, wavelets: np.ndarray,
+                first: int, keep: np.ndarray) -> tuple[RowPart, np.ndarray, np.ndarray]:
+    """Rotate the bucket's columns by the stage's levels, take its wavelets' energies, drop every wavelet.
+
+    The bucket's wavelets are ``wavelets[first:first + q]`` (recorded order).
+    Returns the compacted part (new positions) and the wavelets' diagonal and ``r^2``.
+    """
+    part = work.part
+    rows = part.rows.copy()
+    GK.rotate_columns(rows, tuples, rotations)
+    count = sum(int(result.wavelets.shape[0]) for result in work.levels)
+    recorded = np.arange(first, first + count, dtype=np.int64)
+    local = np.searchsorted(part.positions, wavelets[recorded])
+    active = np.ones(rows.shape[1], dtype=np.bool_)
+    diagonal, energy = GK.ordered_row_energy(rows, local, recorded, active, wavelets)
+    kept = np.ones(part.positions.shape[0], dtype=np.bool_)
+    kept[local] = False
+    new_rows = rows[kept][:, keep]
+    return RowPart(np.searchsorted(keep, part.positions[kept]), new_rows), diagonal, energy
+
+
+def apply_factored(work: BucketWork, chain: tuple[np.ndarray, list], keep: np.ndarray):
+    """The bucket's wavelets' exact energies (``W`` from the chain), their final rows, the compacted part."""
+    part = work.part
+    diagonals, energies, finals = [], [], []
+    for members_result, wavelet_rows, inner, before in zip(work.levels, work.wavelet_rows, work.inners, chain[1]):
+        if wavelet_rows is None:
+            continue
+        energy = np.einsum("ij,ij->i", wavelet_rows @ before, wavelet_rows)
+        diagonals.append(np.diagonal(inner).copy())
+        energies.append(_sequential_row_energy(energy, inner))
+        finals.append(wavelet_rows)
+    kept = np.isin(part.positions, keep, assume_unique=True)
+    empty = np.empty(0)
+    width = part.rows.shape[1]
+    return (RowPart(np.searchsorted(keep, part.positions[kept]), part.rows[kept]),
+            np.concatenate(diagonals) if diagonals else empty, np.concatenate(energies) if energies else empty,
+            np.concatenate(finals) if finals else np.empty((0, width)))
+
+
+# ------------------------------------------------------------------ the client's side
+@dataclass
+class StageRecord:
+    """What one stage cost and moved (bytes between the client and the cluster)."""
+
+    stage: int
+    active: int
+    clusters: int = 0
+    buckets: int = 0
+    levels: int = 0
+    seconds: float = 0.0
+    bytes_sent: int = 0
+    bytes_received: int = 0
+    rounds: int = 0
+
+
+def _nbytes(value: Any) -> int:
+    from dask.sizeof import sizeof
+
+    return int(sizeof(value))
+
+
+class DaskCompression:
+    """The staged engine's compression held by Dask workers (see the module docstring).
+
+    Build it with :meth:`from_source`. ``stages`` records every stage's cost;
+    ``bytes_result`` what was gathered for the result (snapshots, the final
+    rows, the last indices).
+    """
+
+    def __init__(self, client: Any, factored: bool, size: int, width: int, parts: list, part_positions: list,
+                 inner: Any, explicit_max: int, options: EngineOptions, token: str) -> None:
+        self.client = client
+        self.factored = factored
+        self.n = size
+        self.size = size  # the input's
+        self.width = width  # columns of a factored row (D); dense: n
+        self.parts = parts
+        self.part_positions = part_positions
+        self.inner = inner  # factored: future of W = M_S' M_S
+        self.explicit_max = explicit_max
+        self.options = options
+        self.token = token
+        self.active = np.ones(size, dtype=np.bool_)
+        self.index = np.arange(size, dtype=np.int64)
+        self.final_rows: list[tuple[Any, np.ndarray]] = []  # factored: (future of rows, original indices)
+        self.stages: list[StageRecord] = []
+        self.bytes_result = 0
+        self._work: list = []
+        self._runs: list[list[int]] = []
+        self._stage = 0
+
+    # ------------------------------------------------------------- set-up
+    @classmethod
+    def from_source(cls, client: Any, source: Any, size: int, width: int, *, factored: bool,
+                    explicit_max: int = 0, options: EngineOptions = DEFAULT_OPTIONS) -> tuple[DaskCompression, list]:
+        """Submit the reads of ``source`` in blocks of ``options.gram_block`` rows; returns the
+        compression and the read summaries.
+
+        ``source.for_block(start, stop)`` gives what a read task needs (a picklable
+        object with ``rows(start, stop)`` and, dense, ``columns(start, stop)``).
+        """
+        token = uuid.uuid4().hex[:8]
+        bounds = P.block_bounds(size, options.gram_block)
+        reads = [client.submit(read_part, source.for_block(start, stop), start, stop, factored, key=f"mmf-read-{token}-{i}", pure=False)
+                 for i, (start, stop) in enumerate(bounds)]
+        parts = [client.submit(operator.getitem, read, 0, key=f"mmf-part-{token}-s0-{i}") for i, read in
+                 enumerate(reads)]
+        summaries = client.gather([client.submit(operator.getitem, read, 1, key=f"mmf-summary-{token}-{i}")
+                                   for i, read in enumerate(reads)])
+        inner = None
+        if factored and not any(summary["bad"] for summary in summaries):
+            grams = [client.submit(part_gram, part, key=f"mmf-gram-{token}-{i}") for i, part in enumerate(parts)]
+            inner = client.submit(sum_partials, *grams, key=f"mmf-inner-{token}-s0")
+        del reads
+        compression = cls(client, factored, size, width if factored else size, parts,
+                          [np.arange(start, stop, dtype=np.int64) for start, stop in bounds], inner, explicit_max,
+                          options, token)
+        compression.bytes_result += sum(_nbytes(summary) for summary in summaries)
+        return compression, summaries
+
+    def probe(self, vector: np.ndarray) -> np.ndarray:
+        """``C v`` (dense) or ``M (M' v)`` (factored), computed on the workers."""
+        client = self.client
+        if self.factored:
+            partials = [client.submit(part_transpose_probe, part, vector, pure=False) for part in self.parts]
+            vector_future = client.submit(sum_partials, *partials, pure=False)
+            pieces = client.gather([client.submit(part_probe, part, vector_future, pure=False)
+                                    for part in self.parts])
+        else:
+            pieces = client.gather([client.submit(part_probe, part, vector, pure=False) for part in self.parts])
+        return np.concatenate(pieces)
+
+    def inner_norm(self) -> float:
+        """``||W||_F`` of the factored input (``= ||M M'||_F``)."""
+        return float(self.client.submit(frobenius, self.inner, pure=False).result())
+
+    # ------------------------------------------------------------- stages
+    @property
+    def explicit(self) -> str | None:
+        """Not None once a factored run is small enough for the local explicit compression."""
+        return "local" if self.factored and self.n <= self.explicit_max else None
+
+    def _record(self) -> StageRecord:
+        if not self.stages or self.stages[-1].stage != self._stage:
+            self.stages.append(StageRecord(stage=self._stage, active=self.n))
+        return self.stages[-1]
+
+    def _workers(self) -> list[str]:
+        return sorted(self.client.scheduler_info()["workers"])
+
+    def features(self, width: int, rng: np.random.Generator) -> np.ndarray:
+        self._stage += 1
+        record = self._record()
+        started = time.perf_counter()
+        client = self.client
+        if self.factored:
+            sketch = None if self.width <= width else rng.standard_normal((self.width, width))
+            state = None
+        else:
+            state = rng.bit_generator.state
+            rng.standard_normal((self.n, width))  # the local engine draws the same sketch here
+            sketch = None
+        futures = [client.submit(part_features, part, state, width, sketch,
+                                 key=f"mmf-stage{self._stage}-features-{self.token}-{i}")
+                   for i, part in enumerate(self.parts)]
+        record.bytes_sent += (_nbytes(state) + _nbytes(sketch)) * len(futures)
+        pieces = client.gather(futures)
+        record.bytes_received += sum(_nbytes(piece) for piece in pieces)
+        out = np.empty((self.n, pieces[0].shape[1]))
+        for positions, piece in zip(self.part_positions, pieces):
+            out[positions] = piece
+        record.rounds += 1
+        record.seconds += time.perf_counter() - started
+        return out
+
+    def _bucket_runs(self, sizes: list[int]) -> list[list[int]]:
+        """Contiguous runs of clusters with about equal rows, one per bucket."""
+        count = min(len(sizes), max(1, BUCKETS_PER_WORKER * len(self._workers())))
+        target = sum(sizes) / count
+        runs: list[list[int]] = [[]]
+        filled = 0.0
+        for number, size in enumerate(sizes):
+            if runs[-1] and filled + size / 2 > target * len(runs) and len(runs) < count:
+                runs.append([])
+            runs[-1].append(number)
+            filled += size
+        return runs
+
+    def factor_stage(self, members: list[np.ndarray], quotas: np.ndarray, tie_breaks: list[np.ndarray],
+                     order: int, options: EngineOptions) -> list[ClusterLevels]:
+        record = self._record()
+        started = time.perf_counter()
+        client = self.client
+        stage = self._stage
+        runs = self._bucket_runs([group.shape[0] for group in members])
+        bucket_of = np.full(self.n, -1, dtype=np.int64)
+        for b, run in enumerate(runs):
+            for number in run:
+                bucket_of[members[number]] = b
+        workers = self._workers()
+        pieces: dict[int, list] = {b: [] for b in range(len(runs))}
+        for i, (part, positions) in enumerate(zip(self.parts, self.part_positions)):
+            buckets = bucket_of[positions]
+            split = client.submit(split_part, part, buckets, key=f"mmf-stage{stage}-split-{self.token}-{i}")
+            record.bytes_sent += _nbytes(buckets)
+            for b in np.unique(buckets):
+                pieces[int(b)].append(client.submit(operator.getitem, split, int(b),
+                                                    key=f"mmf-stage{stage}-piece-{self.token}-{i}-{b}"))
+        self._work = []
+        level_futures = []
+        for b, run in enumerate(runs):
+            hint = dict(workers=[workers[b % len(workers)]], allow_other_workers=True)
+            bucket = client.submit(assemble, *pieces[b], key=f"mmf-stage{stage}-bucket-{self.token}-{b}", **hint)
+            clusters = [(members[number], tie_breaks[number], int(quotas[number])) for number in run]
+            record.bytes_sent += _nbytes(clusters)
+            work = client.submit(factor_bucket, bucket, clusters, self.factored, self.inner, order, options,
+                                 key=f"mmf-stage{stage}-factor-{self.token}-{b}", **hint)
+            self._work.append(work)
+            level_futures.append(client.submit(bucket_levels, work, key=f"mmf-stage{stage}-levels-{self.token}-{b}"))
+        self._runs = runs
+        results = [result for levels in client.gather(level_futures) for result in levels]
+        record.bytes_received += sum(_nbytes(result) for result in results)
+        record.clusters = len(members)
+        record.buckets = len(runs)
+        record.rounds += 1
+        record.seconds += time.perf_counter() - started
+        return results
+
+    def apply_stage(self, groups: list[np.ndarray], results: list[ClusterLevels]):
+        record = self._record()
+        started = time.perf_counter()
+        client = self.client
+        stage = self._stage
+        tuples = np.concatenate([group[result.tuples] for group, result in zip(groups, results)])
+        rotations = np.concatenate([result.rotations for result in results])
+        wavelets = np.concatenate([group[result.wavelets] for group, result in zip(groups, results)])
+        keep_mask = np.ones(self.n, dtype=np.bool_)
+        keep_mask[wavelets] = False
+        keep = np.flatnonzero(keep_mask)
+        counts = [sum(int(results[number].wavelets.shape[0]) for number in run) for run in self._runs]
+        firsts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+        if self.factored:
+            shared = client.submit(_identity, keep, key=f"mmf-stage{stage}-keep-{self.token}")
+            record.bytes_sent += _nbytes(keep)
+            outputs = []
+            inner = self.inner
+            for b, work in enumerate(self._work):
+                chain = client.submit(chain_link, inner, work, key=f"mmf-stage{stage}-chain-{self.token}-{b}")
+                inner = client.submit(operator.getitem, chain, 0, key=f"mmf-stage{stage}-inner-{self.token}-{b}")
+                outputs.append(client.submit(apply_factored, work, chain, shared,
+                                             key=f"mmf-stage{stage}-apply-{self.token}-{b}"))
+            self.inner = inner
+        else:
+            shared = client.submit(_identity, (tuples, rotations, wavelets, keep),
+                                   key=f"mmf-stage{stage}-levels-{self.token}")
+            record.bytes_sent += _nbytes((tuples, rotations, wavelets, keep))
+            outputs = [client.submit(_apply_dense_shared, work, shared, int(first),
+                                     key=f"mmf-stage{stage}-apply-{self.token}-{b}")
+                       for b, (work, first) in enumerate(zip(self._work, firsts))]
+        new_parts, new_positions, diagonal, energy = [], [], [], []
+        summaries = client.gather([client.submit(_energies, output, key=f"mmf-stage{stage}-energy-{self.token}-{b}")
+                                   for b, output in enumerate(outputs)])
+        for b, (output, (part_diagonal, part_energy)) in enumerate(zip(outputs, summaries)):
+            new_parts.append(client.submit(operator.getitem, output, 0, key=f"mmf-part-{self.token}-s{stage}-{b}"))
+            diagonal.append(part_diagonal)
+            energy.append(part_energy)
+            record.bytes_received += _nbytes(part_diagonal) + _nbytes(part_energy)
+            members = np.concatenate([groups[number] for number in self._runs[b]])
+            members = np.sort(members[keep_mask[members]])
+            new_positions.append(np.searchsorted(keep, members))
+            if self.factored:
+                start = int(firsts[b])
+                self.final_rows.append((client.submit(operator.getitem, output, 3,
+                                                      key=f"mmf-final-{self.token}-s{stage}-{b}"),
+                                        self.index[wavelets[start:start + counts[b]]]))
+        self.parts, self.part_positions = new_parts, new_positions
+        self._work = []
+        self.active[wavelets] = False
+        record.levels = int(wavelets.shape[0])
+        record.rounds += 1
+        record.seconds += time.perf_counter() - started
+        return tuples, wavelets, np.concatenate(diagonal), np.concatenate(energy)
+
+    def compact(self, keep: np.ndarray) -> None:
+        """The parts were compacted on the workers with the stage; the positions follow."""
+        self.index = self.index[keep]
+        self.n = keep.shape[0]
+        self.active = np.ones(self.n, dtype=np.bool_)
+
+    # ------------------------------------------------------------- gathering
+    def _gather_rows(self) -> np.ndarray:
+        parts = self.client.gather(self.parts)
+        count = int(np.count_nonzero(self.active))  # the parts hold the active positions only
+        out = np.empty((count, self.width if self.factored else count))
+        for part in parts:
+            out[part.positions] = part.rows
+        self.bytes_result += out.nbytes
+        return out
+
+    def snapshot(self, level: int) -> Snapshot:
+        """After a stage's wavelets left and before the positions are compacted."""
+        rows = self._gather_rows()
+        live = self.index[self.active].copy()
+        return Snapshot(level, live, rows=rows) if self.factored else Snapshot(level, live, block=rows)
+
+    def to_local(self) -> DenseCompression | FactoredCompression:
+        """The in-process compression in exactly the state the local engine would have."""
+        rows = self._gather_rows()
+        if not self.factored:
+            local = DenseCompression(rows)
+            local.index = self.index.copy()
+            return local
+        local = FactoredCompression.__new__(FactoredCompression)
+        local.rows = rows
+        local.n = self.n
+        local.active = np.ones(self.n, dtype=np.bool_)
+        local.index = self.index.copy()
+        final_rows = np.zeros((self.size, self.width))
+        if self.final_rows:
+            gathered = self.client.gather([future for future, _ in self.final_rows])
+            for block, (_, original) in zip(gathered, self.final_rows):
+                final_rows[original] = block
+                self.bytes_result += block.nbytes
+        local.final_rows = final_rows
+        local.explicit_max = self.explicit_max
+        local.explicit = None
+        local.inner = self.client.gather(self.inner) if self.inner is not None else rows.T @ rows
+        local.energy = np.zeros(self.n)
+        local._maybe_explicit()
+        self.parts = []
+        self.final_rows = []
+        return local
+
+
+def _identity(value: Any) -> Any:
+    return value
+
+
+def _apply_dense_shared(work: BucketWork, shared: tuple, first: int):
+    tuples, rotations, wavelets, keep = shared
+    return apply_dense(work, tuples, rotations, wavelets, first, keep)
+
+
+def _energies(output: tuple) -> tuple[np.ndarray, np.ndarray]:
+    return output[1], output[2]
