@@ -194,6 +194,7 @@ def factor_on_cluster(
     compression, summaries = DaskCompression.from_source(client, source, size, width, factored=factored,
                                                          explicit_max=explicit_max, options=options)
     _check_summaries(summaries, dense=not factored, width=width, symmetry_tolerance=symmetry_tolerance)
+    compression.on_stage = getattr(progress, "stage", None)
     diagonal = np.concatenate([summary["diagonal"] for summary in summaries])
     probe = compression.probe(probe_vector(size))
     if factored:
@@ -207,3 +208,25 @@ def factor_on_cluster(
     raw, state = factor(compression, order, size - core_size, schedule="staged", seed=seed, options=options,
                         progress=progress, snapshot_sizes=sizes)
     return raw, state, norm, fingerprint, order, compression
+
+
+def cluster_errors() -> tuple[type[BaseException], ...]:
+    """What a run raises when the scheduler (or every worker, repeatedly) is gone."""
+    from concurrent.futures import CancelledError
+
+    from distributed import TimeoutError as DaskTimeout
+    from distributed.comm.core import CommClosedError
+    from distributed.scheduler import KilledWorker
+
+    return (CancelledError, CommClosedError, DaskTimeout, KilledWorker)
+
+
+@contextmanager
+def cluster_failures(where: str) -> Iterator[None]:
+    """Turn a lost scheduler or repeatedly killed workers into one ``ConnectionError`` line."""
+    try:
+        yield
+    except cluster_errors() as error:
+        text = " ".join(str(error).split()) or "no reply"
+        raise ConnectionError(f"lost the Dask cluster at {where} during the run ({type(error).__name__}: "
+                              f"{text})") from None

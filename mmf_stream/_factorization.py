@@ -770,12 +770,12 @@ def _factorize_on_cluster(client: Any, source: Any, *, factored: bool, order: An
                           labels: Any, options: EngineOptions, symmetry_tolerance: float,
                           progress: Callable[[int], None] | None, incremental: bool, candidates: str) -> Factorization:
     """:func:`factorize` with the staged levels on a Dask cluster (:mod:`mmf_stream._cluster`)."""
-    from mmf_stream._cluster import cluster_client, factor_on_cluster
+    from mmf_stream._cluster import cluster_client, cluster_failures, factor_on_cluster
 
     size = int(source.shape[0])
     checked = V.order_and_core(order, core_size, size)
     labels_array = V.labels_for(labels, size)
-    with cluster_client(client) as dask_client:
+    with cluster_client(client) as dask_client, cluster_failures(_scheduler_address(dask_client)):
         raw, state, norm, fingerprint, order, compression = factor_on_cluster(
             dask_client, source, factored=factored, order_and_core=lambda _: checked, seed=seed, options=options,
             symmetry_tolerance=symmetry_tolerance, progress=progress,
@@ -795,6 +795,13 @@ def _factorize_on_cluster(client: Any, source: Any, *, factored: bool, order: An
                            "input_bytes": int(size * source.shape[1] * 8)}},
         insertion_state=state,
     )
+
+
+def _scheduler_address(client: Any) -> str:
+    try:
+        return str(client.scheduler.address)
+    except AttributeError:
+        return "the scheduler"
 
 
 def load(path: str | os.PathLike) -> Factorization:

@@ -46,8 +46,55 @@ def _read_means(path: str):
     return read_features(source, role="--means")
 
 
+def _cluster_input(path: str | None) -> str | None:
+    """With --scheduler/--workers: a Zarr array path or URL that the workers read themselves, else None."""
+    if path is None:
+        return None
+    import zarr
+
+    if "://" not in path and own_format(Path(path)) == "class-store":
+        return None
+    try:
+        zarr.open_array(path, mode="r")
+    except Exception:  # noqa: BLE001 - not Zarr (or not there): read here as without a cluster
+        if "://" in path:
+            raise ValueError(f"{path}: not a Zarr array that Zarr/fsspec can open") from None
+        return None
+    return path
+
+
+def _quiet_dask_logs() -> None:
+    """Dask's own log lines (reconnect attempts, tracebacks of a lost scheduler) stay off the
+    CLI's stderr: a failure is reported as one line. MMF_STREAM_DEBUG=1 keeps them."""
+    import logging
+    import os
+
+    if not os.environ.get("MMF_STREAM_DEBUG"):
+        for name in ("distributed", "tornado", "asyncio"):
+            logging.getLogger(name).setLevel(logging.CRITICAL + 1)
+
+
+class _StageProgress:
+    """The progress callback of a cluster run: levels on the bar, the stage in its postfix."""
+
+    def __init__(self, bar_update, bar) -> None:
+        self._update = bar_update
+        self._bar = bar
+
+    def __call__(self, levels: int) -> None:
+        self._update(levels)
+
+    def stage(self, number: int, active: int) -> None:
+        if self._bar is not None:
+            self._bar.set_postfix_str(f"stage {number}, {active} active", refresh=False)
+
+
 def _factorize(args: argparse.Namespace) -> int:
     import mmf_stream as ms
+
+    on_cluster = args.scheduler is not None or args.workers is not None
+    if on_cluster:
+        return _factorize_on_cluster(args)
 
     # exactly one source: a matrix / class store (INPUT) or class means (--means)
     if (args.input is None) == (args.means is None):
@@ -96,6 +143,63 @@ def _factorize(args: argparse.Namespace) -> int:
     if not args.quiet:
         how = f"{result.metadata.get('schedule', args.schedule)}, from {'class means' if factored else 'the matrix'}"
         print(f"factorized {source_name} in {seconds:.2f} s ({how}) -> {out}")
+        print(result.summary(levels=args.show))
+    return 0
+
+
+def _factorize_on_cluster(args: argparse.Namespace) -> int:
+    """``factorize --scheduler ADDR | --workers N``: the staged levels on Dask workers."""
+    import zarr
+
+    import mmf_stream as ms
+    from mmf_stream._cluster import cluster_client
+
+    if (args.input is None) == (args.means is None):
+        given = "both INPUT and --means" if args.input is not None else "neither INPUT nor --means"
+        raise ValueError(f"give exactly one of INPUT (a matrix or class store) or --means M; got {given}")
+    if args.schedule == "greedy" or args.candidates == "exhaustive":
+        raise ValueError("greedy levels run in one process: leave out --scheduler/--workers, or use --schedule "
+                         "staged")
+    out = Path(args.out)
+    check_replaceable(out, args.overwrite, kinds=("factorization",))
+    labels = ms.read_labels(args.labels) if args.labels else None
+    name = args.means if args.means is not None else args.input
+    path = _cluster_input(name)
+    factored = args.means is not None or own_format(Path(name)) == "class-store"
+    if path is not None:
+        data = path
+        size = int(zarr.open_array(path, mode="r").shape[0])
+    elif args.means is not None:
+        data = _read_means(args.means)
+        size = int(data.shape[0])
+    elif factored:
+        data = ms.Store.open(args.input, mode="r")
+        size = data.size
+    else:
+        data = ms.read_matrix(args.input)
+        size = int(data.shape[0])
+    kwargs = {"means": data} if args.means is not None else {}
+    core = args.core_size if args.core_size is not None else args.order - 1
+    where = args.scheduler if args.scheduler is not None else f"{args.workers} local worker(s)"
+    start = time.perf_counter()
+    _quiet_dask_logs()
+    with cluster_client(args.scheduler, workers=args.workers) as client:
+        with progress(max(size - core, 0), "factorize", unit="level", quiet=args.quiet) as update:
+            bar = getattr(update, "__self__", None)
+            try:
+                result = ms.factorize(
+                    None if args.means is not None else data, order=args.order, core_size=args.core_size,
+                    seed=args.seed, labels=labels, schedule=args.schedule,
+                    progress=_StageProgress(update, bar), client=client, **kwargs,
+                )
+            except ConnectionError as error:
+                raise ConnectionError(f"{one_line(error)}; nothing was written to {out}") from None
+    seconds = time.perf_counter() - start
+    result.save(out, overwrite=args.overwrite)
+    if not args.quiet:
+        stages = result.metadata.get("dask", {}).get("stages", [])
+        print(f"factorized {name} in {seconds:.2f} s ({result.metadata.get('schedule')}, "
+              f"{'class means' if factored else 'the matrix'}, {len(stages)} stage(s) on {where}) -> {out}")
         print(result.summary(levels=args.show))
     return 0
 
@@ -513,6 +617,12 @@ def build_parser() -> argparse.ArgumentParser:
     fac.add_argument("--schedule", choices=["auto", "greedy", "staged"], default="auto",
                      help="'greedy' (one level at a time over all indices), 'staged' (levels in stages of "
                      "independent clusters, for large m) or 'auto' (greedy for small inputs, staged above; default)")
+    where = fac.add_mutually_exclusive_group()
+    where.add_argument("--scheduler", metavar="ADDR", default=None,
+                       help="run the staged levels on the Dask cluster at ADDR (tcp://HOST:PORT); give INPUT or "
+                       "--means as a Zarr array path or URL that every worker can open")
+    where.add_argument("--workers", type=_int_at_least(1), default=None, metavar="N",
+                       help="run the staged levels on an embedded Dask cluster of N worker processes on this machine")
     fac.add_argument("--out", "-o", required=True, help="result directory (Zarr group)")
     fac.add_argument("--overwrite", action="store_true", help="replace an existing result (nothing else)")
     fac.add_argument("--show", type=_int_at_least(0), default=5, help="levels to print (default 5)")

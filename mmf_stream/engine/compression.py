@@ -285,12 +285,12 @@ class FactoredCompression:
     def apply_cluster(self, members: np.ndarray, mixing: np.ndarray, wavelets: np.ndarray):
         """Rows ``members`` mixed by ``mixing`` (the cluster's ``Q_q ... Q_1``), then its
         wavelets leave; returns their diagonal and exact squared row energies."""
-        self.rows[members] = mixing @ self.rows[members]
+        self.rows[members] = P.stable_matmul(mixing, self.rows[members])
         x = self.rows[wavelets]
-        energies = np.einsum("ij,ij->i", x @ self.inner, x)
-        inner = x @ x.T
+        energies = P.wavelet_energies(x, self.inner)
+        inner = P.stable_gram(x)
         diagonal = np.diagonal(inner).copy()
-        self.inner -= x.T @ x
+        self.inner -= P.stable_cogram(x)
         self.final_rows[self.index[wavelets]] = x
         self.rows[wavelets] = 0.0
         self.active[wavelets] = False

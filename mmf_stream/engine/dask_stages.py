@@ -90,26 +90,21 @@ def read_part(source: Any, start: int, stop: int, factored: bool) -> tuple[RowPa
         summary["diagonal"] = np.einsum("ij,ij->i", data, data)
         return RowPart(np.arange(start, stop, dtype=np.int64), data), summary
     columns = np.asarray(source.columns(start, stop))  # C[:, start:stop]
-    if not np.isfinite(columns).all():
+    data, worst, i, j, largest, finite = GK.symmetric_rows(rows, columns)
+    if not finite:
         bad = np.argwhere(~np.isfinite(columns))[0]
         summary["bad"] = (int(bad[0]), int(bad[1]) + start)
         return RowPart(np.arange(start, stop), np.empty((0, 0))), summary
-    upper = rows.astype(np.float64)
-    lower = columns.T.astype(np.float64)
-    difference = np.abs(upper - lower)
-    worst = np.unravel_index(int(np.argmax(difference)), difference.shape) if difference.size else (0, 0)
-    summary["asymmetry"] = (float(difference[worst]) if difference.size else 0.0, int(worst[0]) + start,
-                            int(worst[1]))
-    data = 0.5 * (upper + lower)  # the symmetric part, as the local validation computes it
+    summary["asymmetry"] = (float(worst), int(i) + start, int(j))
+    summary["largest"] = float(largest)
     summary["diagonal"] = data[np.arange(stop - start), np.arange(start, stop)].copy()
     summary["sumsq"] = float(np.einsum("ij,ij->", data, data))
-    summary["largest"] = float(np.max(np.abs(data), initial=0.0))
     return RowPart(np.arange(start, stop, dtype=np.int64), data), summary
 
 
 def part_gram(part: RowPart) -> np.ndarray:
     """``X' X`` of a part (one block of :func:`mmf_stream.engine.parts.blocked_gram`)."""
-    return part.rows.T @ part.rows
+    return P.stable_cogram(part.rows)
 
 
 def part_probe(part: RowPart, vector: np.ndarray) -> np.ndarray:
@@ -178,11 +173,11 @@ def factor_bucket(bucket: RowPart, clusters: list[tuple[np.ndarray, np.ndarray, 
             work.grams.append(None)
             work.inners.append(None)
             continue
-        rows[local] = result.mixing(members.shape[0]) @ rows[local]
+        rows[local] = P.stable_matmul(result.mixing(members.shape[0]), rows[local])
         wavelet_rows = rows[local[result.wavelets]]
         work.wavelet_rows.append(wavelet_rows)
-        work.grams.append(wavelet_rows.T @ wavelet_rows)
-        work.inners.append(wavelet_rows @ wavelet_rows.T)
+        work.grams.append(P.stable_cogram(wavelet_rows))
+        work.inners.append(P.stable_gram(wavelet_rows))
     return work
 
 
@@ -220,7 +215,7 @@ def apply_dense(work: BucketWork, tuples: np.ndarray, rotations: np.ndarray, wav
     diagonal, energy = GK.ordered_row_energy(rows, local, recorded, active, wavelets)
     kept = np.ones(part.positions.shape[0], dtype=np.bool_)
     kept[local] = False
-    new_rows = rows[kept][:, keep]
+    new_rows = GK.take_block(rows, np.flatnonzero(kept), keep)
     return RowPart(np.searchsorted(keep, part.positions[kept]), new_rows), diagonal, energy
 
 
@@ -231,7 +226,7 @@ def apply_factored(work: BucketWork, chain: tuple[np.ndarray, list], keep: np.nd
     for members_result, wavelet_rows, inner, before in zip(work.levels, work.wavelet_rows, work.inners, chain[1]):
         if wavelet_rows is None:
             continue
-        energy = np.einsum("ij,ij->i", wavelet_rows @ before, wavelet_rows)
+        energy = P.wavelet_energies(wavelet_rows, before)
         diagonals.append(np.diagonal(inner).copy())
         energies.append(_sequential_row_energy(energy, inner))
         finals.append(wavelet_rows)
@@ -294,6 +289,8 @@ class DaskCompression:
         self._work: list = []
         self._runs: list[list[int]] = []
         self._stage = 0
+        #: called with (stage, active indices) when a stage starts (progress bars)
+        self.on_stage = None
 
     # ------------------------------------------------------------- set-up
     @classmethod
@@ -356,6 +353,8 @@ class DaskCompression:
 
     def features(self, width: int, rng: np.random.Generator) -> np.ndarray:
         self._stage += 1
+        if self.on_stage is not None:
+            self.on_stage(self._stage, self.n)
         record = self._record()
         started = time.perf_counter()
         client = self.client
@@ -413,6 +412,7 @@ class DaskCompression:
                 pieces[int(b)].append(client.submit(operator.getitem, split, int(b),
                                                     key=f"mmf-stage{stage}-piece-{self.token}-{i}-{b}"))
         self._work = []
+        self._hints = []
         level_futures = []
         for b, run in enumerate(runs):
             hint = dict(workers=[workers[b % len(workers)]], allow_other_workers=True)
@@ -422,6 +422,7 @@ class DaskCompression:
             work = client.submit(factor_bucket, bucket, clusters, self.factored, self.inner, order, options,
                                  key=f"mmf-stage{stage}-factor-{self.token}-{b}", **hint)
             self._work.append(work)
+            self._hints.append(hint)
             level_futures.append(client.submit(bucket_levels, work, key=f"mmf-stage{stage}-levels-{self.token}-{b}"))
         self._runs = runs
         results = [result for levels in client.gather(level_futures) for result in levels]
@@ -451,17 +452,19 @@ class DaskCompression:
             outputs = []
             inner = self.inner
             for b, work in enumerate(self._work):
-                chain = client.submit(chain_link, inner, work, key=f"mmf-stage{stage}-chain-{self.token}-{b}")
-                inner = client.submit(operator.getitem, chain, 0, key=f"mmf-stage{stage}-inner-{self.token}-{b}")
+                hint = self._hints[b]
+                chain = client.submit(chain_link, inner, work, key=f"mmf-stage{stage}-chain-{self.token}-{b}", **hint)
+                inner = client.submit(operator.getitem, chain, 0, key=f"mmf-stage{stage}-inner-{self.token}-{b}",
+                                      **hint)
                 outputs.append(client.submit(apply_factored, work, chain, shared,
-                                             key=f"mmf-stage{stage}-apply-{self.token}-{b}"))
+                                             key=f"mmf-stage{stage}-apply-{self.token}-{b}", **hint))
             self.inner = inner
         else:
             shared = client.submit(_identity, (tuples, rotations, wavelets, keep),
                                    key=f"mmf-stage{stage}-levels-{self.token}")
             record.bytes_sent += _nbytes((tuples, rotations, wavelets, keep))
             outputs = [client.submit(_apply_dense_shared, work, shared, int(first),
-                                     key=f"mmf-stage{stage}-apply-{self.token}-{b}")
+                                     key=f"mmf-stage{stage}-apply-{self.token}-{b}", **self._hints[b])
                        for b, (work, first) in enumerate(zip(self._work, firsts))]
         new_parts, new_positions, diagonal, energy = [], [], [], []
         summaries = client.gather([client.submit(_energies, output, key=f"mmf-stage{stage}-energy-{self.token}-{b}")

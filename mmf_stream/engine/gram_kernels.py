@@ -157,3 +157,55 @@ def ordered_row_energy(rows, local_rows, recorded, active, wavelets):
         diagonal[i] = row[wavelets[recorded[i]]]
         out[i] = max(total, 0.0)
     return diagonal, out
+
+
+#: tile side of the blocked transposed reads below
+_TILE = 64
+
+
+@njit(cache=True)
+def symmetric_rows(rows, columns):
+    """Rows of ``(C + C') / 2`` from ``rows = C[r, :]`` and ``columns = C[:, r]``, in one pass.
+
+    Returns ``(out, worst, i, j, largest, finite)``: the largest ``|C[i, j] -
+    C[j, i]|`` (``i`` local to the block), the largest ``|C|`` over both
+    blocks, and whether every entry is finite. ``out[i, j] = 0.5 * (C[i, j] +
+    C[j, i])``, exactly as the local validation computes it.
+    """
+    count, n = rows.shape
+    out = np.empty((count, n))
+    worst = 0.0
+    wi = 0
+    wj = 0
+    largest = 0.0
+    finite = True
+    for jb in range(0, n, _TILE):
+        for ib in range(0, count, _TILE):
+            for j in range(jb, min(jb + _TILE, n)):
+                for i in range(ib, min(ib + _TILE, count)):
+                    upper = float(rows[i, j])
+                    lower = float(columns[j, i])
+                    if not (np.isfinite(upper) and np.isfinite(lower)):
+                        finite = False
+                    difference = abs(upper - lower)
+                    if difference > worst:
+                        worst = difference
+                        wi = i
+                        wj = j
+                    if abs(upper) > largest:
+                        largest = abs(upper)
+                    if abs(lower) > largest:
+                        largest = abs(lower)
+                    out[i, j] = 0.5 * (upper + lower)
+    return out, worst, wi, wj, largest, finite
+
+
+@njit(cache=True)
+def take_block(rows, row_index, column_index):
+    """``rows[row_index][:, column_index]`` in one pass."""
+    out = np.empty((row_index.shape[0], column_index.shape[0]))
+    for a in range(row_index.shape[0]):
+        source = rows[row_index[a]]
+        for b in range(column_index.shape[0]):
+            out[a, b] = source[column_index[b]]
+    return out

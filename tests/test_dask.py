@@ -1,0 +1,198 @@
+"""The Dask engine against real `dask scheduler` / `dask worker` processes on 127.0.0.1.
+
+Clusters are started and stopped by deploy/local/cluster.sh (the script users
+run). Every result is compared bit for bit with the local staged engine.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+
+import mmf_stream as ms
+from mmf_stream import cli
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "deploy" / "local" / "cluster.sh"
+#: small clusters and blocks so that a few hundred classes take several stages and reads
+OPTIONS = {"cluster_size": 64, "greedy_below": 128, "gram_block": 256}
+DENSE_SIZE = 1100
+FACTORED_SIZE = 1400
+
+
+def _env() -> dict[str, str]:
+    return dict(os.environ, DASK=str(Path(sys.executable).parent / "dask"), PYTHON=sys.executable)
+
+
+@contextmanager
+def local_cluster(directory: Path, workers: int):
+    """A scheduler and ``workers`` worker processes (no nanny: a SIGKILL kills the worker)."""
+    started = subprocess.run(["bash", str(SCRIPT), "start", str(directory), "--workers", str(workers), "--no-nanny"],
+                             env=_env(), capture_output=True, text=True, timeout=240)
+    try:
+        assert started.returncode == 0, started.stderr
+        address = started.stdout.strip()
+        assert address.startswith("tcp://127.0.0.1:")
+        yield address
+    finally:
+        subprocess.run(["bash", str(SCRIPT), "stop", str(directory)], env=_env(), capture_output=True, timeout=120)
+
+
+def _pid(directory: Path, name: str) -> int:
+    return int((directory / f"{name}.pid").read_text().strip())
+
+
+def assert_identical(expected: ms.Factorization, got: ms.Factorization) -> None:
+    for name in ("tuples", "wavelets", "rotations", "level_errors", "diagonal", "core", "core_block"):
+        assert np.array_equal(getattr(expected._raw, name), getattr(got._raw, name)), name
+    assert got.error == expected.error
+    assert got.norm == pytest.approx(expected.norm, rel=1e-12)
+    mine, theirs = expected.insertion_state, got.insertion_state
+    assert len(mine.snapshots) == len(theirs.snapshots) > 0
+    for a, b in zip(mine.snapshots, theirs.snapshots):
+        assert a.level == b.level and np.array_equal(a.indices, b.indices)
+        for field in ("block", "rows"):
+            x, y = getattr(a, field), getattr(b, field)
+            assert (x is None and y is None) or np.array_equal(x, y), field
+    if mine.final_rows is not None:
+        assert np.array_equal(mine.final_rows, theirs.final_rows)
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    """Zarr inputs (dense C, class means M) and the local staged engine's results on them."""
+    root = tmp_path_factory.mktemp("dask-inputs")
+    matrix = ms.hierarchical_covariance(DENSE_SIZE, seed=3)
+    means = ms.class_means(FACTORED_SIZE, 40, seed=5)
+    dense = zarr.create_array(str(root / "C.zarr"), shape=matrix.shape, chunks=(300, 300), dtype="f8")
+    dense[:] = matrix
+    factored = zarr.create_array(str(root / "M.zarr"), shape=means.shape, chunks=(500, 40), dtype="f4")
+    factored[:] = means.astype(np.float32)
+    local_dense = ms.factorize(matrix, order=4, core_size=DENSE_SIZE // 8, schedule="staged", options=OPTIONS)
+    local_factored = ms.factorize(means=np.asarray(factored[:]), order=5, schedule="staged", options=OPTIONS)
+    return {"root": root, "dense": root / "C.zarr", "means": root / "M.zarr", "local_dense": local_dense,
+            "local_factored": local_factored}
+
+
+@pytest.mark.parametrize("workers", [1, 2, 3])
+def test_bit_identical_to_the_local_engine_on_1_2_3_workers(inputs, tmp_path, workers):
+    with local_cluster(tmp_path / "cluster", workers) as address:
+        dense = ms.factorize(str(inputs["dense"]), order=4, core_size=DENSE_SIZE // 8, schedule="staged",
+                             options=OPTIONS, client=address)
+        factored = ms.factorize(means=inputs["means"].as_uri(), order=5, schedule="staged", options=OPTIONS,
+                                client=address)
+    assert_identical(inputs["local_dense"], dense)
+    assert_identical(inputs["local_factored"], factored)
+    stages = dense.metadata["dask"]["stages"]
+    assert len(stages) >= 3 and all(record["levels"] > 0 and record["bytes_received"] > 0 for record in stages)
+    assert sum(record["levels"] for record in stages) == DENSE_SIZE - DENSE_SIZE // 8  # every level staged
+    factored_stages = factored.metadata["dask"]["stages"]
+    assert 0 < sum(record["levels"] for record in factored_stages) < FACTORED_SIZE - 4  # the tail ran greedy
+    # the result is exact: its error is the reconstruction's
+    C = np.asarray(zarr.open_array(str(inputs["dense"]))[:])
+    assert dense.error == pytest.approx(np.linalg.norm(C - dense.reconstruct()), rel=1e-9)
+
+
+def test_worker_killed_mid_stage_gives_the_same_result(inputs, tmp_path):
+    directory = tmp_path / "cluster"
+    killed = []
+
+    class KillAtStageTwo:
+        def __call__(self, levels: int) -> None:
+            pass
+
+        def stage(self, number: int, active: int) -> None:
+            if number == 2 and not killed:  # stage 1's rows live on the workers: one of them dies
+                pid = _pid(directory, "worker-1")
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+
+    with local_cluster(directory, 3) as address:
+        result = ms.factorize(str(inputs["dense"]), order=4, core_size=DENSE_SIZE // 8, schedule="staged",
+                              options=OPTIONS, client=address, progress=KillAtStageTwo())
+        from distributed import Client
+
+        with Client(address, timeout=30) as client:
+            assert len(client.scheduler_info()["workers"]) == 2
+    assert killed
+    assert_identical(inputs["local_dense"], result)
+
+
+def test_scheduler_lost_mid_run_is_one_line_and_writes_nothing(inputs, tmp_path, monkeypatch, capsys):
+    directory = tmp_path / "cluster"
+    out = tmp_path / "result.zarr"
+
+    def kill_scheduler(self, number: int, active: int) -> None:
+        if number == 2:
+            os.kill(_pid(directory, "scheduler"), signal.SIGKILL)
+
+    monkeypatch.setattr(cli._StageProgress, "stage", kill_scheduler)
+    with local_cluster(directory, 2) as address:
+        code = cli.main(["factorize", str(inputs["dense"]), "--order", "4", "--schedule", "staged",
+                         "--scheduler", address, "--out", str(out), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.count("\n") == 1 and "lost the Dask cluster" in err and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_cli_workers_embedded_cluster_matches_local(inputs, tmp_path, capsys):
+    out = tmp_path / "r.zarr"
+    code = cli.main(["factorize", "--means", str(inputs["means"]), "--order", "5", "--schedule", "staged",
+                     "--workers", "2", "--out", str(out), "--quiet"])
+    assert code == 0, capsys.readouterr().err
+    loaded = ms.load(out)
+    # the CLI runs the default options
+    expected = ms.factorize(means=np.asarray(zarr.open_array(str(inputs["means"]))[:]), order=5, schedule="staged")
+    assert np.array_equal(loaded._raw.tuples, expected._raw.tuples)
+    assert np.array_equal(loaded._raw.rotations, expected._raw.rotations)
+    assert loaded.error == expected.error
+
+
+def test_bad_input_on_a_cluster_is_one_line(inputs, tmp_path, capsys, monkeypatch):
+    import mmf_stream._cluster as cluster
+
+    asymmetric = ms.hierarchical_covariance(300, seed=1)
+    asymmetric[5, 7] += 1.0
+    path = tmp_path / "asym.zarr"
+    zarr.create_array(str(path), shape=asymmetric.shape, chunks=(100, 300), dtype="f8")[:] = asymmetric
+    broken = ms.class_means(300, 8)
+    broken[17, 3] = np.nan
+    nan_path = tmp_path / "nan.zarr"
+    zarr.create_array(str(nan_path), shape=broken.shape, chunks=(100, 8), dtype="f8")[:] = broken
+    with local_cluster(tmp_path / "cluster", 1) as address:
+        with pytest.raises(ValueError, match=r"not symmetric: largest asymmetry \|C\[5,7\] - C\[7,5\]\|"):
+            ms.factorize(str(path), order=4, schedule="staged", options=OPTIONS, client=address)
+        with pytest.raises(ValueError, match=r"non-finite entries \(NaN or Inf\), first at \(17, 3\)"):
+            ms.factorize(means=str(nan_path), order=4, schedule="staged", options=OPTIONS, client=address)
+        code = cli.main(["factorize", str(path), "--schedule", "staged", "--scheduler", address,
+                         "--out", str(tmp_path / "o.zarr")])
+        err = capsys.readouterr().err
+        assert code == 2 and err.count("\n") == 1 and "not symmetric" in err
+    assert not (tmp_path / "o.zarr").exists()
+    # nobody listens there
+    monkeypatch.setattr(cluster, "CONNECT_TIMEOUT", 2.0)
+    code = cli.main(["factorize", str(path), "--schedule", "staged", "--scheduler", "tcp://127.0.0.1:9",
+                     "--out", str(tmp_path / "o.zarr")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "cannot reach the Dask scheduler" in err
+
+
+def test_cli_cluster_options_are_checked(tmp_path, capsys):
+    out = str(tmp_path / "o.zarr")
+    with pytest.raises(SystemExit) as raised:
+        cli.main(["factorize", "x.zarr", "--scheduler", "tcp://127.0.0.1:1", "--workers", "2", "--out", out])
+    assert raised.value.code == 2 and "not allowed with argument" in capsys.readouterr().err
+    code = cli.main(["factorize", "x.zarr", "--workers", "2", "--schedule", "greedy", "--out", out])
+    assert code == 2 and "greedy levels run in one process" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as raised:
+        cli.main(["factorize", "x.zarr", "--workers", "0", "--out", out])
+    assert raised.value.code == 2
