@@ -18,7 +18,7 @@
 # status: prints the scheduler address and the number of live processes; exit 0 if the
 #   scheduler is alive, 1 otherwise.
 #
-# Environment: DASK (default `dask`) is the dask command, PYTHON (default `python3`)
+# Needs bash >= 4.4. Environment: DASK (default `dask`) is the dask command, PYTHON (default `python3`)
 # an interpreter with `distributed` (used to wait for the workers).
 set -euo pipefail
 
@@ -98,39 +98,63 @@ scheduler_address() {
     sed -n 's/.*"address": *"\([^"]*\)".*/\1/p' "$file" | head -n 1
 }
 
+# wait_gone LIMIT PID...: wait until every PID has exited, or until TICKS (tenths of a
+# second since the stop began) reaches LIMIT
+TICKS=0
+wait_gone() {
+    local limit=$1 pid any
+    shift
+    while [[ $TICKS -lt $limit ]]; do
+        any=0
+        for pid in "$@"; do
+            if alive "$pid"; then
+                any=1
+                break
+            fi
+        done
+        [[ $any -eq 1 ]] || return 0
+        sleep 0.1
+        TICKS=$((TICKS + 1))
+    done
+    return 0
+}
+
 stop_cluster() {
-    local dir=$1 f pid waited
-    local -a files=() pids=()
+    local dir=$1 f pid
+    local -a files=() workers=() scheduler=()
     [[ -d $dir ]] || return 0
     mapfile -t files < <(pid_files "$dir")
-    # workers first (so they do not try to reconnect to a closing scheduler), then the scheduler
     for f in "${files[@]}"; do
         if pid=$(read_pid "$f") && ours "$pid"; then
-            kill -TERM "$pid" 2>/dev/null || true
-            pids+=("$pid")
+            if [[ $f == */scheduler.pid ]]; then
+                scheduler+=("$pid")
+            else
+                workers+=("$pid")
+            fi
         fi
     done
-    waited=0
-    while :; do
-        local left=()
-        for pid in "${pids[@]}"; do
-            alive "$pid" && left+=("$pid")
-        done
-        [[ ${#left[@]} -eq 0 ]] && break
-        if [[ $waited -ge $((STOP_TIMEOUT * 10)) ]]; then
-            for pid in "${left[@]}"; do
-                # the process and, when it leads its own group (setsid at start), its children
-                if [[ $(ps -o pgid= -p "$pid" 2>/dev/null | tr -d ' ') == "$pid" ]]; then
-                    kill -KILL -- "-$pid" 2>/dev/null || true
-                fi
-                kill -KILL "$pid" 2>/dev/null || true
-            done
-            sleep 0.2
-            break
-        fi
-        sleep 0.1
-        waited=$((waited + 1))
+    TICKS=0
+    # workers first (a worker asked to close while its scheduler goes away can hang),
+    # then the scheduler; all of it within STOP_TIMEOUT seconds
+    for pid in "${workers[@]}"; do
+        kill -TERM "$pid" 2>/dev/null || true
     done
+    wait_gone $(((STOP_TIMEOUT - 5) * 10)) "${workers[@]}"
+    for pid in "${scheduler[@]}"; do
+        kill -TERM "$pid" 2>/dev/null || true
+    done
+    wait_gone $((STOP_TIMEOUT * 10)) "${workers[@]}" "${scheduler[@]}"
+    # SIGKILL to what is left: the process and, as it leads its own process group (setsid
+    # at start), its children (a nanny's worker)
+    for pid in "${workers[@]}" "${scheduler[@]}"; do
+        ours "$pid" || continue
+        if [[ $(ps -o pgid= -p "$pid" 2>/dev/null | tr -d ' ') == "$pid" ]]; then
+            kill -KILL -- "-$pid" 2>/dev/null || true
+        fi
+        kill -KILL "$pid" 2>/dev/null || true
+    done
+    TICKS=0
+    wait_gone 20 "${workers[@]}" "${scheduler[@]}"
     for f in "${files[@]}"; do
         rm -f "$f"
     done
