@@ -451,3 +451,28 @@ def test_local_cluster_stop_spares_unrelated_processes(tmp_path, dask_available)
     finally:
         sleeper.kill()
         sleeper.wait()
+
+
+def test_local_cluster_start_failure_stops_what_it_started(tmp_path, dask_available):
+    # a dask command whose workers die at once: start must fail fast, in one line, and stop the scheduler
+    real = Path(sys.executable).parent / "dask"
+    fake = tmp_path / "dask_without_workers"
+    fake.write_text(f'#!/usr/bin/env bash\n[ "$1" = worker ] && exit 3\nexec "{real}" "$@"\n')
+    fake.chmod(0o755)
+    folder = tmp_path / "cluster"
+    env = dict(os.environ, DASK=str(fake), PYTHON=sys.executable)
+    try:
+        result = subprocess.run([str(CLUSTER_SH), "start", str(folder), "--workers", "2"], capture_output=True,
+                                text=True, env=env, timeout=120, stdin=subprocess.DEVNULL)
+        assert result.returncode != 0
+        assert result.stdout == ""
+        message = result.stderr.strip().splitlines()
+        assert len(message) == 1 and "workers did not connect" in message[0], result.stderr
+        assert (folder / "logs" / "scheduler.log").is_file()
+        assert not list(folder.glob("*.pid")) and not (folder / "scheduler.json").exists()
+        processes = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True).stdout
+        leftovers = [line for line in processes.splitlines()
+                     if f"{folder}/scheduler.json" in line and not _gone(int(line.split()[0]))]
+        assert not leftovers, f"still running after the failed start: {leftovers}"
+    finally:
+        _cluster("stop", folder)
