@@ -18,8 +18,9 @@
 # status: prints the scheduler address and the number of live processes; exit 0 if the
 #   scheduler is alive, 1 otherwise.
 #
-# Needs bash >= 4.4. Environment: DASK (default `dask`) is the dask command, PYTHON (default `python3`)
-# an interpreter with `distributed` (used to wait for the workers).
+# Needs bash >= 4.4. Environment: DASK (default `dask`) is the dask command, PYTHON
+# (default `python3`) an interpreter with `distributed` (used to wait for the workers),
+# DASHBOARD=1 a scheduler dashboard on 127.0.0.1.
 set -euo pipefail
 
 PROG=cluster.sh
@@ -237,9 +238,11 @@ start_cluster() {
     trap 'exit 130' INT
     trap 'exit 143' TERM
 
-    local dashboard=(--dashboard-address :0)
-    if "$DASK" scheduler --help 2>/dev/null | grep -q -- '--no-dashboard'; then
-        dashboard=(--no-dashboard)
+    # no dashboard (`dask scheduler --no-dashboard`, in every distributed the `dask` extra allows);
+    # DASHBOARD=1 serves one on a free port of 127.0.0.1 (its address is in logs/scheduler.log)
+    local dashboard=(--no-dashboard)
+    if [[ ${DASHBOARD:-0} == 1 ]]; then
+        dashboard=(--dashboard-address 127.0.0.1:0)
     fi
     launch scheduler "$DASK" scheduler --host 127.0.0.1 --port "$port" \
         --scheduler-file "$DIR/scheduler.json" "${dashboard[@]}"
