@@ -78,10 +78,6 @@ def _one(path: Path, kind: str) -> dict:
     return docs[0]
 
 
-def _containers(pod_spec: dict) -> list[dict]:
-    return list(pod_spec.get("initContainers", [])) + list(pod_spec["containers"])
-
-
 def _command(container: dict) -> list[str]:
     return [str(x) for x in container.get("command", []) + container.get("args", [])]
 
