@@ -8,8 +8,10 @@ worker processes on 127.0.0.1 (:func:`cluster_client`).
 
 Inputs: a Zarr array (object, path or URL that Zarr and fsspec open, e.g.
 ``file://``, ``s3://``): every worker opens it and reads its own blocks of
-rows (dense matrices also the matching block of columns, for the symmetry
-check and the symmetric part). Any other array (NumPy) is sent to the
+rows. A dense matrix is checked for exact symmetry with a signature folded
+over its blocks; only a matrix that is not exactly symmetric has its blocks
+of columns read too (for the symmetric part ``(C + C')/2`` and the
+tolerance check). Any other array (NumPy) is sent to the
 workers block by block through the scheduler: fine for tests and small
 inputs, use Zarr for large ones.
 """

@@ -76,29 +76,56 @@ class BucketWork:
 
 # ------------------------------------------------------------------ worker tasks (pure)
 def read_part(source: Any, start: int, stop: int, factored: bool) -> tuple[RowPart, dict]:
-    """Rows ``start:stop`` of the input, validated; returns the part and a small summary."""
+    """Rows ``start:stop`` of the input, checked; returns the part and a small summary.
+
+    Dense rows come with a symmetry signature (:func:`symmetry_signature
+    <mmf_stream.engine.gram_kernels.symmetry_signature>`): when the whole
+    matrix's signatures agree it is exactly symmetric and the rows are its
+    symmetric part; otherwise :func:`symmetrize_part` reads the matching columns.
+    """
     rows = np.asarray(source.rows(start, stop))
-    finite = np.isfinite(rows)
     summary: dict[str, Any] = {"start": start, "bad": None}
+    finite = np.isfinite(rows)
     if not finite.all():
         bad = np.argwhere(~finite)[0]
         summary["bad"] = (int(bad[0]) + start, int(bad[1]))
         return RowPart(np.arange(start, stop), np.empty((0, 0))), summary
-    summary["largest"] = float(np.max(np.abs(rows), initial=0.0))
+    data = np.ascontiguousarray(rows, dtype=np.float64)
+    summary["largest"] = float(np.max(np.abs(data), initial=0.0))
     if factored:
-        data = np.ascontiguousarray(rows, dtype=np.float64)
         summary["diagonal"] = np.einsum("ij,ij->i", data, data)
         return RowPart(np.arange(start, stop, dtype=np.int64), data), summary
+    left, right = signature_multipliers(data.shape[1])
+    summary["signature"] = GK.symmetry_signature(data, np.arange(start, stop, dtype=np.int64), left, right)
+    _dense_summary(data, start, stop, summary)
+    return RowPart(np.arange(start, stop, dtype=np.int64), data), summary
+
+
+def signature_multipliers(size: int) -> tuple[np.ndarray, np.ndarray]:
+    """The symmetry signature's random odd 64-bit multipliers for an ``size x size`` matrix."""
+    rng = np.random.default_rng(GK.SIGNATURE_SEED)
+    return rng.integers(0, 2**64, size=size, dtype=np.uint64), rng.integers(0, 2**64, size=size, dtype=np.uint64)
+
+
+def _dense_summary(data: np.ndarray, start: int, stop: int, summary: dict) -> None:
+    summary["diagonal"] = data[np.arange(stop - start), np.arange(start, stop)].copy()
+    summary["sumsq"] = float(np.einsum("ij,ij->", data, data))
+
+
+def symmetrize_part(source: Any, start: int, stop: int) -> tuple[RowPart, dict]:
+    """Rows ``start:stop`` of ``(C + C') / 2`` from the rows and the matching columns (not exactly symmetric C)."""
+    rows = np.asarray(source.rows(start, stop))
     columns = np.asarray(source.columns(start, stop))  # C[:, start:stop]
+    summary: dict[str, Any] = {"start": start, "bad": None}
     data, worst, i, j, largest, finite = GK.symmetric_rows(rows, columns)
     if not finite:
         bad = np.argwhere(~np.isfinite(columns))[0]
         summary["bad"] = (int(bad[0]), int(bad[1]) + start)
         return RowPart(np.arange(start, stop), np.empty((0, 0))), summary
-    summary["asymmetry"] = (float(worst), int(i) + start, int(j))
+    first, second = sorted((int(i) + start, int(j)))  # named upper triangle first, as the local check does
+    summary["asymmetry"] = (float(worst), first, second)
     summary["largest"] = float(largest)
-    summary["diagonal"] = data[np.arange(stop - start), np.arange(start, stop)].copy()
-    summary["sumsq"] = float(np.einsum("ij,ij->", data, data))
+    _dense_summary(data, start, stop, summary)
     return RowPart(np.arange(start, stop, dtype=np.int64), data), summary
 
 
@@ -143,16 +170,19 @@ def split_part(part: RowPart, buckets: np.ndarray) -> dict[int, RowPart]:
 
 def assemble(*pieces: RowPart) -> RowPart:
     """One part from pieces, rows in position order."""
-    positions = np.concatenate([piece.positions for piece in pieces])
-    ordering = np.argsort(positions, kind="stable")
-    rows = np.concatenate([piece.rows for piece in pieces])
-    return RowPart(positions[ordering], rows[ordering])
+    positions = np.sort(np.concatenate([piece.positions for piece in pieces]))
+    rows = np.empty((positions.shape[0], pieces[0].rows.shape[1]))
+    for piece in pieces:  # one copy: each piece straight to its sorted place
+        rows[np.searchsorted(positions, piece.positions)] = piece.rows
+    return RowPart(positions, rows)
 
 
 def factor_bucket(bucket: RowPart, clusters: list[tuple[np.ndarray, np.ndarray, int]], factored: bool,
                   inner: np.ndarray | None, order: int, options: EngineOptions) -> BucketWork:
     """Factor every cluster of a bucket (members in positions, tie-break values, quota) and rotate its rows."""
-    rows = bucket.rows.copy()  # a task never changes its input: it may run again
+    # the bucket's only consumer is this task, on the same worker: its rows are rotated in
+    # place (a lost bucket is rebuilt from its pieces, never reused half-rotated)
+    rows = bucket.rows
     work = BucketWork(RowPart(bucket.positions, rows), [])
     for members, tie_break, quota in clusters:
         local = np.searchsorted(bucket.positions, members)
@@ -206,7 +236,7 @@ def apply_dense(work: BucketWork, tuples: np.ndarray, rotations: np.ndarray, wav
     Returns the compacted part (new positions) and the wavelets' diagonal and ``r^2``.
     """
     part = work.part
-    rows = part.rows.copy()
+    rows = part.rows  # rotated in place: this task is the rows' last consumer
     GK.rotate_columns(rows, tuples, rotations)
     count = sum(int(result.wavelets.shape[0]) for result in work.levels)
     recorded = np.arange(first, first + count, dtype=np.int64)
@@ -310,6 +340,23 @@ class DaskCompression:
                  enumerate(reads)]
         summaries = client.gather([client.submit(operator.getitem, read, 1, key=f"mmf-summary-{token}-{i}")
                                    for i, read in enumerate(reads)])
+        if not factored and not any(summary["bad"] for summary in summaries):
+            forward = backward = np.uint64(0)
+            for summary in summaries:
+                forward ^= summary["signature"][0]
+                backward ^= summary["signature"][1]
+            if forward == backward:  # exactly symmetric: the rows are the symmetric part
+                for summary in summaries:
+                    summary["asymmetry"] = (0.0, 0, 0)
+            else:  # read the matching columns too
+                reads = [client.submit(symmetrize_part, source.for_block(start, stop), start, stop,
+                                       key=f"mmf-symmetrize-{token}-{i}", pure=False)
+                         for i, (start, stop) in enumerate(bounds)]
+                parts = [client.submit(operator.getitem, read, 0, key=f"mmf-part-{token}-s0-sym-{i}")
+                         for i, read in enumerate(reads)]
+                summaries = client.gather([client.submit(operator.getitem, read, 1,
+                                                         key=f"mmf-summary-{token}-sym-{i}")
+                                           for i, read in enumerate(reads)])
         inner = None
         if factored and not any(summary["bad"] for summary in summaries):
             grams = [client.submit(part_gram, part, key=f"mmf-gram-{token}-{i}") for i, part in enumerate(parts)]

@@ -115,20 +115,22 @@ def rotate_columns(rows, tuples, rotations):
     numbers whatever other rows it is stored with: the Dask engine's parts
     and the local engine's whole buffer agree bit for bit.
     """
-    k = tuples.shape[1]
-    tmp = np.empty(k)
+    levels, k = tuples.shape
+    flat_tuples = tuples.ravel()
+    flat_rotations = rotations.ravel()
+    values = np.empty(k)
     for r in range(rows.shape[0]):
         row = rows[r]
-        for level in range(tuples.shape[0]):
-            t = tuples[level]
-            rotation = rotations[level]
+        for level in range(levels):
+            first = level * k
+            weights = level * k * k
+            for b in range(k):
+                values[b] = row[flat_tuples[first + b]]
             for a in range(k):
                 total = 0.0
                 for b in range(k):
-                    total += rotation[a, b] * row[t[b]]
-                tmp[a] = total
-            for a in range(k):
-                row[t[a]] = tmp[a]
+                    total += flat_rotations[weights + a * k + b] * values[b]
+                row[flat_tuples[first + a]] = total
 
 
 @njit(cache=True)
@@ -209,3 +211,29 @@ def take_block(rows, row_index, column_index):
         for b in range(column_index.shape[0]):
             out[a, b] = source[column_index[b]]
     return out
+
+
+#: a symmetry signature's multipliers are odd 64-bit numbers drawn with this seed
+SIGNATURE_SEED = 0x5EB5
+
+
+@njit(cache=True)
+def symmetry_signature(rows, row_ids, left, right):
+    """Two XOR-folded signatures of ``rows`` (rows ``row_ids`` of ``C``, all columns).
+
+    ``forward`` folds ``bits(C[r, c]) * (left[r] * right[c] | 1)``, ``backward``
+    the same with ``left[c] * right[r]``. Folded over the whole matrix they are
+    equal when ``C`` is exactly symmetric (bit for bit) and, with random
+    multipliers, differ when it is not (a false match has probability about
+    2^-64); each block of rows contributes its part, in any order (XOR).
+    """
+    forward = np.uint64(0)
+    backward = np.uint64(0)
+    one = np.uint64(1)
+    for a in range(rows.shape[0]):
+        r = row_ids[a]
+        bits = rows[a].view(np.uint64)
+        for c in range(bits.shape[0]):
+            forward ^= bits[c] * ((left[r] * right[c]) | one)
+            backward ^= bits[c] * ((left[c] * right[r]) | one)
+    return forward, backward
