@@ -652,7 +652,9 @@ def factorize(
     symmetry_tolerance : float, default 1e-8
         Largest accepted ``|C - C'|`` relative to ``max |C|``.
     progress : callable, optional
-        Called with the number of levels finished since its last call.
+        Called with the number of levels finished since its last call. With
+        ``client=``, a ``stage(number, active)`` method of the same object,
+        if it has one, is called as each stage starts (progress bars).
     incremental : bool, default True
         Keep the insertion state (snapshots at about 30% of the size and at
         ``options.max_deep_snapshot`` indices: dense blocks for a matrix,

@@ -30,7 +30,8 @@ def test_stable_matmul_does_not_depend_on_the_blas_thread_count(tmp_path):
         "import sys, numpy as np\n"
         "from mmf_stream.engine.parts import stable_matmul, stable_gram\n"
         "rng = np.random.default_rng(0)\n"
-        "a = rng.standard_normal((1100, 1100)); b = rng.standard_normal((1100, 64)); x = rng.standard_normal((233, 40))\n"
+        "a = rng.standard_normal((1100, 1100)); b = rng.standard_normal((1100, 64))\n"
+        "x = rng.standard_normal((233, 40))\n"
         "np.savez(sys.argv[1], ab=stable_matmul(a, b), xx=stable_gram(x), xw=stable_matmul(x @ np.eye(40), x.T))\n"
     )
     results = []

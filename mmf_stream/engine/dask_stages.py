@@ -318,6 +318,7 @@ class DaskCompression:
         self.bytes_result = 0
         self._work: list = []
         self._runs: list[list[int]] = []
+        self._names: list[str] = []
         self._stage = 0
         #: called with (stage, active indices) when a stage starts (progress bars)
         self.on_stage = None
@@ -334,11 +335,13 @@ class DaskCompression:
         """
         token = uuid.uuid4().hex[:8]
         bounds = P.block_bounds(size, options.gram_block)
-        reads = [client.submit(read_part, source.for_block(start, stop), start, stop, factored, key=f"mmf-read-{token}-{i}", pure=False)
-                 for i, (start, stop) in enumerate(bounds)]
-        parts = [client.submit(operator.getitem, read, 0, key=f"mmf-part-{token}-s0-{i}") for i, read in
-                 enumerate(reads)]
-        summaries = client.gather([client.submit(operator.getitem, read, 1, key=f"mmf-summary-{token}-{i}")
+        reads = [client.submit(read_part, source.for_block(start, stop), start, stop, factored,
+                               key=task_key("read", 0, f"rows{start}to{stop}", token), pure=False)
+                 for start, stop in bounds]
+        parts = [client.submit(operator.getitem, read, 0, key=task_key("part", 0, f"rows{start}to{stop}", token))
+                 for read, (start, stop) in zip(reads, bounds)]
+        summaries = client.gather([client.submit(operator.getitem, read, 1,
+                                                 key=task_key("summary", 0, f"part{i}", token))
                                    for i, read in enumerate(reads)])
         if not factored and not any(summary["bad"] for summary in summaries):
             forward = backward = np.uint64(0)
@@ -350,17 +353,18 @@ class DaskCompression:
                     summary["asymmetry"] = (0.0, 0, 0)
             else:  # read the matching columns too
                 reads = [client.submit(symmetrize_part, source.for_block(start, stop), start, stop,
-                                       key=f"mmf-symmetrize-{token}-{i}", pure=False)
+                                       key=task_key("symmetrize", 0, f"rows{start}to{stop}", token), pure=False)
                          for i, (start, stop) in enumerate(bounds)]
-                parts = [client.submit(operator.getitem, read, 0, key=f"mmf-part-{token}-s0-sym-{i}")
+                parts = [client.submit(operator.getitem, read, 0, key=task_key("part", 0, f"symmetric{i}", token))
                          for i, read in enumerate(reads)]
                 summaries = client.gather([client.submit(operator.getitem, read, 1,
-                                                         key=f"mmf-summary-{token}-sym-{i}")
+                                                         key=task_key("summary", 0, f"symmetric{i}", token))
                                            for i, read in enumerate(reads)])
         inner = None
         if factored and not any(summary["bad"] for summary in summaries):
-            grams = [client.submit(part_gram, part, key=f"mmf-gram-{token}-{i}") for i, part in enumerate(parts)]
-            inner = client.submit(sum_partials, *grams, key=f"mmf-inner-{token}-s0")
+            grams = [client.submit(part_gram, part, key=task_key("gram", 0, f"part{i}", token))
+                     for i, part in enumerate(parts)]
+            inner = client.submit(sum_partials, *grams, key=task_key("inner", 0, "all", token))
         del reads
         compression = cls(client, factored, size, width if factored else size, parts,
                           [np.arange(start, stop, dtype=np.int64) for start, stop in bounds], inner, explicit_max,
@@ -395,6 +399,9 @@ class DaskCompression:
             self.stages.append(StageRecord(stage=self._stage, active=self.n))
         return self.stages[-1]
 
+    def _key(self, phase: str, detail: str) -> str:
+        return task_key(phase, self._stage, detail, self.token)
+
     def _workers(self) -> list[str]:
         return sorted(self.client.scheduler_info()["workers"])
 
@@ -413,7 +420,7 @@ class DaskCompression:
             rng.standard_normal((self.n, width))  # the local engine draws the same sketch here
             sketch = None
         futures = [client.submit(part_features, part, state, width, sketch,
-                                 key=f"mmf-stage{self._stage}-features-{self.token}-{i}")
+                                 key=self._key("features", f"part{i}"))
                    for i, part in enumerate(self.parts)]
         record.bytes_sent += (_nbytes(state) + _nbytes(sketch)) * len(futures)
         pieces = client.gather(futures)
@@ -445,6 +452,7 @@ class DaskCompression:
         client = self.client
         stage = self._stage
         runs = self._bucket_runs([group.shape[0] for group in members])
+        names = [f"bucket{b}-clusters{run[0]}to{run[-1]}" for b, run in enumerate(runs)]
         bucket_of = np.full(self.n, -1, dtype=np.int64)
         for b, run in enumerate(runs):
             for number in run:
@@ -453,25 +461,26 @@ class DaskCompression:
         pieces: dict[int, list] = {b: [] for b in range(len(runs))}
         for i, (part, positions) in enumerate(zip(self.parts, self.part_positions)):
             buckets = bucket_of[positions]
-            split = client.submit(split_part, part, buckets, key=f"mmf-stage{stage}-split-{self.token}-{i}")
+            split = client.submit(split_part, part, buckets, key=self._key("split", f"part{i}"))
             record.bytes_sent += _nbytes(buckets)
             for b in np.unique(buckets):
                 pieces[int(b)].append(client.submit(operator.getitem, split, int(b),
-                                                    key=f"mmf-stage{stage}-piece-{self.token}-{i}-{b}"))
+                                                    key=self._key("piece", f"part{i}-bucket{b}")))
         self._work = []
         self._hints = []
         level_futures = []
         for b, run in enumerate(runs):
             hint = dict(workers=[workers[b % len(workers)]], allow_other_workers=True)
-            bucket = client.submit(assemble, *pieces[b], key=f"mmf-stage{stage}-bucket-{self.token}-{b}", **hint)
+            bucket = client.submit(assemble, *pieces[b], key=self._key("bucket", names[b]), **hint)
             clusters = [(members[number], tie_breaks[number], int(quotas[number])) for number in run]
             record.bytes_sent += _nbytes(clusters)
             work = client.submit(factor_bucket, bucket, clusters, self.factored, self.inner, order, options,
-                                 key=f"mmf-stage{stage}-factor-{self.token}-{b}", **hint)
+                                 key=self._key("factor", names[b]), **hint)
             self._work.append(work)
             self._hints.append(hint)
-            level_futures.append(client.submit(bucket_levels, work, key=f"mmf-stage{stage}-levels-{self.token}-{b}"))
+            level_futures.append(client.submit(bucket_levels, work, key=self._key("levels", names[b])))
         self._runs = runs
+        self._names = names
         results = [result for levels in client.gather(level_futures) for result in levels]
         record.bytes_received += sum(_nbytes(result) for result in results)
         record.clusters = len(members)
@@ -494,30 +503,30 @@ class DaskCompression:
         counts = [sum(int(results[number].wavelets.shape[0]) for number in run) for run in self._runs]
         firsts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
         if self.factored:
-            shared = client.submit(_identity, keep, key=f"mmf-stage{stage}-keep-{self.token}")
+            shared = client.submit(_identity, keep, key=self._key("keep", "all"))
             record.bytes_sent += _nbytes(keep)
             outputs = []
             inner = self.inner
             for b, work in enumerate(self._work):
                 hint = self._hints[b]
-                chain = client.submit(chain_link, inner, work, key=f"mmf-stage{stage}-chain-{self.token}-{b}", **hint)
-                inner = client.submit(operator.getitem, chain, 0, key=f"mmf-stage{stage}-inner-{self.token}-{b}",
+                chain = client.submit(chain_link, inner, work, key=self._key("chain", self._names[b]), **hint)
+                inner = client.submit(operator.getitem, chain, 0, key=self._key("inner", self._names[b]),
                                       **hint)
                 outputs.append(client.submit(apply_factored, work, chain, shared,
-                                             key=f"mmf-stage{stage}-apply-{self.token}-{b}", **hint))
+                                             key=self._key("apply", self._names[b]), **hint))
             self.inner = inner
         else:
             shared = client.submit(_identity, (tuples, rotations, wavelets, keep),
-                                   key=f"mmf-stage{stage}-levels-{self.token}")
+                                   key=self._key("stagelevels", "all"))
             record.bytes_sent += _nbytes((tuples, rotations, wavelets, keep))
             outputs = [client.submit(_apply_dense_shared, work, shared, int(first),
-                                     key=f"mmf-stage{stage}-apply-{self.token}-{b}", **self._hints[b])
+                                     key=self._key("apply", self._names[b]), **self._hints[b])
                        for b, (work, first) in enumerate(zip(self._work, firsts))]
         new_parts, new_positions, diagonal, energy = [], [], [], []
-        summaries = client.gather([client.submit(_energies, output, key=f"mmf-stage{stage}-energy-{self.token}-{b}")
+        summaries = client.gather([client.submit(_energies, output, key=self._key("energy", self._names[b]))
                                    for b, output in enumerate(outputs)])
         for b, (output, (part_diagonal, part_energy)) in enumerate(zip(outputs, summaries)):
-            new_parts.append(client.submit(operator.getitem, output, 0, key=f"mmf-part-{self.token}-s{stage}-{b}"))
+            new_parts.append(client.submit(operator.getitem, output, 0, key=self._key("part", self._names[b])))
             diagonal.append(part_diagonal)
             energy.append(part_energy)
             record.bytes_received += _nbytes(part_diagonal) + _nbytes(part_energy)
@@ -527,7 +536,7 @@ class DaskCompression:
             if self.factored:
                 start = int(firsts[b])
                 self.final_rows.append((client.submit(operator.getitem, output, 3,
-                                                      key=f"mmf-final-{self.token}-s{stage}-{b}"),
+                                                      key=self._key("final", self._names[b])),
                                         self.index[wavelets[start:start + counts[b]]]))
         self.parts, self.part_positions = new_parts, new_positions
         self._work = []
@@ -586,6 +595,12 @@ class DaskCompression:
         self.parts = []
         self.final_rows = []
         return local
+
+
+def task_key(phase: str, stage: int, detail: str, token: str) -> str:
+    """``mmf-<phase>-stage<N>-<detail>-<token>``: the dashboard groups tasks by ``mmf-<phase>``
+    (Dask's key prefix), and each key names its stage and its clusters or rows."""
+    return f"mmf-{phase}-stage{stage}-{detail}-{token}"
 
 
 def _identity(value: Any) -> Any:
