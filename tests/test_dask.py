@@ -169,6 +169,11 @@ def test_bad_input_on_a_cluster_is_one_line(inputs, tmp_path, capsys, monkeypatc
     nan_path = tmp_path / "nan.zarr"
     zarr.create_array(str(nan_path), shape=broken.shape, chunks=(100, 8), dtype="f8")[:] = broken
     with local_cluster(tmp_path / "cluster", 1) as address:
+        # an in-memory array is sent to the workers block by block: the same result
+        matrix = ms.hierarchical_covariance(300, seed=2)
+        assert_identical(ms.factorize(matrix, order=4, core_size=40, schedule="staged", options=OPTIONS),
+                         ms.factorize(matrix, order=4, core_size=40, schedule="staged", options=OPTIONS,
+                                      client=address))
         with pytest.raises(ValueError, match=r"not symmetric: largest asymmetry \|C\[5,7\] - C\[7,5\]\|"):
             ms.factorize(str(path), order=4, schedule="staged", options=OPTIONS, client=address)
         with pytest.raises(ValueError, match=r"non-finite entries \(NaN or Inf\), first at \(17, 3\)"):
