@@ -22,13 +22,16 @@ written as a Zarr array (chunks of 4096 rows x all columns) under ``--tmpdir``
 about 2 GB there). Each row then runs in a fresh subprocess:
 
 * ``local``: the local staged engine. Compiles the kernels
-  (:func:`mmf_stream._warmup.warm_up`, not timed), then times loading the Zarr
-  array into NumPy plus ``ms.factorize(array, ...)``. NUMBA and the
+  (:func:`mmf_stream._warmup.warm_up` and the row's call on a tiny input, not
+  timed), then times loading the Zarr array into NumPy plus
+  ``ms.factorize(array, ...)``. NUMBA and the
   OMP/OPENBLAS/MKL thread counts are the machine's cores (also in the Dask
   rows' client process; Dask's nannies start the workers with 1 BLAS thread).
 * ``dask-N``: starts ``LocalCluster(n_workers=N, threads_per_worker=1,
   processes=True, host="127.0.0.1", dashboard_address=None)``, warms the
-  client process and every worker (not timed), then times
+  client process and every worker (``warm_up``, then the row's call on a tiny
+  input on the cluster, since ``warm_up`` does not run the Dask engine's own
+  kernels; not timed), then times
   ``ms.factorize(path, ..., client=client)`` while recording
   ``distributed.get_task_stream``.
 
@@ -98,7 +101,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -113,6 +116,8 @@ from mmf_stream.engine.dask_stages import BUCKETS_PER_WORKER  # noqa: E402
 
 #: engine options of every ``--quick`` run (small clusters and read blocks: several stages on small inputs)
 QUICK_OPTIONS = {"cluster_size": 64, "greedy_below": 128, "gram_block": 512}
+#: the tiny staged run that compiles every kernel of a row's path before it is timed (several stages)
+WARM_SIZE, WARM_OPTIONS = 320, {"cluster_size": 32, "greedy_below": 40, "gram_block": 128}
 #: rows per Zarr chunk (all the columns in each chunk)
 CHUNK_ROWS = 4096
 #: worker counts the model projects to (besides the measured ones)
@@ -139,7 +144,7 @@ class Case:
     dim: int | None
     order: int
     core: int | None  # None: factorize's default (full depth)
-    options: dict | None  # None: the engine's defaults
+    options: dict | None = field(default=None, compare=False)  # None: the engine's defaults (not hashed)
 
     @property
     def columns(self) -> int:
@@ -185,14 +190,34 @@ def plan(quick: bool, workers: list[int], local: bool) -> list[Row]:
 
 
 # ------------------------------------------------------------------ child side
+def _data(case: Case) -> np.ndarray:
+    """The case's input: the covariance (dense) or the class means (factored)."""
+    if case.dim is None:
+        return ms.hierarchical_covariance(case.m, seed=0)
+    return ms.class_means(case.m, case.dim, seed=0)
+
+
 def _generate(case: Case, path: str) -> None:
     """Write the case's input as a Zarr array at ``path``."""
     import zarr
 
-    data = (ms.hierarchical_covariance(case.m, seed=0) if case.dim is None
-            else ms.class_means(case.m, case.dim, seed=0))
+    data = _data(case)
     array = zarr.create_array(path, shape=data.shape, chunks=(min(CHUNK_ROWS, case.m), case.columns), dtype="f8")
     array[:] = data
+
+
+def _warm(case: Case, client=None) -> None:
+    """Compile the kernels before the timed runs: :func:`mmf_stream._warmup.warm_up` here (and on every worker),
+    then the case's call on a tiny input (on the cluster, too: warm_up does not run the Dask engine's own
+    kernels, e.g. the reads' symmetry signature and the compaction's block take)."""
+    from mmf_stream._warmup import warm_up
+
+    warm_up()
+    if client is not None:
+        client.run(warm_up)
+    tiny = Case(case.name, WARM_SIZE, case.dim, case.order, None if case.core is None else WARM_SIZE // 8,
+                WARM_OPTIONS)
+    _factorize(tiny, _data(tiny), client=client)
 
 
 def _factorize(case: Case, data, client=None):
@@ -262,9 +287,7 @@ def _quiet_dask() -> None:
 def _measure_local(case: Case, path: str, repeats: int) -> dict:
     import zarr
 
-    from mmf_stream._warmup import warm_up
-
-    warm_up()
+    _warm(case)
     runs = []
     for _ in range(repeats):
         start = time.perf_counter()
@@ -277,15 +300,12 @@ def _measure_local(case: Case, path: str, repeats: int) -> dict:
 def _measure_dask(case: Case, path: str, workers: int, repeats: int) -> dict:
     from distributed import Client, LocalCluster, get_task_stream
 
-    from mmf_stream._warmup import warm_up
-
     _quiet_dask()
-    warm_up()  # the client process: partitions, final greedy levels, snapshots
     runs = []
     with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
                       dashboard_address=None) as cluster, Client(cluster, set_as_default=False) as client:
         client.wait_for_workers(workers)
-        client.run(warm_up)
+        _warm(case, client)  # the workers and this process (partitions, final greedy levels, snapshots)
         for _ in range(repeats):
             with get_task_stream(client=client) as stream:
                 start = time.perf_counter()
@@ -414,11 +434,16 @@ def scheduler_share(case: Case, run: dict) -> str:
             f"{fmt_share(100 * top / case.matrix_bytes)} of C)")
 
 
-def identical(run: dict, local: dict | None) -> str:
+def identical(result: dict, local: dict | None) -> str:
+    """``yes`` when every run's result (digest and error) is the local engine's first run's (for the local row:
+    when its repeats agree); ``-`` with nothing to compare."""
+    outcomes = {(run["digest"], run["error"]) for run in result["runs"]}
+    if local is result:
+        return "-" if len(result["runs"]) == 1 else ("yes" if len(outcomes) == 1 else "no (repeats differ)")
     if not ok(local):
         return "-"
     reference = local["runs"][0]
-    return "yes" if (run["digest"], run["error"]) == (reference["digest"], reference["error"]) else "no"
+    return "yes" if outcomes == {(reference["digest"], reference["error"])} else "no"
 
 
 def main_rows(results: dict[Row, dict], markdown: bool) -> list[list[str]]:
@@ -432,21 +457,15 @@ def main_rows(results: dict[Row, dict], markdown: bool) -> list[list[str]]:
             table.append([*head, message.replace("|", "\\|") if markdown else message, *["-"] * 7])
             continue
         seconds = median_seconds(result)
-        local = results.get(Row(case, 0))
-        one = results.get(Row(case, 1))
-        relative = f"{seconds / median_seconds(local):.2f}x" if ok(local) else "-"
-        speedup = f"{median_seconds(one) / seconds:.2f}x" if ok(one) else "-"
-        if not row.workers:
-            runs = result["runs"]
-            same = "yes" if len({(run["digest"], run["error"]) for run in runs}) == 1 else "no (repeats differ)"
-            table.append([*head, fmt_seconds(seconds), relative, speedup, same if len(runs) > 1 else "-",
-                          "-", "-", "-"])
-            continue
-        runs = result["runs"]
-        same = "yes" if all(identical(run, local) == "yes" for run in runs) else identical(runs[0], local)
-        run = median_run(result)
-        table.append([*head, fmt_seconds(seconds), relative, speedup, same if ok(local) else "-",
-                      str(len(run["stages"])), scheduler_share(case, run), fmt_bytes(run["bytes_result"])])
+        local, one = results.get(Row(case, 0)), results.get(Row(case, 1))
+        cells = [fmt_seconds(seconds), f"{seconds / median_seconds(local):.2f}x" if ok(local) else "-",
+                 f"{median_seconds(one) / seconds:.2f}x" if ok(one) else "-", identical(result, local)]
+        if row.workers:
+            run = median_run(result)
+            cells += [str(len(run["stages"])), scheduler_share(case, run), fmt_bytes(run["bytes_result"])]
+        else:
+            cells += ["-", "-", "-"]
+        table.append([*head, *cells])
     return table
 
 
@@ -481,8 +500,9 @@ class StageCost:
         return sum(seconds / min(workers, widths[group]) for group, seconds in self.compute.items())
 
     def moved(self, workers: int, dim: int | None) -> float:
-        """Bytes regrouped between workers (an estimate: the active rows, a share 1 - 1/N of them); reads: 0."""
-        if self.stage == 0:
+        """Bytes regrouped between workers (an estimate: the active rows, a share 1 - 1/N of them); 0 for the
+        reads and for a stage without clusters (its features round only)."""
+        if self.stage == 0 or not self.clusters:
             return 0.0
         return (1 - 1 / workers) * self.active * (self.active if dim is None else dim) * 8
 
@@ -566,8 +586,11 @@ class Model:
 
 
 def stage_tasks(parts: int, buckets: int, dim: int | None) -> int:
-    """Tasks of one stage: features and split per part, pieces per part and bucket (at most), the rest per
-    bucket (bucket, factor, levels, apply, energy, new part; factored also chain, inner, final rows), one shared."""
+    """Tasks of one stage: features and split per part, pieces per part and bucket (at most; so far every part
+    held rows of every bucket), the rest per bucket (bucket, factor, levels, apply, energy, new part; factored
+    also chain, inner, final rows), one shared; a stage without clusters runs its features only."""
+    if not buckets:
+        return parts
     return 2 * parts + parts * buckets + (6 if dim is None else 9) * buckets + 1
 
 
@@ -662,6 +685,12 @@ def parse_workers(text: str) -> list[int]:
     return values
 
 
+def detailed(workers: list[int]) -> list[int]:
+    """The worker counts with a per-stage table: 1 and 2 (the smallest two where neither ran)."""
+    small = [n for n in workers if n <= 2]
+    return small or workers[:2]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--markdown", action="store_true", help="print Markdown tables")
@@ -704,9 +733,10 @@ def main() -> None:
     )
 
     for case in {row.case: None for row in results}:
-        runs = {row.workers: median_run(result) for row, result in results.items()
-                if row.case == case and row.workers and ok(result)}
-        for workers in sorted(runs)[:2] if min(runs, default=0) > 2 else [n for n in sorted(runs) if n <= 2]:
+        finished = {row.workers: result for row, result in results.items()
+                    if row.case == case and row.workers and ok(result)}
+        runs = {workers: median_run(result) for workers, result in finished.items()}
+        for workers in detailed(sorted(runs)):
             print()
             print_table(
                 f"Per stage, {case.name} m={case.m}, dask {workers} worker(s), median run: task compute seconds "
@@ -725,8 +755,8 @@ def main() -> None:
             if runs:
                 print(f"\nmodel for {case.name}: needs a 1-worker run (--workers 1,...)")
             continue
-        model_lines(case, model, {workers: median_seconds(result) for row, result in results.items()
-                                  if row.case == case and (workers := row.workers) and ok(result)}, args.markdown)
+        model_lines(case, model, {workers: median_seconds(result) for workers, result in finished.items()},
+                    args.markdown)
 
     lines = target_lines(results, args.quick)
     if lines:
