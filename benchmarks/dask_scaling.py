@@ -256,12 +256,14 @@ def classify(key: str) -> tuple[int, str, str]:
 
 
 def stream_by_stage(records: list[dict]) -> dict[str, dict]:
-    """Task stream records summed per stage: compute per group, tasks (and per phase), transfer seconds, span."""
+    """Task stream records summed per stage: compute per group, tasks (and per phase), transfer and spill
+    seconds, span."""
     stages: dict[str, dict] = {}
     for record in records:
         stage, phase, group = classify(str(record["key"]))
         entry = stages.setdefault(str(stage), {"compute": dict.fromkeys(GROUPS, 0.0), "tasks": 0, "phases": {},
-                                               "transfer": 0.0, "start": math.inf, "stop": -math.inf})
+                                               "transfer": 0.0, "spill": 0.0, "start": math.inf,
+                                               "stop": -math.inf})
         entry["tasks"] += 1
         entry["phases"][phase] = entry["phases"].get(phase, 0) + 1
         for step in record.get("startstops", ()):
@@ -270,6 +272,8 @@ def stream_by_stage(records: list[dict]) -> dict[str, dict]:
                 entry["compute"][group] += duration
             elif step["action"] == "transfer":
                 entry["transfer"] += duration
+            elif step["action"] in ("disk-read", "disk-write"):  # a worker spilled (memory limit)
+                entry["spill"] += duration
             entry["start"] = min(entry["start"], step["start"])
             entry["stop"] = max(entry["stop"], step["stop"])
     for entry in stages.values():
@@ -685,6 +689,42 @@ def parse_workers(text: str) -> list[int]:
     return values
 
 
+def print_case_details(case: Case, results: dict[Row, dict], markdown: bool) -> None:
+    """The per-stage tables of the case's 1- and 2-worker runs, then the model fitted to them."""
+    bullet = "- " if markdown else ""
+    finished = {row.workers: result for row, result in results.items()
+                if row.case == case and row.workers and ok(result)}
+    runs = {workers: median_run(result) for workers, result in finished.items()}
+    for workers in detailed(sorted(runs)):
+        run = runs[workers]
+        print()
+        print_table(
+            f"Per stage, {case.name} m={case.m}, dask {workers} worker(s), median run: task compute seconds "
+            "per phase group (task stream), moved = bytes regrouped between workers (ESTIMATE: "
+            "(1 - 1/N) x active rows x row bytes), overhead = wall - compute / min(N, group's width) "
+            "(chain is sequential), clamped at 0",
+            STAGE_HEADER, stage_rows(case, run, workers), markdown)
+        costs = stage_costs(run)
+        print(f"{bullet}total {fmt_seconds(run['seconds'])} s = reads {fmt_seconds(costs[0].wall)} s + stages "
+              f"{fmt_seconds(sum(cost.wall for cost in costs[1:]))} s + client serial "
+              f"{fmt_seconds(serial_seconds(run, costs))} s (partitions, gathers, final greedy levels, snapshots)")
+        spilled = sum(entry.get("spill", 0.0) for entry in run["stream"].values())
+        if spilled:
+            print(f"{bullet}WARNING: workers spilled to disk for {spilled:.2f} s in this run (memory limit per "
+                  "worker = machine memory / N); its timings include that")
+    model = fit_model(case, runs)
+    if model is None:
+        if runs:
+            print(f"\n{bullet}model for {case.name}: needs a 1-worker run (--workers 1,...)")
+        return
+    model_lines(case, model, {workers: median_seconds(result) for workers, result in finished.items()}, markdown)
+    cores = os.cpu_count() or 1
+    crowded = [workers for workers in runs if workers <= 2 and workers + 1 > cores]
+    if crowded:
+        print(f"{bullet}caveat: the {'/'.join(map(str, crowded))}-worker run(s) shared this machine's {cores} cores "
+              "with the scheduler and the client process: the fitted constants absorb that contention")
+
+
 def detailed(workers: list[int]) -> list[int]:
     """The worker counts with a per-stage table: 1 and 2 (the smallest two where neither ran)."""
     small = [n for n in workers if n <= 2]
@@ -733,30 +773,7 @@ def main() -> None:
     )
 
     for case in {row.case: None for row in results}:
-        finished = {row.workers: result for row, result in results.items()
-                    if row.case == case and row.workers and ok(result)}
-        runs = {workers: median_run(result) for workers, result in finished.items()}
-        for workers in detailed(sorted(runs)):
-            print()
-            print_table(
-                f"Per stage, {case.name} m={case.m}, dask {workers} worker(s), median run: task compute seconds "
-                "per phase group (task stream), moved = bytes regrouped between workers (ESTIMATE: "
-                "(1 - 1/N) x active rows x row bytes), overhead = wall - compute / min(N, group's width) "
-                "(chain is sequential), clamped at 0",
-                STAGE_HEADER, stage_rows(case, runs[workers], workers), args.markdown)
-            costs = stage_costs(runs[workers])
-            print(("- " if args.markdown else "") +
-                  f"total {fmt_seconds(runs[workers]['seconds'])} s = reads {fmt_seconds(costs[0].wall)} s + stages "
-                  f"{fmt_seconds(sum(cost.wall for cost in costs[1:]))} s + client serial "
-                  f"{fmt_seconds(serial_seconds(runs[workers], costs))} s (partitions, gathers, final greedy levels, "
-                  "snapshots)")
-        model = fit_model(case, runs)
-        if model is None:
-            if runs:
-                print(f"\nmodel for {case.name}: needs a 1-worker run (--workers 1,...)")
-            continue
-        model_lines(case, model, {workers: median_seconds(result) for workers, result in finished.items()},
-                    args.markdown)
+        print_case_details(case, results, args.markdown)
 
     lines = target_lines(results, args.quick)
     if lines:
