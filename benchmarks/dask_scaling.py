@@ -112,7 +112,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import mmf_stream as ms  # noqa: E402
 from _common import print_table  # noqa: E402
-from mmf_stream.engine.dask_stages import BUCKETS_PER_WORKER  # noqa: E402
+from mmf_stream.engine.dask_stages import BUCKETS_PER_WORKER, ONE_BUCKET_FROM  # noqa: E402
 
 #: engine options of every ``--quick`` run (small clusters and read blocks: several stages on small inputs)
 QUICK_OPTIONS = {"cluster_size": 64, "greedy_below": 128, "gram_block": 512}
@@ -125,14 +125,13 @@ PROJECTED = (1, 2, 4, 8, 16, 32, 64)
 #: phase (from the task key) -> phase group of the per-stage table
 PHASE_GROUP = {"features": "features", "split": "shuffle", "piece": "shuffle", "bucket": "shuffle",
                "factor": "factor", "levels": "factor", "chain": "chain", "inner": "chain", "apply": "apply",
-               "energy": "apply", "keep": "apply", "part": "apply", "final": "apply"}
+               "energy": "apply", "keep": "apply", "part": "apply", "final": "apply", "stagelevels": "apply"}
 GROUPS = ("read", "features", "shuffle", "factor", "chain", "apply")
 #: targets: 1 worker / local, 2 workers' speedup over 1 (dense), bytes per stage through the scheduler / matrix
 TARGET_ONE_WORKER, TARGET_TWO_WORKERS, TARGET_BYTES = 1.15, 1.6, 0.01
 
-_STAGE_KEY = re.compile(r"^mmf-stage(\d+)-([a-z]+)-")
-_ROWS_KEY = re.compile(r"^mmf-(part|final)-[0-9a-f]+-s(\d+)-")
-_READ_KEY = re.compile(r"^mmf-(read|summary|symmetrize|gram|inner)-")
+#: the engine's task keys: mmf-<phase>-stage<N>-<detail>-<token> (stage 0: the reads)
+_TASK_KEY = re.compile(r"^mmf-([a-z]+)-stage(\d+)-")
 
 
 @dataclass(frozen=True)
@@ -243,16 +242,11 @@ def _digest(f) -> str:
 
 def classify(key: str) -> tuple[int, str, str]:
     """``(stage, phase, group)`` of a task key; stage 0 is the reads and the set-up before stage 1."""
-    match = _STAGE_KEY.match(key)
-    if match:
-        phase = match.group(2)
-        return int(match.group(1)), phase, PHASE_GROUP.get(phase, "apply")
-    match = _ROWS_KEY.match(key)
-    if match:
-        stage = int(match.group(2))
-        return stage, match.group(1), "read" if stage == 0 else "apply"
-    match = _READ_KEY.match(key)
-    return 0, match.group(1) if match else "setup", "read"  # setup: the probes and norms (unnamed keys)
+    match = _TASK_KEY.match(key)
+    if not match:
+        return 0, "setup", "read"  # the probes and norms (unnamed keys)
+    phase, stage = match.group(1), int(match.group(2))
+    return stage, phase, "read" if stage == 0 else PHASE_GROUP.get(phase, "apply")
 
 
 def stream_by_stage(records: list[dict]) -> dict[str, dict]:
@@ -580,7 +574,8 @@ class Model:
             if cost.stage == 0:
                 total += cost.parallel_compute(workers) + cost.tasks * self.per_task
                 continue
-            buckets = min(BUCKETS_PER_WORKER * workers, cost.clusters)
+            per_worker = 1 if workers >= ONE_BUCKET_FROM else BUCKETS_PER_WORKER
+            buckets = min(per_worker * workers, cost.clusters)
             parts = cost.parts if previous_buckets is None else previous_buckets
             tasks = cost.tasks + stage_tasks(parts, buckets, self.dim) - stage_tasks(cost.parts, cost.buckets, self.dim)
             total += (cost.parallel_compute(workers, parts, buckets) + cost.rounds * self.round_trip

@@ -79,4 +79,14 @@ def warm_up() -> float:
         for array in (square, np.asfortranarray(square), square[::2, ::2]):
             max_asymmetry(array)
             symmetrize_into(array, np.empty(array.shape))
+    # the Dask engine's read kernels (its stage kernels ran above, through the local engine)
+    from mmf_stream.engine import gram_kernels as GK
+    from mmf_stream.engine.dask_stages import signature_multipliers
+
+    left, right = signature_multipliers(8)
+    for dtype in (np.float64, np.float32):
+        square = C[:8, :8].astype(dtype)
+        GK.symmetric_rows(square[:4], square[:, :4])
+    GK.symmetry_signature(C[:4, :8].copy(), np.arange(4, dtype=np.int64), left, right)
+    GK.take_block(C[:8, :8].copy(), np.arange(3, dtype=np.int64), np.arange(5, dtype=np.int64))
     return time.perf_counter() - start

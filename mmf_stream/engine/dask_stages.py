@@ -50,9 +50,12 @@ from mmf_stream.engine.options import DEFAULT_OPTIONS, EngineOptions
 from mmf_stream.engine.raw import Snapshot
 from mmf_stream.engine.staged import ClusterLevels, ClusterTask, factor_cluster
 
-#: buckets (groups of clusters that travel together) per worker in a stage: more
-#: than one evens out the load when clusters differ in cost
+#: buckets (groups of clusters that travel together) per worker in a stage on small
+#: clusters: two even out the load when clusters differ in cost
 BUCKETS_PER_WORKER = 2
+#: from this many workers on, one bucket per worker: regrouping rows costs a task per
+#: (part, bucket) pair, so tasks grow like buckets^2
+ONE_BUCKET_FROM = 4
 
 
 @dataclass
@@ -434,7 +437,9 @@ class DaskCompression:
 
     def _bucket_runs(self, sizes: list[int]) -> list[list[int]]:
         """Contiguous runs of clusters with about equal rows, one per bucket."""
-        count = min(len(sizes), max(1, BUCKETS_PER_WORKER * len(self._workers())))
+        workers = len(self._workers())
+        per_worker = 1 if workers >= ONE_BUCKET_FROM else BUCKETS_PER_WORKER
+        count = min(len(sizes), max(1, per_worker * workers))
         target = sum(sizes) / count
         runs: list[list[int]] = [[]]
         filled = 0.0
