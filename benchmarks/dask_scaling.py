@@ -119,7 +119,7 @@ QUICK_OPTIONS = {"cluster_size": 64, "greedy_below": 128, "gram_block": 512}
 #: the tiny staged run that compiles every kernel of a row's path before it is timed (several stages)
 WARM_SIZE, WARM_OPTIONS = 320, {"cluster_size": 32, "greedy_below": 40, "gram_block": 128}
 #: rows per Zarr chunk (all the columns in each chunk)
-CHUNK_ROWS = 4096
+CHUNK_ROWS = 1024
 #: worker counts the model projects to (besides the measured ones)
 PROJECTED = (1, 2, 4, 8, 16, 32, 64)
 #: phase (from the task key) -> phase group of the per-stage table

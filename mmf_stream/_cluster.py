@@ -44,6 +44,8 @@ class ZarrSource:
         self.array = array
         self.shape = tuple(array.shape)
         self.dtype = array.dtype
+        #: rows per chunk: a dense input is read in blocks of whole chunks of rows
+        self.row_chunk = int(array.chunks[0]) if getattr(array, "chunks", None) else 0
 
     def for_block(self, start: int, stop: int) -> ZarrSource:
         return self

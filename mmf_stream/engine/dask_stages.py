@@ -53,6 +53,11 @@ from mmf_stream.engine.staged import ClusterLevels, ClusterTask, factor_cluster
 #: buckets (groups of clusters that travel together) per worker in a stage on small
 #: clusters: two even out the load when clusters differ in cost
 BUCKETS_PER_WORKER = 2
+#: a dense input is read in blocks of this many rows (no sum runs across the rows of a
+#: dense input, so the block only sets how many tasks share the reads and the first
+#: stage's features; class means are read in blocks of ``options.gram_block`` rows, the
+#: blocks of the Gram's fixed-order sum)
+DENSE_READ_ROWS = 1024
 #: from this many workers on, one bucket per worker: regrouping rows costs a task per
 #: (part, bucket) pair, so tasks grow like buckets^2
 ONE_BUCKET_FROM = 4
@@ -330,14 +335,18 @@ class DaskCompression:
     @classmethod
     def from_source(cls, client: Any, source: Any, size: int, width: int, *, factored: bool,
                     explicit_max: int = 0, options: EngineOptions = DEFAULT_OPTIONS) -> tuple[DaskCompression, list]:
-        """Submit the reads of ``source`` in blocks of ``options.gram_block`` rows; returns the
-        compression and the read summaries.
+        """Submit the reads of ``source`` in blocks of rows (``options.gram_block`` for class
+        means, :data:`DENSE_READ_ROWS` for a dense matrix); returns the compression and the
+        read summaries.
 
         ``source.for_block(start, stop)`` gives what a read task needs (a picklable
         object with ``rows(start, stop)`` and, dense, ``columns(start, stop)``).
         """
         token = uuid.uuid4().hex[:8]
-        bounds = P.block_bounds(size, options.gram_block)
+        # class means: the Gram's fixed blocks; a dense matrix: the source's row chunks (a read
+        # never decompresses a chunk another read decompresses too), else DENSE_READ_ROWS
+        block = options.gram_block if factored else int(getattr(source, "row_chunk", 0) or DENSE_READ_ROWS)
+        bounds = P.block_bounds(size, block)
         reads = [client.submit(read_part, source.for_block(start, stop), start, stop, factored,
                                key=task_key("read", 0, f"rows{start}to{stop}", token), pure=False)
                  for start, stop in bounds]
