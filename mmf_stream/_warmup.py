@@ -88,5 +88,6 @@ def warm_up() -> float:
         square = C[:8, :8].astype(dtype)
         GK.symmetric_rows(square[:4], square[:, :4])
     GK.symmetry_signature(C[:4, :8].copy(), np.arange(4, dtype=np.int64), left, right)
-    GK.take_block(C[:8, :8].copy(), np.arange(3, dtype=np.int64), np.arange(5, dtype=np.int64))
+    GK.take_block_into(C[:8, :8].copy(), np.arange(3, dtype=np.int64), np.arange(5, dtype=np.int64),
+                       np.empty((3, 5)), np.arange(3, dtype=np.int64))
     return time.perf_counter() - start

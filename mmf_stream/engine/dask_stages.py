@@ -75,7 +75,7 @@ class RowPart:
 class BucketWork:
     """A bucket after its clusters were factored: rows rotated, levels, factored extras."""
 
-    part: RowPart
+    bucket: Bucket
     levels: list[ClusterLevels]
     wavelet_rows: list[np.ndarray | None] = field(default_factory=list)  # factored: X of each cluster
     grams: list[np.ndarray | None] = field(default_factory=list)  # factored: X' X
@@ -176,25 +176,52 @@ def split_part(part: RowPart, buckets: np.ndarray) -> dict[int, RowPart]:
     return {int(b): RowPart(part.positions[buckets == b], part.rows[buckets == b]) for b in np.unique(buckets)}
 
 
-def assemble(*pieces: RowPart) -> RowPart:
-    """One part from pieces, rows in position order."""
-    positions = np.sort(np.concatenate([piece.positions for piece in pieces]))
-    rows = np.empty((positions.shape[0], pieces[0].rows.shape[1]))
-    for piece in pieces:  # one copy: each piece straight to its sorted place
-        rows[np.searchsorted(positions, piece.positions)] = piece.rows
-    return RowPart(positions, rows)
+class Bucket:
+    """A stage's group of clusters: the pieces its rows came in (not copied together), and
+    where each of its positions lives (sorted positions -> piece, row)."""
+
+    def __init__(self, pieces: list[RowPart]) -> None:
+        self.pieces = pieces
+        positions = np.concatenate([piece.positions for piece in pieces])
+        owner = np.concatenate([np.full(piece.positions.shape[0], number, dtype=np.int64)
+                                for number, piece in enumerate(pieces)])
+        row = np.concatenate([np.arange(piece.positions.shape[0], dtype=np.int64) for piece in pieces])
+        ordering = np.argsort(positions, kind="stable")
+        self.positions = positions[ordering]
+        self.piece_of = owner[ordering]
+        self.row_of = row[ordering]
+
+    def take(self, local: np.ndarray) -> np.ndarray:
+        """The rows at sorted indices ``local``, copied into one array."""
+        out = np.empty((local.shape[0], self.pieces[0].rows.shape[1]))
+        for number, piece in enumerate(self.pieces):
+            chosen = np.flatnonzero(self.piece_of[local] == number)
+            if chosen.shape[0]:
+                out[chosen] = piece.rows[self.row_of[local[chosen]]]
+        return out
+
+    def put(self, local: np.ndarray, values: np.ndarray) -> None:
+        """Write ``values`` back as the rows at sorted indices ``local``."""
+        for number, piece in enumerate(self.pieces):
+            chosen = np.flatnonzero(self.piece_of[local] == number)
+            if chosen.shape[0]:
+                piece.rows[self.row_of[local[chosen]]] = values[chosen]
 
 
-def factor_bucket(bucket: RowPart, clusters: list[tuple[np.ndarray, np.ndarray, int]], factored: bool,
+def assemble(*pieces: RowPart) -> Bucket:
+    """A bucket from its pieces (no rows copied)."""
+    return Bucket(list(pieces))
+
+
+def factor_bucket(bucket: Bucket, clusters: list[tuple[np.ndarray, np.ndarray, int]], factored: bool,
                   inner: np.ndarray | None, order: int, options: EngineOptions) -> BucketWork:
     """Factor every cluster of a bucket (members in positions, tie-break values, quota) and rotate its rows."""
     # the bucket's only consumer is this task, on the same worker: its rows are rotated in
     # place (a lost bucket is rebuilt from its pieces, never reused half-rotated)
-    rows = bucket.rows
-    work = BucketWork(RowPart(bucket.positions, rows), [])
+    work = BucketWork(bucket, [])
     for members, tie_break, quota in clusters:
         local = np.searchsorted(bucket.positions, members)
-        x = rows[local]
+        x = bucket.take(local)
         if factored:
             block, gram = P.factored_cluster_inputs(x, inner)
         else:
@@ -204,15 +231,16 @@ def factor_bucket(bucket: RowPart, clusters: list[tuple[np.ndarray, np.ndarray, 
         work.levels.append(result)
         if not factored:
             K.apply_rotations(x, result.tuples, result.rotations, False)
-            rows[local] = x
+            bucket.put(local, x)
             continue
         if not result.wavelets.shape[0]:
             work.wavelet_rows.append(None)
             work.grams.append(None)
             work.inners.append(None)
             continue
-        rows[local] = P.stable_matmul(result.mixing(members.shape[0]), rows[local])
-        wavelet_rows = rows[local[result.wavelets]]
+        x = P.stable_matmul(result.mixing(members.shape[0]), x)
+        bucket.put(local, x)
+        wavelet_rows = x[result.wavelets]
         work.wavelet_rows.append(wavelet_rows)
         work.grams.append(P.stable_cogram(wavelet_rows))
         work.inners.append(P.stable_gram(wavelet_rows))
@@ -243,35 +271,45 @@ def apply_dense(work: BucketWork, tuples: np.ndarray, rotations: np.ndarray, wav
     The bucket's wavelets are ``wavelets[first:first + q]`` (recorded order).
     Returns the compacted part (new positions) and the wavelets' diagonal and ``r^2``.
     """
-    part = work.part
-    rows = part.rows  # rotated in place: this task is the rows' last consumer
-    GK.rotate_columns(rows, tuples, rotations)
+    bucket = work.bucket
     count = sum(int(result.wavelets.shape[0]) for result in work.levels)
     recorded = np.arange(first, first + count, dtype=np.int64)
-    local = np.searchsorted(part.positions, wavelets[recorded])
-    active = np.ones(rows.shape[1], dtype=np.bool_)
-    diagonal, energy = GK.ordered_row_energy(rows, local, recorded, active, wavelets)
-    kept = np.ones(part.positions.shape[0], dtype=np.bool_)
-    kept[local] = False
-    new_rows = GK.take_block(rows, np.flatnonzero(kept), keep)
-    return RowPart(np.searchsorted(keep, part.positions[kept]), new_rows), diagonal, energy
+    local = np.searchsorted(bucket.positions, wavelets[recorded])
+    owner, row = bucket.piece_of[local], bucket.row_of[local]
+    diagonal, energy = np.empty(count), np.empty(count)
+    active = np.ones(keep.shape[0] + wavelets.shape[0], dtype=np.bool_)
+    is_wavelet = np.zeros(bucket.positions.shape[0], dtype=np.bool_)
+    is_wavelet[local] = True
+    new_positions = np.searchsorted(keep, bucket.positions[~is_wavelet])  # sorted: the output's order
+    destination = np.full(bucket.positions.shape[0], -1, dtype=np.int64)
+    destination[~is_wavelet] = np.arange(new_positions.shape[0])
+    out = np.empty((new_positions.shape[0], keep.shape[0]))
+    for number, piece in enumerate(bucket.pieces):
+        GK.rotate_columns(piece.rows, tuples, rotations)  # in place: this task is the rows' last consumer
+        chosen = np.flatnonzero(owner == number)
+        if chosen.shape[0]:
+            diagonal[chosen], energy[chosen] = GK.ordered_row_energy(piece.rows, row[chosen], recorded[chosen],
+                                                                     active, wavelets)
+        mine = np.flatnonzero((bucket.piece_of == number) & ~is_wavelet)  # sorted indices of kept rows
+        GK.take_block_into(piece.rows, bucket.row_of[mine], keep, out, destination[mine])
+    return RowPart(new_positions, out), diagonal, energy
 
 
 def apply_factored(work: BucketWork, chain: tuple[np.ndarray, list], keep: np.ndarray):
     """The bucket's wavelets' exact energies (``W`` from the chain), their final rows, the compacted part."""
-    part = work.part
+    bucket = work.bucket
     diagonals, energies, finals = [], [], []
-    for members_result, wavelet_rows, inner, before in zip(work.levels, work.wavelet_rows, work.inners, chain[1]):
+    for wavelet_rows, inner, before in zip(work.wavelet_rows, work.inners, chain[1]):
         if wavelet_rows is None:
             continue
         energy = P.wavelet_energies(wavelet_rows, before)
         diagonals.append(np.diagonal(inner).copy())
         energies.append(_sequential_row_energy(energy, inner))
         finals.append(wavelet_rows)
-    kept = np.isin(part.positions, keep, assume_unique=True)
+    kept = np.flatnonzero(np.isin(bucket.positions, keep, assume_unique=True))  # sorted
     empty = np.empty(0)
-    width = part.rows.shape[1]
-    return (RowPart(np.searchsorted(keep, part.positions[kept]), part.rows[kept]),
+    width = bucket.pieces[0].rows.shape[1]
+    return (RowPart(np.searchsorted(keep, bucket.positions[kept]), bucket.take(kept)),
             np.concatenate(diagonals) if diagonals else empty, np.concatenate(energies) if energies else empty,
             np.concatenate(finals) if finals else np.empty((0, width)))
 

@@ -203,14 +203,13 @@ def symmetric_rows(rows, columns):
 
 
 @njit(cache=True)
-def take_block(rows, row_index, column_index):
-    """``rows[row_index][:, column_index]`` in one pass."""
-    out = np.empty((row_index.shape[0], column_index.shape[0]))
+def take_block_into(rows, row_index, column_index, out, out_rows):
+    """``out[out_rows[a], b] = rows[row_index[a], column_index[b]]`` in one pass."""
     for a in range(row_index.shape[0]):
         source = rows[row_index[a]]
+        target = out[out_rows[a]]
         for b in range(column_index.shape[0]):
-            out[a, b] = source[column_index[b]]
-    return out
+            target[b] = source[column_index[b]]
 
 
 #: a symmetry signature's multipliers are odd 64-bit numbers drawn with this seed
