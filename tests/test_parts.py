@@ -109,3 +109,37 @@ def test_symmetric_rows_matches_the_local_symmetric_part():
     assert largest == np.max(np.abs(np.concatenate([c[20:50].ravel(), c[:, 20:50].ravel()])))
     c[25, 4] = np.nan
     assert not GK.symmetric_rows(c[20:50], c[:, 20:50])[5]
+
+
+def test_symmetry_signature_tells_exactly_symmetric_from_not():
+    from mmf_stream.engine.dask_stages import signature_multipliers
+
+    rng = np.random.default_rng(5)
+    n = 90
+    c = rng.standard_normal((n, n))
+    c = c + c.T
+    left, right = signature_multipliers(n)
+
+    def folded(matrix):
+        forward = backward = np.uint64(0)
+        largest = squares = 0.0
+        for start in range(0, n, 32):  # blocks of rows, in any grouping
+            f, b, finite, big, sq = GK.symmetry_signature(np.ascontiguousarray(matrix[start:start + 32]),
+                                                          np.arange(start, min(start + 32, n)), left, right)
+            forward, backward = forward ^ f, backward ^ b
+            largest, squares = max(largest, big), squares + sq
+            assert finite
+        return forward == backward, largest, squares
+
+    symmetric, largest, squares = folded(c)
+    assert symmetric and largest == np.abs(c).max() and squares == pytest.approx(np.sum(c * c), rel=1e-12)
+    for i, j, delta in ((3, 70, 1e-15), (0, 1, 1.0), (89, 5, -2.0)):
+        d = c.copy()
+        d[i, j] += delta
+        assert not folded(d)[0]
+    swapped = c.copy()
+    swapped[[4, 9]] = swapped[[9, 4]]  # same entries, other places: not symmetric
+    assert not folded(swapped)[0]
+    nan = c.copy()
+    nan[7, 7] = np.nan
+    assert not GK.symmetry_signature(nan, np.arange(n), left, right)[2]

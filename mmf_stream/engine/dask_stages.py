@@ -93,31 +93,35 @@ def read_part(source: Any, start: int, stop: int, factored: bool) -> tuple[RowPa
     """
     rows = np.asarray(source.rows(start, stop))
     summary: dict[str, Any] = {"start": start, "bad": None}
-    finite = np.isfinite(rows)
-    if not finite.all():
-        bad = np.argwhere(~finite)[0]
-        summary["bad"] = (int(bad[0]) + start, int(bad[1]))
-        return RowPart(np.arange(start, stop), np.empty((0, 0))), summary
     data = np.ascontiguousarray(rows, dtype=np.float64)
-    summary["largest"] = float(np.max(np.abs(data), initial=0.0))
     if factored:
+        if not np.isfinite(data).all():
+            return _non_finite(data, start, stop, summary)
+        summary["largest"] = float(np.max(np.abs(data), initial=0.0))
         summary["diagonal"] = np.einsum("ij,ij->i", data, data)
         return RowPart(np.arange(start, stop, dtype=np.int64), data), summary
     left, right = signature_multipliers(data.shape[1])
-    summary["signature"] = GK.symmetry_signature(data, np.arange(start, stop, dtype=np.int64), left, right)
-    _dense_summary(data, start, stop, summary)
+    forward, backward, finite, largest, squares = GK.symmetry_signature(
+        data, np.arange(start, stop, dtype=np.int64), left, right)
+    if not finite:
+        return _non_finite(data, start, stop, summary)
+    summary["signature"] = (forward, backward)
+    summary["largest"] = float(largest)
+    summary["sumsq"] = float(squares)
+    summary["diagonal"] = data[np.arange(stop - start), np.arange(start, stop)].copy()
     return RowPart(np.arange(start, stop, dtype=np.int64), data), summary
+
+
+def _non_finite(data: np.ndarray, start: int, stop: int, summary: dict) -> tuple[RowPart, dict]:
+    bad = np.argwhere(~np.isfinite(data))[0]
+    summary["bad"] = (int(bad[0]) + start, int(bad[1]))
+    return RowPart(np.arange(start, stop), np.empty((0, 0))), summary
 
 
 def signature_multipliers(size: int) -> tuple[np.ndarray, np.ndarray]:
     """The symmetry signature's random odd 64-bit multipliers for an ``size x size`` matrix."""
     rng = np.random.default_rng(GK.SIGNATURE_SEED)
     return rng.integers(0, 2**64, size=size, dtype=np.uint64), rng.integers(0, 2**64, size=size, dtype=np.uint64)
-
-
-def _dense_summary(data: np.ndarray, start: int, stop: int, summary: dict) -> None:
-    summary["diagonal"] = data[np.arange(stop - start), np.arange(start, stop)].copy()
-    summary["sumsq"] = float(np.einsum("ij,ij->", data, data))
 
 
 def symmetrize_part(source: Any, start: int, stop: int) -> tuple[RowPart, dict]:
@@ -133,7 +137,8 @@ def symmetrize_part(source: Any, start: int, stop: int) -> tuple[RowPart, dict]:
     first, second = sorted((int(i) + start, int(j)))  # named upper triangle first, as the local check does
     summary["asymmetry"] = (float(worst), first, second)
     summary["largest"] = float(largest)
-    _dense_summary(data, start, stop, summary)
+    summary["diagonal"] = data[np.arange(stop - start), np.arange(start, stop)].copy()
+    summary["sumsq"] = float(np.einsum("ij,ij->", data, data))
     return RowPart(np.arange(start, stop, dtype=np.int64), data), summary
 
 

@@ -218,21 +218,36 @@ SIGNATURE_SEED = 0x5EB5
 
 @njit(cache=True)
 def symmetry_signature(rows, row_ids, left, right):
-    """Two XOR-folded signatures of ``rows`` (rows ``row_ids`` of ``C``, all columns).
+    """Two XOR-folded signatures of ``rows`` (rows ``row_ids`` of ``C``, all columns), and the
+    block's checks, in one pass.
 
     ``forward`` folds ``bits(C[r, c]) * (left[r] * right[c] | 1)``, ``backward``
     the same with ``left[c] * right[r]``. Folded over the whole matrix they are
     equal when ``C`` is exactly symmetric (bit for bit) and, with random
     multipliers, differ when it is not (a false match has probability about
     2^-64); each block of rows contributes its part, in any order (XOR).
+    Returns ``(forward, backward, all finite, max |C|, sum of squares)``.
     """
     forward = np.uint64(0)
     backward = np.uint64(0)
     one = np.uint64(1)
+    finite = True
+    largest = 0.0
+    squares = 0.0
     for a in range(rows.shape[0]):
         r = row_ids[a]
-        bits = rows[a].view(np.uint64)
+        row = rows[a]
+        bits = row.view(np.uint64)
+        left_r = left[r]
+        right_r = right[r]
         for c in range(bits.shape[0]):
-            forward ^= bits[c] * ((left[r] * right[c]) | one)
-            backward ^= bits[c] * ((left[c] * right[r]) | one)
-    return forward, backward
+            value = row[c]
+            if not np.isfinite(value):
+                finite = False
+            magnitude = abs(value)
+            if magnitude > largest:
+                largest = magnitude
+            squares += value * value
+            forward ^= bits[c] * ((left_r * right[c]) | one)
+            backward ^= bits[c] * ((left[c] * right_r) | one)
+    return forward, backward, finite, largest, squares
