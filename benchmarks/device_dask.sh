@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The Dask scaling run on a 16-core machine (the workplace's device tool; CI never runs it):
 # dense m = 16000 on LocalClusters of 1, 2, 4, 8 and 16 single-threaded workers.
-# Python packages the machine lacks travel as wheels in .whl/ (see benchmarks/README notes in
-# README.md, "On a Dask cluster"); results go to $OUT (or ./device-out).
+# Python packages the machine lacks (dask, distributed, zarr, numcodecs, donfig, google-crc32c,
+# tblib, zict, locket, partd, tornado) travel as Python 3.12 wheels in .whl/ (pip download
+# --only-binary=:all: --python-version 3.12 ...); results go to $OUT (or ./device-out).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-device-out}
