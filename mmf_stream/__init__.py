@@ -19,6 +19,7 @@ from mmf_stream._store import FORMAT_VERSION
 from mmf_stream._version import __version__
 from mmf_stream.datasets import class_means, grid_laplacian, hierarchical_covariance, karate_laplacian
 from mmf_stream.engine import EngineOptions
+from mmf_stream.service.submit import submit
 
 __all__ = [
     "ClassCovariance",
@@ -43,4 +44,5 @@ __all__ = [
     "Store",
     "StoreLockedError",
     "SymmetricCovariance",
+    "submit",
 ]

@@ -574,6 +574,20 @@ def _compile_notice(quiet: bool, module: str = _DENSE_KERNEL) -> None:
               "about a minute, then cached; run 'mmf-stream warmup' to do it ahead)", file=sys.stderr, flush=True)
 
 
+def _submit(args: argparse.Namespace) -> int:
+    import mmf_stream as ms
+    from mmf_stream._formats import existing_path
+    from mmf_stream._io import load_npy
+
+    if (args.mean is None) == (args.features is None):
+        raise ValueError("give exactly one of --mean M.npy or --features F.npy")
+    source = existing_path(args.mean if args.mean is not None else args.features)
+    array = load_npy(source, mmap=False)
+    kwargs = {"mean": array} if args.mean is not None else {"features": array}
+    print(ms.submit(args.project, args.label, queue=args.queue, message_id=args.id, **kwargs))
+    return 0
+
+
 def _warmup(args: argparse.Namespace) -> int:
     from mmf_stream._warmup import warm_up
 
@@ -694,6 +708,22 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--show", type=_int_at_least(0), default=8, help="levels to print (default 8)")
     demo.add_argument("--out", default=None, help="also save the result here (a directory; replaces a result)")
     demo.set_defaults(run=_demo)
+
+    sub_parser = sub.add_parser(
+        "submit", help="queue a new class (label and mean, or label and features) for the project's coordinator",
+        description="Queue a new class for 'mmf-stream serve' on PROJECT (a class store): its label and either "
+        "its mean (--mean, a D-vector .npy) or instances to average (--features, n x D .npy). The message is on "
+        "disk when the command returns; it prints the message id. A label the project has updates that class.",
+    )
+    sub_parser.add_argument("project", help="the project (class store written by 'mmf-stream covariance')")
+    sub_parser.add_argument("--label", required=True, help="the class's label")
+    sub_parser.add_argument("--mean", default=None, metavar="M.npy", help="the class mean (D values)")
+    sub_parser.add_argument("--features", default=None, metavar="F.npy", help="instances of the class (n x D)")
+    sub_parser.add_argument("--queue", default=None, metavar="URL",
+                            help="the queue (default: the project's embedded queue)")
+    sub_parser.add_argument("--id", default=None, help="the message id (default: a new one); resubmitting an id "
+                            "queues nothing new")
+    sub_parser.set_defaults(run=_submit)
 
     warm = sub.add_parser(
         "warmup", help="compile and cache the numba kernels now (for install steps and Dask worker images)",

@@ -1,0 +1,7 @@
+"""The streaming service (issue 11): durable queues of new classes and their producers.
+
+* :mod:`~mmf_stream.service.queue`: the embedded durable queue (SQLite in the project);
+* :mod:`~mmf_stream.service.submit`: ``submit``, the producers' side.
+
+The coordinator (``mmf-stream serve``) and the Redis Streams queue come next.
+"""

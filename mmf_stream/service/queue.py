@@ -1,0 +1,132 @@
+"""The embedded durable queue: new classes waiting for the coordinator (issue 11).
+
+An SQLite database inside the project, ``PROJECT/queue/messages.sqlite``, in
+WAL mode with full synchronous commits: a message ``put`` returns only once it
+is on disk, any number of producer processes may put at once (SQLite
+serialises them), and a producer killed mid-put leaves either the whole
+message or nothing. No server is needed.
+
+Every message has an id (a fresh UUID unless the producer gives one); a
+message put twice with the same id is stored once, so a producer may retry a
+put whose answer it lost. Messages are read in arrival order by sequence
+number; the consumer keeps its own position (the coordinator commits it with
+the factorization), so reading never changes the queue.
+
+A message body is ``label`` (UTF-8 text, kept as bytes so a malformed label
+reaches the consumer and can be dead-lettered with its reason), ``kind``
+(``"mean"`` or ``"features"``), ``payload`` (the array as ``.npy`` bytes) and
+``extra`` (any other fields, JSON; a consumer rejects unknown ones).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import sqlite3
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+#: the queue's folder inside a project, and its database file there
+QUEUE_DIR = "queue"
+QUEUE_FILE = "messages.sqlite"
+#: seconds a put or read waits for another process's write transaction
+BUSY_TIMEOUT = 60.0
+#: the kinds of payload a message may carry
+KINDS = ("mean", "features")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS messages (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    label BLOB NOT NULL,
+    kind TEXT NOT NULL,
+    payload BLOB NOT NULL,
+    extra TEXT NOT NULL DEFAULT '{}',
+    submitted REAL NOT NULL
+);
+"""
+
+
+@dataclass(frozen=True)
+class Message:
+    """One queued message as stored (nothing here is validated: the consumer does that)."""
+
+    seq: int
+    id: str
+    label: bytes
+    kind: str
+    payload: bytes
+    extra: str
+    submitted: float
+
+    def array(self) -> np.ndarray:
+        """The payload as an array (``.npy`` bytes; no pickled objects)."""
+        return np.load(io.BytesIO(self.payload), allow_pickle=False)
+
+
+def encode_array(array: np.ndarray) -> bytes:
+    """``.npy`` bytes of ``array``."""
+    buffer = io.BytesIO()
+    np.save(buffer, np.ascontiguousarray(array), allow_pickle=False)
+    return buffer.getvalue()
+
+
+class EmbeddedQueue:
+    """The project's SQLite queue (see the module docstring). Use as a context manager or ``close()``."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(str(self.path), timeout=BUSY_TIMEOUT, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")  # a put is on disk when it returns
+        self._db.executescript(_SCHEMA)
+
+    @classmethod
+    def of_project(cls, project: str | Path) -> EmbeddedQueue:
+        """The embedded queue of the project at ``project``."""
+        return cls(Path(project) / QUEUE_DIR / QUEUE_FILE)
+
+    def put(self, label: bytes | str, kind: str, payload: bytes, *, message_id: str | None = None,
+            extra: dict | None = None) -> str:
+        """Append a message (durable when this returns); returns its id. An id already queued is
+        not queued again (the earlier message stands)."""
+        message_id = message_id or uuid.uuid4().hex
+        if isinstance(label, str):
+            label = label.encode("utf-8")
+        self._db.execute(
+            "INSERT OR IGNORE INTO messages (id, label, kind, payload, extra, submitted) VALUES (?, ?, ?, ?, ?, ?)",
+            (message_id, sqlite3.Binary(label), kind, sqlite3.Binary(payload), json.dumps(extra or {}),
+             time.time()),
+        )
+        return message_id
+
+    def read(self, after: int = 0, limit: int = 1000) -> list[Message]:
+        """Up to ``limit`` messages with sequence numbers above ``after``, in arrival order."""
+        rows = self._db.execute(
+            "SELECT seq, id, label, kind, payload, extra, submitted FROM messages WHERE seq > ? ORDER BY seq LIMIT ?",
+            (int(after), int(limit)),
+        ).fetchall()
+        return [Message(int(seq), str(mid), bytes(label), str(kind), bytes(payload), str(extra), float(at))
+                for seq, mid, label, kind, payload, extra, at in rows]
+
+    def depth(self, after: int = 0) -> int:
+        """Messages with sequence numbers above ``after`` (waiting for a consumer at ``after``)."""
+        return int(self._db.execute("SELECT COUNT(*) FROM messages WHERE seq > ?", (int(after),)).fetchone()[0])
+
+    def check(self) -> str:
+        """SQLite's integrity check of the database ("ok" when intact)."""
+        return str(self._db.execute("PRAGMA integrity_check").fetchone()[0])
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> EmbeddedQueue:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

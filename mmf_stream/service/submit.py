@@ -1,0 +1,98 @@
+"""Producers: put a new class (label + mean, or label + features to average) on a project's queue."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mmf_stream.service.queue import EmbeddedQueue, encode_array
+
+#: largest payload a message may carry (bytes); a consumer dead-letters larger ones
+MAX_PAYLOAD_BYTES = 256 * 2**20
+
+
+def _project(project: str | os.PathLike) -> tuple[Path, int | None]:
+    """The project's path and feature dimension (a class store), or a one-line error."""
+    from mmf_stream._class_store import Store
+    from mmf_stream._integrity import own_format
+
+    path = Path(project)
+    if own_format(path) != "class-store":
+        raise ValueError(f"{path} is not a project (a class store written by 'mmf-stream covariance ... --out')")
+    return path, Store.open(path, mode="r").dim
+
+
+def _label(label: Any) -> str:
+    if isinstance(label, (bool, np.bool_)) or not isinstance(label, (str, int, np.integer)):
+        raise TypeError(f"label must be a string or an integer, got {type(label).__name__}")
+    text = str(label)
+    if not text.strip():
+        raise ValueError("label is empty")
+    return text
+
+
+def _payload(mean: Any, features: Any, dim: int | None) -> tuple[str, np.ndarray]:
+    if (mean is None) == (features is None):
+        raise ValueError("give exactly one of mean= or features=")
+    kind, value = ("mean", mean) if mean is not None else ("features", features)
+    array = np.asarray(value)
+    if array.dtype == object or not np.issubdtype(array.dtype, np.number) or np.iscomplexobj(array):
+        raise TypeError(f"{kind} must hold real numbers, got dtype {array.dtype}")
+    array = array.astype(np.float64)
+    want = 1 if kind == "mean" else 2
+    if array.ndim != want or array.size == 0:
+        shape = "(D,)" if kind == "mean" else "(n, D)"
+        raise ValueError(f"{kind} must have shape {shape}, got {array.shape}")
+    if dim is not None and array.shape[-1] != dim:
+        raise ValueError(f"{kind} has {array.shape[-1]} features; the project's classes have D = {dim}")
+    if not np.isfinite(array).all():
+        raise ValueError(f"{kind} has non-finite entries (NaN or Inf)")
+    if array.nbytes > MAX_PAYLOAD_BYTES:
+        raise ValueError(f"{kind} is {array.nbytes} bytes; a message carries at most {MAX_PAYLOAD_BYTES}")
+    return kind, array
+
+
+def submit(project: str | os.PathLike, label: Any, mean: Any = None, features: Any = None, queue: str | None = None,
+           *, message_id: str | None = None) -> str:
+    """Queue a new class for the project's coordinator; returns the message id.
+
+    Parameters
+    ----------
+    project : path
+        The project: a class store (``mmf-stream covariance ... --out PROJECT``).
+    label : str or int
+        The class's label. A label the project already has updates that class.
+    mean : array of shape (D,), optional
+        The class mean.
+    features : array of shape (n, D), optional
+        Instances of the class, averaged by the coordinator (give ``mean`` or ``features``).
+    queue : str, optional
+        Where to queue: None (default) is the project's embedded queue
+        (``PROJECT/queue/messages.sqlite``, durable when this returns).
+    message_id : str, optional
+        The message's id (default: a fresh UUID). Submitting the same id again
+        queues nothing new: retry freely after a lost answer.
+
+    Returns
+    -------
+    str
+        The message id.
+
+    Raises
+    ------
+    ValueError, TypeError
+        A project that is not a class store, a label or array that is not
+        valid for it (shape, dimension, NaN/Inf, size), or an unknown queue.
+    """
+    path, dim = _project(project)
+    text = _label(label)
+    kind, array = _payload(mean, features, dim)
+    if queue not in (None, "", "embedded"):
+        raise ValueError(f"unknown queue {queue!r}: this version queues in the project (leave out --queue)")
+    if message_id is not None and (not isinstance(message_id, str) or not message_id.strip()):
+        raise ValueError("message_id must be a non-empty string")
+    with EmbeddedQueue.of_project(path) as embedded:
+        return embedded.put(text, kind, encode_array(array), message_id=message_id)

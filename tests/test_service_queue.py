@@ -1,0 +1,155 @@
+"""The embedded durable queue and its producers (ms.submit, mmf-stream submit)."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+import mmf_stream as ms
+from mmf_stream import cli
+from mmf_stream.service.queue import EmbeddedQueue, encode_array
+
+D = 6
+
+
+@pytest.fixture
+def project(tmp_path):
+    rng = np.random.default_rng(0)
+    path = tmp_path / "project.zarr"
+    store = ms.Store.create(path)
+    store.add_means(rng.standard_normal((5, D)), labels=["a", "b", "c", "d", "e"], counts=np.ones(5, dtype=int))
+    return path
+
+
+def test_submit_queues_in_arrival_order_with_the_payload(project):
+    mean = np.arange(D, dtype=float)
+    features = np.ones((3, D))
+    first = ms.submit(project, "ketchup", mean=mean)
+    second = ms.submit(project, 17, features=features)
+    with EmbeddedQueue.of_project(project) as queue:
+        messages = queue.read()
+        assert [m.id for m in messages] == [first, second] and messages[0].seq < messages[1].seq
+        assert messages[0].label == b"ketchup" and messages[0].kind == "mean"
+        assert np.array_equal(messages[0].array(), mean)
+        assert messages[1].label == b"17" and messages[1].kind == "features"
+        assert np.array_equal(messages[1].array(), features)
+        assert queue.depth() == 2 and queue.depth(after=messages[0].seq) == 1
+        assert queue.read(after=messages[1].seq) == []
+
+
+def test_a_message_id_submitted_twice_is_queued_once(project):
+    ms.submit(project, "x", mean=np.zeros(D), message_id="m-1")
+    ms.submit(project, "x", mean=np.ones(D), message_id="m-1")  # a retry after a lost answer
+    with EmbeddedQueue.of_project(project) as queue:
+        messages = queue.read()
+    assert len(messages) == 1 and np.array_equal(messages[0].array(), np.zeros(D))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"label": "x"}, ValueError, "exactly one of mean= or features="),
+        ({"label": "x", "mean": np.zeros(D), "features": np.zeros((1, D))}, ValueError, "exactly one"),
+        ({"label": "x", "mean": np.zeros(D + 1)}, ValueError, "has 7 features; the project's classes have D = 6"),
+        ({"label": "x", "mean": np.zeros((2, D))}, ValueError, r"mean must have shape \(D,\)"),
+        ({"label": "x", "features": np.zeros(D)}, ValueError, r"features must have shape \(n, D\)"),
+        ({"label": "x", "mean": np.full(D, np.nan)}, ValueError, "non-finite"),
+        ({"label": "x", "mean": np.array(["a"] * D)}, TypeError, "real numbers"),
+        ({"label": "  ", "mean": np.zeros(D)}, ValueError, "label is empty"),
+        ({"label": 1.5, "mean": np.zeros(D)}, TypeError, "label must be a string or an integer"),
+        ({"label": "x", "mean": np.zeros(D), "queue": "kafka://host"}, ValueError, "unknown queue"),
+    ],
+)
+def test_bad_submissions_are_refused_and_queue_nothing(project, kwargs, error, match):
+    with pytest.raises(error, match=match):
+        ms.submit(project, **kwargs)
+    with EmbeddedQueue.of_project(project) as queue:
+        assert queue.depth() == 0
+
+
+def test_submit_to_something_that_is_not_a_project(tmp_path):
+    with pytest.raises(ValueError, match="is not a project"):
+        ms.submit(tmp_path, "x", mean=np.zeros(3))
+
+
+def _produce(project: str, producer: int, count: int) -> list[str]:
+    import mmf_stream as ms
+
+    return [ms.submit(project, f"p{producer}-{i}", mean=np.full(D, producer + i / 100.0)) for i in range(count)]
+
+
+def test_concurrent_producers_lose_nothing(project):
+    with multiprocessing.get_context("spawn").Pool(4) as pool:
+        ids = pool.starmap(_produce, [(str(project), producer, 25) for producer in range(4)])
+    with EmbeddedQueue.of_project(project) as queue:
+        messages = queue.read(limit=10_000)
+        assert queue.check() == "ok"
+    assert sorted(m.id for m in messages) == sorted(i for batch in ids for i in batch)
+    # each producer's messages arrive in the order it sent them
+    for producer in range(4):
+        labels = [m.label.decode() for m in messages if m.label.startswith(f"p{producer}-".encode())]
+        assert labels == [f"p{producer}-{i}" for i in range(25)]
+
+
+def test_a_producer_killed_mid_stream_leaves_whole_messages(project):
+    script = (
+        "import sys, numpy as np\n"
+        "from mmf_stream.service.queue import EmbeddedQueue, encode_array\n"
+        "q = EmbeddedQueue.of_project(sys.argv[1])\n"
+        "i = 0\n"
+        "while True:\n"
+        "    q.put(f'k{i}', 'mean', encode_array(np.full(5000, float(i))), message_id=f'k{i}')\n"
+        "    i += 1\n"
+        "    if i == 20: print('ready', flush=True)\n"
+    )
+    process = subprocess.Popen([sys.executable, "-c", script, str(project)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout.readline().strip() == "ready"
+        time.sleep(0.3)
+        os.kill(process.pid, signal.SIGKILL)
+    finally:
+        process.wait(timeout=30)
+    with EmbeddedQueue.of_project(project) as queue:
+        assert queue.check() == "ok"
+        messages = queue.read(limit=100_000)
+    assert len(messages) >= 20
+    for number, message in enumerate(messages):  # every message whole, none skipped
+        assert message.id == f"k{number}"
+        assert np.array_equal(message.array(), np.full(5000, float(number)))
+
+
+def test_cli_submit_prints_the_id_and_errors_are_one_line(project, tmp_path, capsys):
+    mean = tmp_path / "mean.npy"
+    np.save(mean, np.arange(D, dtype=float))
+    assert cli.main(["submit", str(project), "--label", "new", "--mean", str(mean)]) == 0
+    message_id = capsys.readouterr().out.strip()
+    with EmbeddedQueue.of_project(project) as queue:
+        assert [m.id for m in queue.read()] == [message_id]
+    wrong = tmp_path / "wrong.npy"
+    np.save(wrong, np.zeros(D + 2))
+    for argv, text in (
+        (["submit", str(project), "--label", "x", "--mean", str(wrong)], "the project's classes have D = 6"),
+        (["submit", str(project), "--label", "x"], "exactly one of --mean"),
+        (["submit", str(project), "--label", "x", "--mean", str(tmp_path / "none.npy")], "no such file"),
+        (["submit", str(tmp_path), "--label", "x", "--mean", str(mean)], "is not a project"),
+    ):
+        assert cli.main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and text in err and "Traceback" not in err
+    with EmbeddedQueue.of_project(project) as queue:
+        assert queue.depth() == 1
+
+
+def test_encode_array_refuses_nothing_it_cannot_read_back():
+    array = np.linspace(0, 1, 7)
+    from mmf_stream.service.queue import Message
+
+    message = Message(1, "id", b"l", "mean", encode_array(array), "{}", 0.0)
+    assert np.array_equal(message.array(), array)
