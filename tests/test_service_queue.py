@@ -153,3 +153,62 @@ def test_encode_array_refuses_nothing_it_cannot_read_back():
 
     message = Message(1, "id", b"l", "mean", encode_array(array), "{}", 0.0)
     assert np.array_equal(message.array(), array)
+
+
+def _raw(queue, label=b"x", kind="mean", payload=None, extra=None):
+    payload = encode_array(np.zeros(D)) if payload is None else payload
+    queue.put(label, kind, payload, extra=extra)
+    return queue.read(limit=10_000)[-1]
+
+
+@pytest.mark.parametrize(
+    ("fields", "reason"),
+    [
+        ({"payload": encode_array(np.zeros(D + 1))}, "has 7 features; the project's classes have D = 6"),
+        ({"payload": encode_array(np.full(D, np.inf))}, "non-finite"),
+        ({"label": b"\xff\xfe"}, "label is not UTF-8 text"),
+        ({"label": b"   "}, "label is empty"),
+        ({"payload": b"\x00" * 64}, "payload is not a .npy array"),
+        ({"extra": {"colour": "red"}}, "unknown field(s) 'colour'"),
+        ({"kind": "median"}, "unknown kind 'median'"),
+        ({"kind": "features"}, "features has shape (6,); expected (n, D)"),
+        ({"extra": {"count": 0}}, "count must be a positive integer"),
+    ],
+)
+def test_bad_messages_are_dead_lettered_with_their_reason_and_the_next_good_one_decodes(project, fields, reason):
+    from mmf_stream.service.messages import BadMessage, decode
+
+    with EmbeddedQueue.of_project(project) as queue:
+        _raw(queue, **fields)
+        queue.put("good", "features", encode_array(np.ones((4, D))))
+        bad, good = queue.read()
+        with pytest.raises(BadMessage) as raised:
+            decode(bad, D, "str")
+        assert reason in str(raised.value)
+        queue.dead_letter(bad, str(raised.value))
+        queue.dead_letter(bad, "again")  # recorded once
+        decoded = decode(good, D, "str")
+        assert decoded.label == "good" and decoded.count == 4 and np.array_equal(decoded.mean, np.ones(D))
+        assert queue.dead_letters() == [(bad.seq, bad.id, str(raised.value))]
+
+
+def test_oversized_payloads_are_dead_lettered(project, monkeypatch):
+    from mmf_stream.service import messages
+
+    monkeypatch.setattr(messages, "MAX_PAYLOAD_BYTES", 100)
+    with EmbeddedQueue.of_project(project) as queue:
+        message = _raw(queue)
+        with pytest.raises(messages.BadMessage, match="payload is .* bytes; at most 100"):
+            messages.decode(message, D, "str")
+
+
+def test_integer_projects_take_integer_labels(project):
+    from mmf_stream.service.messages import BadMessage, decode
+
+    with EmbeddedQueue.of_project(project) as queue:
+        queue.put("42", "mean", encode_array(np.zeros(D)))
+        queue.put("abc", "mean", encode_array(np.zeros(D)))
+        first, second = queue.read()
+    assert decode(first, D, "int").label == 42
+    with pytest.raises(BadMessage, match="is not an integer"):
+        decode(second, D, "int")

@@ -48,6 +48,12 @@ CREATE TABLE IF NOT EXISTS messages (
     extra TEXT NOT NULL DEFAULT '{}',
     submitted REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS dead_letters (
+    seq INTEGER PRIMARY KEY,
+    id TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    at REAL NOT NULL
+);
 """
 
 
@@ -117,6 +123,16 @@ class EmbeddedQueue:
     def depth(self, after: int = 0) -> int:
         """Messages with sequence numbers above ``after`` (waiting for a consumer at ``after``)."""
         return int(self._db.execute("SELECT COUNT(*) FROM messages WHERE seq > ?", (int(after),)).fetchone()[0])
+
+    def dead_letter(self, message: Message, reason: str) -> None:
+        """Record that ``message`` cannot be applied, and why (once per message)."""
+        self._db.execute("INSERT OR IGNORE INTO dead_letters (seq, id, reason, at) VALUES (?, ?, ?, ?)",
+                         (message.seq, message.id, str(reason), time.time()))
+
+    def dead_letters(self) -> list[tuple[int, str, str]]:
+        """``(seq, id, reason)`` of every dead letter, in arrival order."""
+        rows = self._db.execute("SELECT seq, id, reason FROM dead_letters ORDER BY seq").fetchall()
+        return [(int(seq), str(mid), str(reason)) for seq, mid, reason in rows]
 
     def check(self) -> str:
         """SQLite's integrity check of the database ("ok" when intact)."""

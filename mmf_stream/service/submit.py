@@ -8,10 +8,8 @@ from typing import Any
 
 import numpy as np
 
+from mmf_stream.service.messages import MAX_PAYLOAD_BYTES
 from mmf_stream.service.queue import EmbeddedQueue, encode_array
-
-#: largest payload a message may carry (bytes); a consumer dead-letters larger ones
-MAX_PAYLOAD_BYTES = 256 * 2**20
 
 
 def _project(project: str | os.PathLike) -> tuple[Path, int | None]:

@@ -1,0 +1,105 @@
+"""What a consumer accepts from a queue: a checked new class, or a reason to dead-letter the message.
+
+Producers that go through :func:`mmf_stream.submit` are checked before they
+queue, but a queue is open to any producer (a raw SQLite or Redis client), so
+the coordinator checks every message again with :func:`decode`. A message it
+cannot apply goes to the dead-letter area with the reason
+(:meth:`EmbeddedQueue.dead_letter <mmf_stream.service.queue.EmbeddedQueue.dead_letter>`)
+and the service carries on.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass
+
+import numpy as np
+
+from mmf_stream.service.queue import KINDS, Message
+
+#: largest payload a message may carry (bytes); larger ones are dead-lettered
+MAX_PAYLOAD_BYTES = 256 * 2**20
+#: the fields a message may carry beside label, kind and payload
+KNOWN_FIELDS = ("count",)
+
+
+class BadMessage(ValueError):
+    """A message the coordinator cannot apply; ``str(error)`` is the dead letter's reason."""
+
+
+@dataclass(frozen=True)
+class NewClass:
+    """A checked message: a class's label and its mean (features already averaged)."""
+
+    seq: int
+    id: str
+    label: str | int
+    mean: np.ndarray  # (D,)
+    count: int  # instances behind the mean
+
+
+def _label(raw: bytes, label_kind: str | None) -> str | int:
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadMessage("label is not UTF-8 text") from None
+    if not text.strip():
+        raise BadMessage("label is empty")
+    if label_kind == "int":
+        try:
+            return int(text)
+        except ValueError:
+            raise BadMessage(f"label {text!r} is not an integer; the project's labels are integers") from None
+    return text
+
+
+def _array(message: Message) -> np.ndarray:
+    if len(message.payload) > MAX_PAYLOAD_BYTES:
+        raise BadMessage(f"payload is {len(message.payload)} bytes; at most {MAX_PAYLOAD_BYTES}")
+    try:
+        array = np.load(io.BytesIO(message.payload), allow_pickle=False)
+    except Exception as error:  # noqa: BLE001 - any unreadable payload is a reason, not a crash
+        raise BadMessage(f"payload is not a .npy array ({type(error).__name__})") from None
+    if not isinstance(array, np.ndarray) or array.dtype == object or not np.issubdtype(array.dtype, np.number) \
+            or np.iscomplexobj(array):
+        raise BadMessage(f"payload does not hold real numbers (dtype {getattr(array, 'dtype', '?')})")
+    return array.astype(np.float64)
+
+
+def decode(message: Message, dim: int, label_kind: str | None) -> NewClass:
+    """The new class a message carries, checked against the project (``dim`` features,
+    labels of ``label_kind``: ``"int"``, ``"str"`` or None for a project without classes yet).
+
+    Raises
+    ------
+    BadMessage
+        With the reason: unknown kind or fields, non-UTF-8 or empty label, a
+        payload that is too large, unreadable, of the wrong shape or dimension,
+        or not finite.
+    """
+    if message.kind not in KINDS:
+        raise BadMessage(f"unknown kind {message.kind!r} (known: {', '.join(KINDS)})")
+    try:
+        extra = json.loads(message.extra or "{}")
+    except ValueError:
+        raise BadMessage("extra fields are not JSON") from None
+    if not isinstance(extra, dict):
+        raise BadMessage("extra fields are not a JSON object")
+    unknown = sorted(set(extra) - set(KNOWN_FIELDS))
+    if unknown:
+        raise BadMessage(f"unknown field(s) {', '.join(map(repr, unknown))} (known: {', '.join(KNOWN_FIELDS)})")
+    label = _label(message.label, label_kind)
+    array = _array(message)
+    want = 1 if message.kind == "mean" else 2
+    if array.ndim != want or array.size == 0:
+        raise BadMessage(f"{message.kind} has shape {array.shape}; expected {'(D,)' if want == 1 else '(n, D)'}")
+    if array.shape[-1] != dim:
+        raise BadMessage(f"{message.kind} has {array.shape[-1]} features; the project's classes have D = {dim}")
+    if not np.isfinite(array).all():
+        raise BadMessage(f"{message.kind} has non-finite entries (NaN or Inf)")
+    count = extra.get("count", 1 if message.kind == "mean" else array.shape[0])
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise BadMessage(f"count must be a positive integer, got {count!r}")
+    mean = array if message.kind == "mean" else array.mean(axis=0)
+    return NewClass(seq=message.seq, id=message.id, label=label, mean=mean, count=int(count))
