@@ -85,6 +85,16 @@ class ArraySource:
         return ArrayBlock(np.ascontiguousarray(self.array[start:stop]), columns)
 
 
+def open_zarr_array(path: str | os.PathLike) -> Any:
+    """The Zarr array at ``path`` (local path or URL), or None if nothing there opens as one."""
+    import zarr
+
+    try:
+        return zarr.open_array(os.fspath(path), mode="r")
+    except Exception:  # noqa: BLE001 - zarr raises many kinds: not an array we can open
+        return None
+
+
 def open_source(value: Any, *, dense: bool) -> ZarrSource | ArraySource:
     """A source for ``value``: a Zarr array (object, path or URL) or an in-memory array."""
     import zarr
@@ -92,12 +102,10 @@ def open_source(value: Any, *, dense: bool) -> ZarrSource | ArraySource:
     if isinstance(value, zarr.Array):
         source: ZarrSource | ArraySource = ZarrSource(value)
     elif isinstance(value, (str, os.PathLike)):
-        text = os.fspath(value)
-        try:
-            array = zarr.open_array(text, mode="r")
-        except Exception as error:  # noqa: BLE001 - zarr raises many kinds; one line names the input
-            raise ValueError(f"{text}: not a Zarr array the workers can open ({type(error).__name__}: {error}); "
-                             "give a Zarr array path or URL with --scheduler/--workers") from None
+        array = open_zarr_array(value)
+        if array is None:
+            raise ValueError(f"{os.fspath(value)}: not a Zarr array the workers can open; give a Zarr array path "
+                             "or URL with --scheduler/--workers")
         source = ZarrSource(array)
     else:
         if hasattr(value, "compute") and callable(value.compute) and hasattr(value, "chunks"):  # Dask array
@@ -179,21 +187,17 @@ def factor_on_cluster(
     source: ZarrSource | ArraySource,
     *,
     factored: bool,
-    order_and_core: Callable[[int], tuple[int, int]],
+    order: int,
+    core_size: int,
     seed: int,
     options: EngineOptions,
     symmetry_tolerance: float,
     progress: Callable[[int], None] | None,
-    snapshot_sizes: Callable[[int, int, int], tuple[int, ...]] | None,
-) -> tuple[RawFactorization, InsertionState, float, Fingerprint, int, DaskCompression]:
-    """Run the staged engine on the cluster; returns ``(raw, state, norm, fingerprint, order, compression)``.
-
-    ``order_and_core(size)`` checks the order and core size for the input's
-    size; ``snapshot_sizes(size, order, core)`` gives the insertion snapshots
-    (None: no insertion state).
-    """
+    snapshot_sizes: tuple[int, ...],
+) -> tuple[RawFactorization, InsertionState, float, Fingerprint, DaskCompression]:
+    """Run the staged engine on the cluster (order and core size checked by the caller, the
+    insertion snapshots' sizes given); returns ``(raw, state, norm, fingerprint, compression)``."""
     size, width = int(source.shape[0]), int(source.shape[1])
-    order, core_size = order_and_core(size)
     explicit_max = options.greedy_below
     compression, summaries = DaskCompression.from_source(client, source, size, width, factored=factored,
                                                          explicit_max=explicit_max, options=options)
@@ -208,10 +212,9 @@ def factor_on_cluster(
         norm = math.sqrt(sum(summary["sumsq"] for summary in summaries))
         scale = max(summary["largest"] for summary in summaries)
     fingerprint = Fingerprint(diagonal=diagonal, probe=probe, scale=scale)
-    sizes = snapshot_sizes(size, order, core_size) if snapshot_sizes is not None else ()
     raw, state = factor(compression, order, size - core_size, schedule="staged", seed=seed, options=options,
-                        progress=progress, snapshot_sizes=sizes)
-    return raw, state, norm, fingerprint, order, compression
+                        progress=progress, snapshot_sizes=snapshot_sizes)
+    return raw, state, norm, fingerprint, compression
 
 
 def cluster_errors() -> tuple[type[BaseException], ...]:

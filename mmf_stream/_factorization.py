@@ -694,12 +694,11 @@ def factorize(
                 raise ValueError(f"{store.path} holds {store.size} class(es); MMF needs at least 2 (and at least "
                                  "the order)")
             means, store_labels, C = store.factor(), store.labels, None
-        elif isinstance(C, (str, os.PathLike)) and client is not None and _is_zarr_array(C):
-            pass  # the workers read it
         elif isinstance(C, (str, os.PathLike)):
             from mmf_stream._io import read_matrix
 
-            C = read_matrix(C)
+            opened = _zarr_array(C) if client is not None else None
+            C = opened if opened is not None else read_matrix(C)  # Zarr on a cluster: the workers read it
     V.check_choice("candidates", candidates, CANDIDATE_METHODS)
     V.check_choice("schedule", schedule, SCHEDULES)
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
@@ -715,10 +714,6 @@ def factorize(
                                          seed=int(seed), labels=labels if labels is not None else store_labels,
                                          options=opts, symmetry_tolerance=symmetry_tolerance, progress=progress,
                                          incremental=incremental, candidates=candidates)
-        if isinstance(C, (str, os.PathLike)):  # greedy runs here: read it
-            from mmf_stream._io import read_matrix
-
-            C = read_matrix(C)
     if factored:
         work = V.means_matrix(means)
     else:
@@ -757,15 +752,11 @@ def factorize(
     )
 
 
-def _is_zarr_array(path: Any) -> bool:
-    """Whether ``path`` (local path or URL) opens as a Zarr array."""
-    import zarr
+def _zarr_array(path: Any) -> Any:
+    """The Zarr array at ``path`` (local path or URL), or None."""
+    from mmf_stream._cluster import open_zarr_array
 
-    try:
-        zarr.open_array(os.fspath(path), mode="r")
-    except Exception:  # noqa: BLE001 - anything else is read as before
-        return False
-    return True
+    return open_zarr_array(path)
 
 
 def _factorize_on_cluster(client: Any, source: Any, *, factored: bool, order: Any, core_size: Any, seed: int,
@@ -775,13 +766,13 @@ def _factorize_on_cluster(client: Any, source: Any, *, factored: bool, order: An
     from mmf_stream._cluster import cluster_client, cluster_failures, factor_on_cluster
 
     size = int(source.shape[0])
-    checked = V.order_and_core(order, core_size, size)
+    order, core_size = V.order_and_core(order, core_size, size)
     labels_array = V.labels_for(labels, size)
     with cluster_client(client) as dask_client, cluster_failures(_scheduler_address(dask_client)):
-        raw, state, norm, fingerprint, order, compression = factor_on_cluster(
-            dask_client, source, factored=factored, order_and_core=lambda _: checked, seed=seed, options=options,
+        raw, state, norm, fingerprint, compression = factor_on_cluster(
+            dask_client, source, factored=factored, order=order, core_size=core_size, seed=seed, options=options,
             symmetry_tolerance=symmetry_tolerance, progress=progress,
-            snapshot_sizes=(lambda n, k, d: snapshot_sizes(n, k, d, options)) if incremental else None,
+            snapshot_sizes=snapshot_sizes(size, order, core_size, options) if incremental else (),
         )
     if not incremental:
         state = InsertionState()

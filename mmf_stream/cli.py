@@ -46,21 +46,17 @@ def _read_means(path: str):
     return read_features(source, role="--means")
 
 
-def _cluster_input(path: str | None) -> str | None:
-    """With --scheduler/--workers: a Zarr array path or URL that the workers read themselves, else None."""
-    if path is None:
-        return None
-    import zarr
+def _cluster_input(path: str):
+    """With --scheduler/--workers: the Zarr array at ``path`` (path or URL) that the workers read
+    themselves, else None (a class store, or a file read here as without a cluster)."""
+    from mmf_stream._cluster import open_zarr_array
 
     if "://" not in path and own_format(Path(path)) == "class-store":
         return None
-    try:
-        zarr.open_array(path, mode="r")
-    except Exception:  # noqa: BLE001 - not Zarr (or not there): read here as without a cluster
-        if "://" in path:
-            raise ValueError(f"{path}: not a Zarr array that Zarr/fsspec can open") from None
-        return None
-    return path
+    array = open_zarr_array(path)
+    if array is None and "://" in path:
+        raise ValueError(f"{path}: not a Zarr array that Zarr/fsspec can open")
+    return array
 
 
 def _quiet_dask_logs() -> None:
@@ -92,14 +88,12 @@ class _StageProgress:
 def _factorize(args: argparse.Namespace) -> int:
     import mmf_stream as ms
 
-    on_cluster = args.scheduler is not None or args.workers is not None
-    if on_cluster:
-        return _factorize_on_cluster(args)
-
     # exactly one source: a matrix / class store (INPUT) or class means (--means)
     if (args.input is None) == (args.means is None):
         given = "both INPUT and --means" if args.input is not None else "neither INPUT nor --means"
         raise ValueError(f"give exactly one of INPUT (a matrix or class store) or --means M.npy; got {given}")
+    if args.scheduler is not None or args.workers is not None:
+        return _factorize_on_cluster(args)
     out = Path(args.out)
     check_replaceable(out, args.overwrite, kinds=("factorization",))
     labels = ms.read_labels(args.labels) if args.labels else None
@@ -149,14 +143,9 @@ def _factorize(args: argparse.Namespace) -> int:
 
 def _factorize_on_cluster(args: argparse.Namespace) -> int:
     """``factorize --scheduler ADDR | --workers N``: the staged levels on Dask workers."""
-    import zarr
-
     import mmf_stream as ms
     from mmf_stream._cluster import cluster_client
 
-    if (args.input is None) == (args.means is None):
-        given = "both INPUT and --means" if args.input is not None else "neither INPUT nor --means"
-        raise ValueError(f"give exactly one of INPUT (a matrix or class store) or --means M; got {given}")
     if args.schedule == "greedy" or args.candidates == "exhaustive":
         raise ValueError("greedy levels run in one process: leave out --scheduler/--workers, or use --schedule "
                          "staged")
@@ -164,11 +153,11 @@ def _factorize_on_cluster(args: argparse.Namespace) -> int:
     check_replaceable(out, args.overwrite, kinds=("factorization",))
     labels = ms.read_labels(args.labels) if args.labels else None
     name = args.means if args.means is not None else args.input
-    path = _cluster_input(name)
+    array = _cluster_input(name)
     factored = args.means is not None or own_format(Path(name)) == "class-store"
-    if path is not None:
-        data = path
-        size = int(zarr.open_array(path, mode="r").shape[0])
+    if array is not None:
+        data = array
+        size = int(array.shape[0])
     elif args.means is not None:
         data = _read_means(args.means)
         size = int(data.shape[0])

@@ -507,7 +507,6 @@ class DaskCompression:
         record = self._record()
         started = time.perf_counter()
         client = self.client
-        stage = self._stage
         runs = self._bucket_runs([group.shape[0] for group in members])
         names = [f"bucket{b}-clusters{run[0]}to{run[-1]}" for b, run in enumerate(runs)]
         bucket_of = np.full(self.n, -1, dtype=np.int64)
@@ -550,7 +549,6 @@ class DaskCompression:
         record = self._record()
         started = time.perf_counter()
         client = self.client
-        stage = self._stage
         tuples = np.concatenate([group[result.tuples] for group, result in zip(groups, results)])
         rotations = np.concatenate([result.rotations for result in results])
         wavelets = np.concatenate([group[result.wavelets] for group, result in zip(groups, results)])
