@@ -111,8 +111,25 @@ class EmbeddedQueue:
         )
         return message_id
 
-    def read(self, after: int = 0, limit: int = 1000) -> list[Message]:
-        """Up to ``limit`` messages with sequence numbers above ``after``, in arrival order."""
+    #: how the coordinator names this queue (its ``--queue`` value)
+    url = "embedded"
+    #: seconds between polls while :meth:`read` waits for a message
+    POLL_INTERVAL = 0.05
+
+    def read(self, after: int = 0, limit: int = 1000, wait: float = 0.0) -> list[Message]:
+        """Up to ``limit`` messages with sequence numbers above ``after``, in arrival order,
+        waiting up to ``wait`` seconds for the first one."""
+        deadline = time.monotonic() + max(0.0, float(wait))
+        while True:
+            messages = self._read(after, limit)
+            if messages or time.monotonic() >= deadline:
+                return messages
+            time.sleep(min(self.POLL_INTERVAL, max(0.0, deadline - time.monotonic())))
+
+    def acknowledge(self, messages: list[Message]) -> None:
+        """Nothing to do: the consumer's committed position is the acknowledgement."""
+
+    def _read(self, after: int, limit: int) -> list[Message]:
         rows = self._db.execute(
             "SELECT seq, id, label, kind, payload, extra, submitted FROM messages WHERE seq > ? ORDER BY seq LIMIT ?",
             (int(after), int(limit)),

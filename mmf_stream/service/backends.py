@@ -1,0 +1,80 @@
+"""Which queue a ``--queue`` value names, and the project's stable id.
+
+``None``, ``""`` or ``"embedded"``: the project's embedded SQLite queue
+(:class:`~mmf_stream.service.queue.EmbeddedQueue`). ``redis://HOST:PORT/DB``
+(or ``rediss://``): a Redis Stream (:class:`~mmf_stream.service.redis_queue.RedisQueue`),
+by default the stream ``mmf_stream:<project id>``, so producers and the
+coordinator of one project agree on it wherever the project is mounted.
+
+Every backend offers the same consumer interface:
+
+* ``put(label, kind, payload, *, message_id=None, extra=None) -> id`` (a
+  message id that was already queued is not queued again);
+* ``read(after, limit, wait) -> [Message]``: messages after the committed
+  position ``after`` (``Message.seq``; an int for the embedded queue, a stream
+  entry id for Redis; ``None`` or ``0`` before the first), in arrival order;
+* ``acknowledge(messages)``: called only after their batch is committed;
+* ``depth(after)``, ``dead_letter(message, reason)``, ``dead_letters()``,
+  ``close()``, and ``url``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from pathlib import Path
+from typing import Any
+
+from mmf_stream.service.queue import EmbeddedQueue
+
+#: the service's folder inside a project
+SERVICE_DIR = "service"
+#: the file holding the project's id
+PROJECT_ID_FILE = "project.json"
+#: URL schemes served by Redis Streams
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+
+
+def project_id(project: str | os.PathLike) -> str:
+    """The project's stable id (created once, atomically, the first time it is asked for)."""
+    folder = Path(project) / SERVICE_DIR
+    path = folder / PROJECT_ID_FILE
+    try:
+        return str(json.loads(path.read_text())["id"])
+    except FileNotFoundError:
+        pass
+    folder.mkdir(exist_ok=True)
+    staging = folder / f".{PROJECT_ID_FILE}.{uuid.uuid4().hex[:8]}"
+    staging.write_text(json.dumps({"id": uuid.uuid4().hex}))
+    try:
+        os.link(staging, path)  # fails if another process created it first: theirs stands
+    except FileExistsError:
+        pass
+    finally:
+        staging.unlink(missing_ok=True)
+    return str(json.loads(path.read_text())["id"])
+
+
+def is_embedded(url: str | None) -> bool:
+    """Whether ``url`` names the project's embedded queue."""
+    return url in (None, "", "embedded")
+
+
+def check_queue_url(url: Any) -> str | None:
+    """``url`` if it names a known queue, else a one-line ValueError."""
+    if is_embedded(url):
+        return None
+    if isinstance(url, str) and url.startswith(REDIS_SCHEMES):
+        return url
+    raise ValueError(f"unknown queue {url!r}: use 'embedded' (the default) or a redis:// URL")
+
+
+def open_queue(project: str | os.PathLike, url: str | None = None):
+    """The queue ``url`` names for ``project`` (see the module docstring)."""
+    url = check_queue_url(url)
+    if url is None:
+        return EmbeddedQueue.of_project(project)
+    from mmf_stream.service.redis_queue import RedisQueue
+
+    return RedisQueue(url, project_id(project))
