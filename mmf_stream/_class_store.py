@@ -471,6 +471,16 @@ class Store:
         finally:
             self._lock.release()
 
+    @contextmanager
+    def writing(self) -> Iterator[None]:
+        """Hold the writer lock across several steps (the coordinator's batch: it checks the
+        committed state, writes its factorization, then adds classes, with no other writer
+        in between). The committed state is re-read when the lock is taken; writes inside
+        do not take it again."""
+        self._check_writable()
+        with self._locked():
+            yield
+
     def _sync(self) -> None:
         """Under the lock: re-read the metadata, finish a dead writer's commit, drop orphans."""
         self._reload()
@@ -627,6 +637,11 @@ class Store:
     def generation(self) -> int:
         """Commit counter of the state this object shows."""
         return int(self._meta["generation"])
+
+    @property
+    def label_kind(self) -> str | None:
+        """``"int"`` or ``"str"``: the kind of the store's labels (None before the first class)."""
+        return self._meta.get("label_kind")
 
     @property
     def center(self) -> bool:

@@ -803,12 +803,27 @@ def load(path: str | os.PathLike) -> Factorization:
     Parameters
     ----------
     path : str or path-like
-        The result's Zarr group.
+        The result's Zarr group, or a project (a class store the service
+        ``mmf-stream serve`` maintains): its last committed factorization.
 
     Returns
     -------
     Factorization
         With its insertion state (results of format version 1 have none).
     """
+    from pathlib import Path
+
+    from mmf_stream._integrity import own_format
+
+    if own_format(Path(path)) == "class-store":  # a project: its current factorization
+        from mmf_stream.service.project import Project, has_log
+
+        found = None
+        if has_log(path):
+            with Project(path) as project:
+                found = project.load()
+        if found is None:
+            raise ValueError(f"{path} is a project without a factorization yet (run 'mmf-stream serve {path}')")
+        return found
     raw, state, order, norm, labels, metadata = load_parts(path)
     return Factorization(raw, order=order, norm=norm, labels=labels, metadata=metadata, insertion_state=state)

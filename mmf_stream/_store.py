@@ -35,7 +35,7 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -74,8 +74,6 @@ def save_factorization(factorization: Any, path: str | os.PathLike, *, overwrite
     """
     import zarr
 
-    from mmf_stream._version import __version__
-
     target = Path(path)
     check_replaceable(target, overwrite, kinds=(FORMAT,))
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -83,41 +81,47 @@ def save_factorization(factorization: Any, path: str | os.PathLike, *, overwrite
     try:
         with writing_every_chunk():
             group = zarr.open_group(str(staging), mode="w")
-            for name, data in _arrays_to_save(factorization):
+            for name, data in factorization_arrays(factorization):
                 data = np.ascontiguousarray(data)
                 dtype = str if data.dtype.kind == "U" else data.dtype
                 array = group.create_array(name, shape=data.shape, dtype=dtype, chunks=_chunks(data.shape))
                 if data.size:
                     array[...] = data
-        fingerprint = factorization.fingerprint
-        group.attrs["mmf_stream"] = {
-            "format": FORMAT,
-            "format_version": FORMAT_VERSION,
-            "order": factorization.order,
-            "size": factorization.size,
-            "n_levels": factorization.n_levels,
-            "core_size": int(factorization.core.shape[0]),
-            "error": factorization.error,
-            "norm": factorization.norm,
-            "relative_error": factorization.relative_error,
-            "labels": factorization.labels is not None,
-            "seed": factorization.metadata.get("seed"),
-            "candidates": factorization.metadata.get("candidates"),
-            "library_version": __version__,
-            "snapshot_levels": [int(snap.level) for snap in factorization.insertion_state.snapshots],
-            "input": factorization.metadata.get("input", "matrix"),
-            "schedule": factorization.metadata.get("schedule"),
-            "options": _options_dict(factorization.metadata.get("options")),
-            "since_repair": int(factorization.metadata.get("since_repair", 0)),
-            "drift": float(factorization.metadata.get("drift", 0.0)),
-            "fingerprint_scale": None if fingerprint is None else float(fingerprint.scale),
-            EVERY_CHUNK_KEY: True,
-        }
+        group.attrs["mmf_stream"] = {**factorization_attrs(factorization), EVERY_CHUNK_KEY: True}
         fsync_tree(staging)
         swap_into_place(staging, target)
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
+
+
+def factorization_attrs(factorization: Any) -> dict[str, Any]:
+    """The ``mmf_stream`` attribute of a saved factorization (JSON; see the module docstring)."""
+    from mmf_stream._version import __version__
+
+    fingerprint = factorization.fingerprint
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "order": factorization.order,
+        "size": factorization.size,
+        "n_levels": factorization.n_levels,
+        "core_size": int(factorization.core.shape[0]),
+        "error": factorization.error,
+        "norm": factorization.norm,
+        "relative_error": factorization.relative_error,
+        "labels": factorization.labels is not None,
+        "seed": factorization.metadata.get("seed"),
+        "candidates": factorization.metadata.get("candidates"),
+        "library_version": __version__,
+        "snapshot_levels": [int(snap.level) for snap in factorization.insertion_state.snapshots],
+        "input": factorization.metadata.get("input", "matrix"),
+        "schedule": factorization.metadata.get("schedule"),
+        "options": _options_dict(factorization.metadata.get("options")),
+        "since_repair": int(factorization.metadata.get("since_repair", 0)),
+        "drift": float(factorization.metadata.get("drift", 0.0)),
+        "fingerprint_scale": None if fingerprint is None else float(fingerprint.scale),
+    }
 
 
 def _options_dict(options: Any) -> dict[str, Any] | None:
@@ -130,7 +134,8 @@ def _options_dict(options: Any) -> dict[str, Any] | None:
     return values
 
 
-def _arrays_to_save(factorization: Any) -> list[tuple[str, np.ndarray]]:
+def factorization_arrays(factorization: Any) -> list[tuple[str, np.ndarray]]:
+    """``(name, array)`` of every array a saved factorization holds (see the module docstring)."""
     arrays = [(name, getattr(factorization, name)) for name in _ARRAYS]
     state = factorization.insertion_state
     for number, snap in enumerate(state.snapshots):
@@ -162,7 +167,6 @@ def load_parts(path: str | os.PathLike):
     """
     recover_interrupted_swap(path)
     source, group, meta = open_tagged_group(path, FORMAT, READABLE_VERSIONS, "factorization")
-    version = meta["format_version"]
 
     def read(name: str) -> np.ndarray:
         if name not in group:
@@ -172,6 +176,13 @@ def load_parts(path: str | os.PathLike):
             require_complete(array, f"{source}: {name}")
         return np.asarray(array[...])
 
+    return parts_from_arrays(read, meta, source)
+
+
+def parts_from_arrays(read: Callable[[str], np.ndarray], meta: dict[str, Any], source: Any):
+    """Check and assemble a factorization's parts from ``read(name)`` (an array by name) and its
+    ``mmf_stream`` attribute ``meta``; errors name ``source``. Returns what :func:`load_parts` does."""
+    version = meta["format_version"]
     factored = meta.get("input") == "means"
     has_fingerprint = meta.get("fingerprint_scale") is not None
     try:

@@ -20,6 +20,7 @@ import numpy as np
 from mmf_stream._integrity import check_replaceable, fsync_tree, own_format, staging_path, swap_into_place
 from mmf_stream._formats import one_line
 from mmf_stream._progress import progress
+from mmf_stream.service.cli import add_service_commands
 
 EXIT_USAGE = 2
 
@@ -538,6 +539,20 @@ def _int_at_least(lowest: int):
     return parse
 
 
+def _non_negative(text: str) -> float:
+    """An argparse type: a finite number >= 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not np.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text}")
+    return value
+
+
+_non_negative.__name__ = "number >= 0"
+
+
 #: a kernel that every dense run compiles, and one that every factored (class means) run does (staged dense
 #: runs too): if its cache is missing, so are most others
 _DENSE_KERNEL = "compression._rebuild_dense"
@@ -697,6 +712,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--show", type=_int_at_least(0), default=8, help="levels to print (default 8)")
     demo.add_argument("--out", default=None, help="also save the result here (a directory; replaces a result)")
     demo.set_defaults(run=_demo)
+
+    add_service_commands(sub, _int_at_least, _non_negative)
 
     sub_parser = sub.add_parser(
         "submit", help="queue a new class (label and mean, or label and features) for the project's coordinator",

@@ -132,14 +132,14 @@ class EmbeddedQueue:
     def _read(self, after: int, limit: int) -> list[Message]:
         rows = self._db.execute(
             "SELECT seq, id, label, kind, payload, extra, submitted FROM messages WHERE seq > ? ORDER BY seq LIMIT ?",
-            (int(after), int(limit)),
+            (int(after or 0), int(limit)),
         ).fetchall()
         return [Message(int(seq), str(mid), bytes(label), str(kind), bytes(payload), str(extra), float(at))
                 for seq, mid, label, kind, payload, extra, at in rows]
 
     def depth(self, after: int = 0) -> int:
         """Messages with sequence numbers above ``after`` (waiting for a consumer at ``after``)."""
-        return int(self._db.execute("SELECT COUNT(*) FROM messages WHERE seq > ?", (int(after),)).fetchone()[0])
+        return int(self._db.execute("SELECT COUNT(*) FROM messages WHERE seq > ?", (int(after or 0),)).fetchone()[0])
 
     def dead_letter(self, message: Message, reason: str) -> None:
         """Record that ``message`` cannot be applied, and why (once per message)."""

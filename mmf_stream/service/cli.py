@@ -1,0 +1,73 @@
+"""The service's subcommands: ``mmf-stream serve`` and ``mmf-stream status``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Callable
+
+from mmf_stream.service.coordinator import (
+    DEFAULT_BATCH_MAX,
+    DEFAULT_BATCH_WAIT,
+    DEFAULT_REFRESH_DRIFT,
+    DEFAULT_REFRESH_GROWTH,
+)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from mmf_stream.service.coordinator import serve
+
+    serve(args.project, order=args.order, queue=args.queue, scheduler=args.scheduler, batch_max=args.batch_max,
+          batch_wait=args.batch_wait, refresh_drift=args.refresh_drift, refresh_growth=args.refresh_growth,
+          idle_exit=args.idle_exit)
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    from mmf_stream.service.status import format_status, project_status
+
+    status = project_status(args.project, queue=args.queue)
+    print(json.dumps(status, indent=2) if args.json else format_status(status))
+    return 0
+
+
+def add_service_commands(sub, int_at_least: Callable[[int], Callable[[str], int]],
+                         non_negative: Callable[[str], float]) -> None:
+    """Add ``serve`` and ``status`` to the ``mmf-stream`` subparsers ``sub``."""
+    serve = sub.add_parser(
+        "serve", help="run the coordinator: fold queued new classes into the project's factorization",
+        description="Serve PROJECT (a class store): factorize it if it holds no factorization yet, then fold the "
+        "classes queued with 'mmf-stream submit' into the factorization in arrival order, in batches, committing "
+        "classes, factorization and queue position together before acknowledging. A label the project already has "
+        "updates that class (the project is factorized again). Stops on SIGTERM/SIGINT after committing the batch "
+        "in progress (exit 0). One coordinator per project.",
+    )
+    serve.add_argument("project", help="the project (class store written by 'mmf-stream covariance')")
+    serve.add_argument("--order", "-k", type=int_at_least(2), default=None,
+                       help="order of the first factorization (default 5; a factorized project keeps its order)")
+    serve.add_argument("--queue", default=None, metavar="URL",
+                       help="'embedded' (default: the project's own queue) or redis://HOST:PORT/DB")
+    serve.add_argument("--scheduler", default=None, metavar="ADDR",
+                       help="Dask scheduler for the batch runs (first factorization, refreshes)")
+    serve.add_argument("--batch-max", type=int_at_least(1), default=DEFAULT_BATCH_MAX, metavar="N",
+                       help=f"most classes folded in per batch (default {DEFAULT_BATCH_MAX})")
+    serve.add_argument("--batch-wait", type=non_negative, default=DEFAULT_BATCH_WAIT, metavar="SECONDS",
+                       help=f"wait this long after a batch's first message for more (default {DEFAULT_BATCH_WAIT})")
+    serve.add_argument("--refresh-drift", type=non_negative, default=DEFAULT_REFRESH_DRIFT, metavar="X",
+                       help="re-run batch in the background when the squared error per class exceeds the last "
+                       f"batch run's by this fraction (default {DEFAULT_REFRESH_DRIFT})")
+    serve.add_argument("--refresh-growth", type=non_negative, default=DEFAULT_REFRESH_GROWTH, metavar="X",
+                       help="... or when the classes grew by this fraction since it (default "
+                       f"{DEFAULT_REFRESH_GROWTH}; 0: never)")
+    serve.add_argument("--idle-exit", type=non_negative, default=None, metavar="SECONDS",
+                       help="stop after this many seconds with nothing queued (one-off catch-up runs)")
+    serve.set_defaults(run=_serve)
+
+    status = sub.add_parser("status", help="the service's state: queue depth, applied, ingest rate, error, "
+                            "drift, refreshes, dead letters, last error")
+    status.add_argument("project", help="the project")
+    status.add_argument("--json", action="store_true", help="print JSON (keys include queue_depth, applied, "
+                        "dead_letters)")
+    status.add_argument("--queue", default=None, metavar="URL", help="the queue to measure (default: the one "
+                        "the coordinator last used)")
+    status.set_defaults(run=_status)

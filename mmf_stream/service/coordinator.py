@@ -1,0 +1,566 @@
+"""The coordinator behind ``mmf-stream serve``: new classes from a queue, folded in, committed, acknowledged.
+
+One coordinator serves a project (``PROJECT/service/coordinator.lock``; a
+second one refuses to start). It
+
+1. settles what a crash left (:meth:`Project.recover
+   <mmf_stream.service.project.Project.recover>`), and factorizes the project if
+   it holds no factorization yet (or if its classes changed outside the
+   service, e.g. ``covariance --append`` while it was stopped);
+2. reads waiting messages in arrival order after the committed queue position,
+   up to ``batch_max`` of them, waiting at most ``batch_wait`` seconds after the
+   first for more;
+3. checks each one (:func:`~mmf_stream.service.messages.decode`): a bad one is
+   recorded as a dead letter with its reason;
+4. folds the batch's new classes into the factorization in one insertion
+   (factored insertion from the class means; no repair on this path, so a batch
+   costs about the same whatever the project's size) and adds the classes to
+   the store;
+5. commits factorization, classes, ingest log, dead letters and queue position
+   as one generation, and only then acknowledges the messages.
+
+**A label the project already has updates that class**: the store adds the
+message's instances to the class (its mean becomes the mean over all its
+instances), and since that changes a row of the covariance, the batch is
+applied by factorizing the project again (a refresh, counted as such). A
+stream of updates is therefore better sent as new labels or in large batches.
+
+**Refresh.** After each batch the coordinator measures the drift: how much the
+squared error per class exceeds that of the last batch run (``drift``); when it
+passes ``refresh_drift``, or when the classes grew by ``refresh_growth`` since
+the last batch run, it starts batch MMF in a background thread (on the Dask
+cluster when one is given) on a snapshot of the store's classes. When that
+finishes, the classes that arrived meanwhile are inserted into it, and it is
+committed as a new generation; if an existing class was updated meanwhile, the
+refresh is discarded and started again later.
+
+SIGTERM or SIGINT: the batch in progress is finished and committed, then the
+coordinator exits with status 0.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from mmf_stream.service.backends import SERVICE_DIR, check_queue_url, open_queue
+from mmf_stream.service.messages import BadMessage, NewClass, decode
+from mmf_stream.service.project import IngestRecord, Project
+
+#: the order of a project's first factorization when ``--order`` is not given
+DEFAULT_ORDER = 5
+#: most messages folded in per batch
+DEFAULT_BATCH_MAX = 256
+#: seconds to wait for more messages after the first of a batch
+DEFAULT_BATCH_WAIT = 0.2
+#: re-run batch when the squared error per class exceeds the last batch run's by this fraction
+DEFAULT_REFRESH_DRIFT = 0.5
+#: re-run batch when the classes grew by this fraction since the last batch run (0: never)
+DEFAULT_REFRESH_GROWTH = 0.05
+#: seconds a read waits for the first message of a batch (the loop checks for stop and refresh in between)
+IDLE_WAIT = 0.25
+#: the coordinator's lock file inside ``PROJECT/service``
+LOCK_FILE = "coordinator.lock"
+
+
+def drift(error: float, size: int, counters: dict[str, Any]) -> float:
+    """How much the squared error per class exceeds the last batch run's (0 right after one).
+
+    Insertions keep the old levels, so each new class adds error the levels
+    were not chosen for; a batch run re-chooses them. ``counters`` are a
+    generation's (``batch_error``, ``batch_classes``).
+    """
+    base_error, base_size = counters.get("batch_error"), counters.get("batch_classes")
+    if not base_error or not base_size or not size:
+        return 0.0
+    return max(0.0, (error**2 / size) / (base_error**2 / base_size) - 1.0)
+
+
+def growth(size: int, counters: dict[str, Any]) -> float:
+    """Classes added since the last batch run, as a fraction of its size."""
+    base_size = counters.get("batch_classes")
+    return 0.0 if not base_size else size / base_size - 1.0
+
+
+class CoordinatorBusy(ValueError):
+    """Another coordinator is serving the project."""
+
+
+@dataclass
+class ServeOptions:
+    """The coordinator's settings (see :func:`serve`)."""
+
+    order: int | None = None
+    core_size: int | None = None
+    queue: str | None = None
+    scheduler: str | None = None
+    batch_max: int = DEFAULT_BATCH_MAX
+    batch_wait: float = DEFAULT_BATCH_WAIT
+    refresh_drift: float = DEFAULT_REFRESH_DRIFT
+    refresh_growth: float = DEFAULT_REFRESH_GROWTH
+    seed: int = 0
+
+    def check(self) -> ServeOptions:
+        """Raise a one-line ValueError/TypeError for a setting that cannot work."""
+        for name in ("order", "core_size"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer))):
+                raise TypeError(f"{name} must be an integer, got {value!r}")
+        if self.order is not None and self.order < 2:
+            raise ValueError(f"order must be at least 2, got {self.order}")
+        if isinstance(self.batch_max, bool) or not isinstance(self.batch_max, (int, np.integer)) or self.batch_max < 1:
+            raise ValueError(f"batch_max must be a positive integer, got {self.batch_max!r}")
+        for name in ("batch_wait", "refresh_drift", "refresh_growth"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value) or value < 0:
+                raise ValueError(f"{name} must be a non-negative number, got {value!r}")
+        check_queue_url(self.queue)
+        return self
+
+
+class _CoordinatorLock:
+    """An OS advisory lock (released if its holder dies) naming the serving process."""
+
+    def __init__(self, project: Path) -> None:
+        self.path = project / SERVICE_DIR / LOCK_FILE
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        self.path.parent.mkdir(exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise CoordinatorBusy(f"another coordinator (pid {holder}) is serving {self.path.parent.parent}; "
+                                  "stop it first (one coordinator per project)") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def serving_pid(project: str | os.PathLike) -> int | None:
+    """The pid of the coordinator serving ``project`` now, or None."""
+    path = Path(project) / SERVICE_DIR / LOCK_FILE
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            text = os.pread(fd, 64, 0).decode(errors="replace").strip()
+            return int(text) if text.isdigit() else -1
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
+@dataclass
+class _Refresh:
+    """A batch run in the background on a snapshot of the store."""
+
+    thread: threading.Thread
+    store_generation: int
+    size: int
+    result: Any = None
+    error: BaseException | None = None
+    invalidated: bool = False
+
+
+class Coordinator:
+    """Serve one project (see the module docstring). Use :meth:`start`, then :meth:`run` or :meth:`step`.
+
+    Parameters
+    ----------
+    project : path
+        The project (a class store).
+    options : ServeOptions
+        The settings.
+    log : callable, optional
+        Called with one line per notable event (default: print to stderr).
+    """
+
+    def __init__(self, project: str | os.PathLike, options: ServeOptions | None = None,
+                 log: Callable[[str], None] | None = None) -> None:
+        self.path = Path(project)
+        self.options = (options or ServeOptions()).check()
+        self.log = log or (lambda line: print(line, file=sys.stderr, flush=True))
+        self.stopping = False
+        self._lock = _CoordinatorLock(self.path)
+        self._store = None
+        self._project: Project | None = None
+        self._queue = None
+        self.factorization = None
+        self._refresh: _Refresh | None = None
+        self._labels: dict[Any, int] = {}
+
+    # ------------------------------------------------------------------ start / stop
+    def start(self) -> Coordinator:
+        """Take the project (refusing if another coordinator has it), recover, factorize if needed."""
+        from mmf_stream._class_store import Store
+        from mmf_stream._integrity import own_format
+
+        if own_format(self.path) != "class-store":
+            raise ValueError(f"{self.path} is not a project (a class store written by 'mmf-stream covariance "
+                             "... --out')")
+        self._lock.acquire()
+        try:
+            self._store = Store.open(self.path, mode="r+")
+            if self._store.center:
+                raise ValueError(f"{self.path} centres its covariance (every class changes when one is added); "
+                                 "serve needs an uncentred project")
+            self._project = Project(self.path)
+            self._queue = open_queue(self.path, self.options.queue)
+            with self._store.writing():
+                settled = self._project.recover(self._store.generation)
+                if settled:
+                    self.log(f"recovered: the generation a crash left pending was {settled}")
+                self._catch_up()
+            self._project.record_event("start", f"pid {os.getpid()} serving with queue {self._queue.url}")
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def _catch_up(self) -> None:
+        """Under the store lock: make sure the committed factorization describes the store."""
+        current = self._project.current()
+        store = self._store
+        self._labels = {label: slot for slot, label in enumerate(store.labels.tolist())} if store.size else {}
+        if current is not None and current.store_generation == store.generation:
+            self.factorization = self._project.load()
+            self._check_order()
+            return
+        position = None if current is None else current.position
+        counters = {} if current is None else dict(current.counters)
+        reason = "factorize" if current is None else "store changed outside the service"
+        self.factorization = None
+        if store.size >= self._order():
+            self.log(f"factorizing {store.size} classes ({reason})")
+            self.factorization = self._batch(store.factor(), store.labels)
+            counters = self._after_batch_run(counters, self.factorization)
+        number = self._project.prepare(self.factorization, store_generation=store.generation, position=position,
+                                       queue=self._queue_url(), counters=counters, reason=reason)
+        self._project.commit(number)
+
+    def _order(self) -> int:
+        if self.factorization is not None:
+            return self.factorization.order
+        return int(self.options.order or DEFAULT_ORDER)
+
+    def _check_order(self) -> None:
+        f = self.factorization
+        if f is not None and self.options.order is not None and f.order != self.options.order:
+            raise ValueError(f"{self.path} is factorized with order {f.order}, not --order {self.options.order} "
+                             "(leave --order out, or start a new project)")
+
+    def _queue_url(self) -> str:
+        return "embedded" if self._queue is None else self._queue.url
+
+    def close(self) -> None:
+        """Release the queue, the log and the lock (a refresh in progress is abandoned)."""
+        for resource in (self._queue, self._project):
+            if resource is not None:
+                try:
+                    resource.close()
+                except Exception:  # noqa: BLE001 - closing must not hide the real error
+                    pass
+        self._queue = self._project = None
+        self._lock.release()
+
+    def install_signal_handlers(self) -> None:
+        """SIGTERM and SIGINT: finish the batch in progress, commit, stop."""
+        def stop(signum, frame):  # noqa: ARG001
+            self.stopping = True
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+
+    # ------------------------------------------------------------------ the loop
+    def run(self, *, idle_exit: float | None = None) -> None:
+        """Serve until :attr:`stopping` (a signal) or, with ``idle_exit``, until the queue
+        has been empty that many seconds and no refresh is running."""
+        idle_since = time.monotonic()
+        while not self.stopping:
+            handled = self.step()
+            if handled:
+                idle_since = time.monotonic()
+            elif idle_exit is not None and self._refresh is None and time.monotonic() - idle_since >= idle_exit:
+                break
+        self._project.record_event("stop", f"pid {os.getpid()} stopped")
+
+    def step(self) -> int:
+        """Read and apply one batch (if any message waits); returns the number of messages handled."""
+        self._finish_refresh()
+        position = self._project.current().position
+        messages = self._queue.read(after=position, limit=self.options.batch_max, wait=IDLE_WAIT)
+        if not messages:
+            return 0
+        deadline = time.monotonic() + self.options.batch_wait
+        while len(messages) < self.options.batch_max and not self.stopping:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            more = self._queue.read(after=messages[-1].seq, limit=self.options.batch_max - len(messages), wait=left)
+            messages.extend(more)
+        try:
+            self._apply(messages)
+        except Exception as error:  # noqa: BLE001 - recorded for status, then raised
+            self._project.record_event("error", f"{type(error).__name__}: {error}")
+            raise
+        self._queue.acknowledge(messages)
+        self._maybe_refresh()
+        return len(messages)
+
+    # ------------------------------------------------------------------ one batch
+    def _apply(self, messages: list) -> None:
+        store = self._store
+        dim = store.dim
+        good: list[NewClass] = []
+        dead: list[tuple[Any, str, str]] = []
+        for message in messages:
+            try:
+                good.append(self._decode(message, dim))
+                dim = good[-1].mean.shape[0]
+            except BadMessage as reason:
+                dead.append((message.seq, message.id, str(reason)))
+        for position, mid, reason in dead:
+            self.log(f"dead letter {mid} at {position}: {reason}")
+        with store.writing():
+            current = self._project.current()
+            if current.store_generation != store.generation:
+                self.log("the project's classes changed outside the service: factorizing again")
+                self._catch_up()
+                current = self._project.current()
+            counters = dict(current.counters)
+            counters["applied"] = int(counters.get("applied", 0)) + len(good)
+            counters["dead_letters"] = int(counters.get("dead_letters", 0)) + len(dead)
+            records = []
+            if good:
+                labels, means, counts, changes = self._merge(good)
+                factorization, reason, counters = self._fold_in(labels, means, counts, changes, counters)
+                submitted = {m.id: m.submitted for m in messages}
+                records = [IngestRecord(c.seq, c.id, str(c.label), changes[c.label], submitted[c.id]) for c in good]
+                number = self._project.prepare(factorization, store_generation=store.generation + 1,
+                                               position=messages[-1].seq, queue=self._queue_url(),
+                                               counters=counters, reason=reason, applied=records, dead=dead)
+                store.add_means(means, labels=labels, counts=counts)
+                if store.generation != self._project.pending().store_generation:
+                    raise RuntimeError("the class store did not commit the generation expected")
+                for label in labels.tolist():
+                    self._labels.setdefault(label, len(self._labels))
+                if self._refresh is not None and any(c == "updated" for c in changes.values()):
+                    self._refresh.invalidated = True
+            else:
+                factorization, reason = self.factorization, "dead letters"
+                number = self._project.prepare(factorization, store_generation=store.generation,
+                                               position=messages[-1].seq, queue=self._queue_url(),
+                                               counters=counters, reason=reason, dead=dead)
+            self._project.commit(number)
+            self.factorization = factorization
+        reasons = {(position, mid): reason for position, mid, reason in dead}
+        for message in messages:  # the queue's own dead-letter area, after the commit (Redis acknowledges there)
+            if (message.seq, message.id) in reasons:
+                self._queue.dead_letter(message, reasons[(message.seq, message.id)])
+
+    def _decode(self, message, dim: int | None) -> NewClass:
+        label_kind = self._store.label_kind
+        if dim is None:  # a project without classes takes the dimension of its first class
+            try:
+                array = message.array()
+                dim = int(array.shape[-1]) if array.ndim in (1, 2) else 0
+            except Exception:  # noqa: BLE001 - decode gives the reason
+                dim = 0
+        new = decode(message, dim, label_kind)
+        if self._store.normalize and not np.any(new.mean):
+            raise BadMessage("mean is the zero vector; the project's classes are cosine-normalised")
+        return new
+
+    def _merge(self, good: list[NewClass]):
+        """The batch as the store will apply it: one row per label, in the store's (sorted) label order."""
+        sums: dict[Any, np.ndarray] = {}
+        counts: dict[Any, int] = {}
+        for new in good:
+            sums[new.label] = sums.get(new.label, 0.0) + new.mean * new.count
+            counts[new.label] = counts.get(new.label, 0) + new.count
+        labels = np.unique(np.array(list(sums)))
+        count_array = np.array([counts[label] for label in labels.tolist()], dtype=np.int64)
+        means = np.stack([sums[label] / counts[label] for label in labels.tolist()])
+        changes = {label: ("updated" if label in self._labels else "added") for label in labels.tolist()}
+        return labels, means, count_array, changes
+
+    def _fold_in(self, labels, means, counts, changes, counters):
+        """The factorization after the batch (computed before anything is written)."""
+        store = self._store
+        new = np.array([changes[label] == "added" for label in labels.tolist()])
+        # the store's own arithmetic: sums = mean * count (+ the class's old sums), mean = sums / counts
+        sums = means * counts[:, None]
+        total = counts.copy()
+        if not new.all():
+            slots = np.array([self._labels[label] for label in labels[~new].tolist()])
+            sums[~new] += store.sums[slots]
+            total[~new] += store.counts[slots]
+        rows = self._rows(sums / total[:, None])
+        f = self.factorization
+        if new.all() and f is not None:
+            grown = f.insert_many(means=rows, labels=labels, repair=False)
+            return grown, "batch", counters
+        factor = store.factor() if store.size else np.zeros((0, rows.shape[1]))
+        all_labels = store.labels if store.size else labels[:0]
+        if not new.all():
+            factor[slots] = rows[~new]
+        factor = np.concatenate([factor, rows[new]])
+        all_labels = np.concatenate([all_labels, labels[new]])
+        if factor.shape[0] < self._order():
+            return None, "too few classes to factorize", counters
+        self.log(f"factorizing {factor.shape[0]} classes (the batch updates existing classes)"
+                 if not new.all() else f"factorizing {factor.shape[0]} classes")
+        result = self._batch(factor, all_labels)
+        if self._refresh is not None:
+            self._refresh.invalidated = True
+        return result, "refresh" if not new.all() else "factorize", self._after_batch_run(counters, result)
+
+    def _rows(self, means: np.ndarray) -> np.ndarray:
+        """Factor rows of classes with these means (cosine-normalised like the store's, if it is)."""
+        if not self._store.normalize:
+            return means
+        return means * (1.0 / np.sqrt(np.einsum("ij,ij->i", means, means)))[:, None]
+
+    def _batch(self, factor: np.ndarray, labels: np.ndarray):
+        from mmf_stream._factorization import factorize
+
+        order = self._order()
+        return factorize(means=factor, order=order, core_size=self.options.core_size, labels=labels,
+                         seed=self.options.seed, client=self.options.scheduler)
+
+    @staticmethod
+    def _after_batch_run(counters: dict[str, Any], f) -> dict[str, Any]:
+        counters = dict(counters)
+        counters["refreshes"] = int(counters.get("refreshes", -1)) + 1
+        counters["batch_classes"] = int(f.size)
+        counters["batch_error"] = float(f.error)
+        counters["batch_relative_error"] = float(f.relative_error)
+        counters["batch_at"] = time.time()
+        return counters
+
+    # ------------------------------------------------------------------ refresh
+    def drift(self) -> float:
+        """See :func:`drift`, for the current factorization."""
+        f = self.factorization
+        return 0.0 if f is None else drift(f.error, f.size, self._project.current().counters)
+
+    def growth(self) -> float:
+        """See :func:`growth`, for the current factorization."""
+        f = self.factorization
+        return 0.0 if f is None else growth(f.size, self._project.current().counters)
+
+    def _maybe_refresh(self) -> None:
+        if self._refresh is not None or self.factorization is None:
+            return
+        drift, growth = self.drift(), self.growth()
+        growth_due = self.options.refresh_growth > 0 and growth >= self.options.refresh_growth
+        if drift < self.options.refresh_drift and not growth_due:
+            return
+        store = self._store
+        factor, labels = store.factor(), store.labels
+        refresh = _Refresh(thread=None, store_generation=store.generation, size=store.size)  # type: ignore[arg-type]
+
+        def work() -> None:
+            try:
+                refresh.result = self._batch(factor, labels)
+            except BaseException as error:  # noqa: BLE001 - reported by _finish_refresh
+                refresh.error = error
+
+        refresh.thread = threading.Thread(target=work, name="mmf-refresh", daemon=True)
+        self.log(f"refresh: batch MMF of {store.size} classes in the background "
+                 f"(drift {drift:.3f}, growth {growth:.3f})")
+        self._refresh = refresh
+        refresh.thread.start()
+
+    def _finish_refresh(self, wait: bool = False) -> None:
+        refresh = self._refresh
+        if refresh is None or (refresh.thread.is_alive() and not wait):
+            return
+        refresh.thread.join()
+        self._refresh = None
+        if refresh.error is not None:
+            self.log(f"refresh failed: {refresh.error}")
+            self._project.record_event("error", f"refresh failed: {type(refresh.error).__name__}: {refresh.error}")
+            return
+        if refresh.invalidated:
+            self.log("refresh discarded: classes it had were updated meanwhile")
+            return
+        store = self._store
+        with store.writing():
+            current = self._project.current()
+            if current.store_generation != store.generation:
+                return  # changed outside the service: the next batch factorizes again
+            result = refresh.result
+            if store.size > refresh.size:  # replay the classes that arrived meanwhile
+                result = result.insert_many(means=store.factor()[refresh.size:], labels=store.labels[refresh.size:],
+                                            repair=False)
+            counters = self._after_batch_run(current.counters, refresh.result)
+            number = self._project.prepare(result, store_generation=store.generation, position=current.position,
+                                           queue=self._queue_url(), counters=counters, reason="refresh")
+            self._project.commit(number)
+            self.factorization = result
+        self._project.record_event("refresh", f"refreshed: batch of {refresh.size} classes, "
+                                              f"{store.size - refresh.size} replayed; relative error "
+                                              f"{result.relative_error:.6g}")
+        self.log(f"refresh committed ({refresh.size} classes in batch, {store.size - refresh.size} replayed)")
+
+
+def serve(project: str | os.PathLike, *, order: int | None = None, queue: str | None = None,
+          scheduler: str | None = None, batch_max: int = DEFAULT_BATCH_MAX, batch_wait: float = DEFAULT_BATCH_WAIT,
+          refresh_drift: float = DEFAULT_REFRESH_DRIFT, refresh_growth: float = DEFAULT_REFRESH_GROWTH,
+          idle_exit: float | None = None, log: Callable[[str], None] | None = None) -> None:
+    """Serve ``project`` until SIGTERM/SIGINT (or ``idle_exit`` seconds without messages).
+
+    Parameters
+    ----------
+    project : path
+        A class store (``mmf-stream covariance ... --out PROJECT``).
+    order : int, optional
+        The order of the project's first factorization (default 5); a project
+        already factorized keeps its order.
+    queue : str, optional
+        ``None``/``"embedded"`` (the project's SQLite queue) or ``redis://HOST:PORT/DB``.
+    scheduler : str, optional
+        A Dask scheduler address for batch runs (first factorization, refreshes).
+    batch_max, batch_wait : int, float
+        At most ``batch_max`` messages per batch; wait at most ``batch_wait``
+        seconds after the first for more.
+    refresh_drift, refresh_growth : float
+        Refresh thresholds (see the module docstring).
+    idle_exit : float, optional
+        Stop after this many seconds with an empty queue (tests, one-off catch-up runs).
+    log : callable, optional
+        One line per notable event (default: stderr).
+    """
+    options = ServeOptions(order=order, queue=queue, scheduler=scheduler, batch_max=batch_max, batch_wait=batch_wait,
+                           refresh_drift=refresh_drift, refresh_growth=refresh_growth)
+    coordinator = Coordinator(project, options, log=log)
+    coordinator.start()
+    try:
+        if threading.current_thread() is threading.main_thread():
+            coordinator.install_signal_handlers()
+        coordinator.run(idle_exit=idle_exit)
+    finally:
+        coordinator.close()
