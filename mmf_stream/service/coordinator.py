@@ -52,6 +52,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from mmf_stream._integrity import crash_point
 from mmf_stream.service.backends import SERVICE_DIR, check_queue_url, open_queue
 from mmf_stream.service.messages import BadMessage, NewClass, decode
 from mmf_stream.service.project import IngestRecord, Project
@@ -70,6 +71,16 @@ DEFAULT_REFRESH_GROWTH = 0.05
 IDLE_WAIT = 0.25
 #: the coordinator's lock file inside ``PROJECT/service``
 LOCK_FILE = "coordinator.lock"
+
+
+#: test hook: seconds to pause inside each batch (between writing the factorization and the classes)
+_PAUSE_ENV = "MMF_STREAM_SERVICE_PAUSE"
+
+
+def _test_pause() -> None:
+    pause = os.environ.get(_PAUSE_ENV)
+    if pause:
+        time.sleep(float(pause))
 
 
 def drift(error: float, size: int, counters: dict[str, Any]) -> float:
@@ -361,7 +372,10 @@ class Coordinator:
                 number = self._project.prepare(factorization, store_generation=store.generation + 1,
                                                position=messages[-1].seq, queue=self._queue_url(),
                                                counters=counters, reason=reason, applied=records, dead=dead)
+                crash_point("service-prepared")
+                _test_pause()
                 store.add_means(means, labels=labels, counts=counts)
+                crash_point("service-store-committed")
                 if store.generation != self._project.pending().store_generation:
                     raise RuntimeError("the class store did not commit the generation expected")
                 for label in labels.tolist():
@@ -375,6 +389,7 @@ class Coordinator:
                                                counters=counters, reason=reason, dead=dead)
             self._project.commit(number)
             self.factorization = factorization
+        crash_point("service-committed")
         reasons = {(position, mid): reason for position, mid, reason in dead}
         for message in messages:  # the queue's own dead-letter area, after the commit (Redis acknowledges there)
             if (message.seq, message.id) in reasons:

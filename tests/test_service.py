@@ -1,0 +1,304 @@
+"""The coordinator (mmf-stream serve), project generations, status, and crash recovery (issue 11)."""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+import time
+
+import numpy as np
+import pytest
+
+import mmf_stream as ms
+from mmf_stream.cli import main
+from mmf_stream.service.coordinator import Coordinator, ServeOptions
+from mmf_stream.service.project import Project
+from mmf_stream.service.queue import EmbeddedQueue, encode_array
+from mmf_stream.service.status import project_status
+from tests.service_helpers import (
+    DIM,
+    INITIAL,
+    check_applied_once,
+    check_exact,
+    make_project,
+    run_coordinator,
+    start_coordinator,
+    start_producer,
+)
+
+
+def _serve(project, **options):
+    coordinator = Coordinator(project, ServeOptions(order=4, **options), log=lambda line: None).start()
+    try:
+        coordinator.run(idle_exit=0.3)
+    finally:
+        coordinator.close()
+
+
+def _means(count, seed=1):
+    return np.abs(np.random.default_rng(seed).normal(size=(count, DIM))) + 0.1
+
+
+def test_serve_factorizes_then_folds_in_new_classes_exactly(tmp_path):
+    project = make_project(tmp_path / "p")
+    _serve(project)  # no factorization yet: the coordinator makes one
+    first = ms.load(project)
+    assert first.size == INITIAL and first.order == 4
+    means = _means(30)
+    for i, mean in enumerate(means):
+        ms.submit(project, f"n{i}", mean=mean)
+    _serve(project, batch_max=7, refresh_growth=0, refresh_drift=1e9)
+    store, f = check_exact(project)
+    assert store.size == INITIAL + 30
+    assert set(store.labels[INITIAL:].tolist()) == {f"n{i}" for i in range(30)}
+    with Project(project) as log:  # one factorization, then insertions (no batch run)
+        reasons = [row[0] for row in log._db.execute("SELECT reason FROM generations ORDER BY number")]
+    assert reasons[0] == "factorize" and set(reasons[1:]) == {"batch"} and len(reasons) >= 1 + 30 // 7
+    status = project_status(project)
+    assert status["applied"] == 30 and status["queue_depth"] == 0 and status["dead_letters"] == 0
+    assert status["classes"] == status["factorized"] == INITIAL + 30
+    assert status["refreshes"] == 0
+
+
+def test_generations_write_only_what_changed(tmp_path):
+    project = make_project(tmp_path / "p", size=400)
+    _serve(project)
+    layers = tmp_path / "p" / "service" / "layers"
+    before = {p.name for p in layers.iterdir()}
+    with Project(project) as log:
+        first = log.current()
+    ms.submit(project, "new", mean=_means(1)[0])
+    _serve(project, refresh_growth=0, refresh_drift=1e9)
+    with Project(project) as log:
+        second = log.current()
+        f = log.load()
+    assert second.number == first.number + 1
+    for name in ("tuples", "rotations", "final_rows"):  # the base layer is shared, the change is an overlay
+        assert second.layout[name]["layers"][0] == first.layout[name]["layers"][0]
+        assert len(second.layout[name]["layers"]) == len(first.layout[name]["layers"]) + 1
+    written = {p.name for p in layers.iterdir()} - before
+    rows = sum(np.load(layers / name)["rows"].size for name in written if "-final_rows-" in name)
+    assert 0 < rows < f.size / 2, rows  # the rows an insertion changed, not all of them
+    assert ms.load(project).error == f.error
+
+
+def test_readers_never_fail_during_commits(tmp_path):
+    project = make_project(tmp_path / "p")
+    _serve(project)
+    for i, mean in enumerate(_means(40)):
+        ms.submit(project, f"n{i}", mean=mean)
+    failures, sizes, done = [], [], threading.Event()
+
+    def read():
+        while not done.is_set():
+            try:
+                sizes.append(ms.load(project).size)
+                ms.Store.open(project, mode="r")
+            except Exception as error:  # noqa: BLE001 - the test collects them
+                failures.append(error)
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    try:
+        _serve(project, batch_max=1, batch_wait=0.0)
+    finally:
+        done.set()
+        reader.join()
+    assert failures == []
+    assert sizes == sorted(sizes) and sizes[-1] == INITIAL + 40 and len(set(sizes)) > 2
+
+
+def test_every_bad_message_is_dead_lettered_and_the_next_good_one_applied(tmp_path):
+    project = make_project(tmp_path / "p")
+    _serve(project)
+    good = encode_array(_means(1)[0])
+    bad = [
+        ("d1", "mean", encode_array(np.ones(DIM + 1)), {}, "features; the project's classes have D"),
+        ("d2", "mean", encode_array(np.full(DIM, np.nan)), {}, "non-finite"),
+        ("d3", "mean", encode_array(np.array([1.0] * (DIM - 1) + [np.inf])), {}, "non-finite"),
+        (b"\xff\xfe", "mean", good, {}, "not UTF-8"),
+        ("  ", "mean", good, {}, "label is empty"),
+        ("d4", "mean", b"not npy", {}, "not a .npy array"),
+        ("d5", "mean", good, {"colour": "red"}, "unknown field"),
+        ("d6", "vector", good, {}, "unknown kind"),
+    ]
+    with EmbeddedQueue.of_project(project) as queue:
+        for number, (label, kind, payload, extra, _) in enumerate(bad):
+            queue.put(label, kind, payload, message_id=f"bad{number}", extra=extra)
+            queue.put(f"ok{number}", "mean", encode_array(_means(1, seed=number)[0]), message_id=f"ok{number}")
+    _serve(project, batch_max=3)
+    status = project_status(project)
+    assert status["dead_letters"] == len(bad)
+    reasons = {d["id"]: d["reason"] for d in status["recent_dead_letters"]}
+    for number, (*_, expected) in enumerate(bad):
+        assert expected in reasons[f"bad{number}"], (expected, reasons[f"bad{number}"])
+    store, _ = check_exact(project)
+    assert {f"ok{i}" for i in range(len(bad))} <= set(store.labels.tolist())
+    assert status["applied"] == len(bad)
+    with EmbeddedQueue.of_project(project) as queue:
+        assert {mid for _, mid, _ in queue.dead_letters()} == {f"bad{i}" for i in range(len(bad))}
+
+
+def test_oversized_payload_is_dead_lettered(tmp_path, monkeypatch):
+    from mmf_stream.service import messages
+
+    project = make_project(tmp_path / "p")
+    _serve(project)
+    monkeypatch.setattr(messages, "MAX_PAYLOAD_BYTES", 200)
+    with EmbeddedQueue.of_project(project) as queue:
+        queue.put("big", "features", encode_array(np.ones((10, DIM))), message_id="big")
+        queue.put("fine", "mean", encode_array(np.ones(DIM)), message_id="fine")
+    _serve(project)
+    status = project_status(project)
+    assert [d["id"] for d in status["recent_dead_letters"]] == ["big"]
+    assert "payload is" in status["recent_dead_letters"][0]["reason"]
+    assert "fine" in ms.Store.open(project, "r").labels.tolist()
+
+
+def test_a_known_label_updates_its_class_and_the_factorization(tmp_path):
+    project = make_project(tmp_path / "p")
+    _serve(project)
+    store = ms.Store.open(project, "r")
+    slot = store.labels.tolist().index("c3")
+    old_mean, old_count = store.means[slot].copy(), int(store.counts[slot])
+    features = _means(4, seed=9)
+    ms.submit(project, "c3", features=features)
+    _serve(project)
+    store, f = check_exact(project)
+    assert store.size == INITIAL and int(store.counts[slot]) == old_count + 4
+    np.testing.assert_allclose(store.means[slot], (old_mean * old_count + features.sum(axis=0)) / (old_count + 4))
+    assert project_status(project)["refreshes"] == 1
+
+
+def test_features_are_averaged(tmp_path):
+    project = make_project(tmp_path / "p")
+    features = _means(5, seed=4)
+    ms.submit(project, "avg", features=features)
+    _serve(project)
+    store, _ = check_exact(project)
+    slot = store.labels.tolist().index("avg")
+    np.testing.assert_allclose(store.means[slot], features.mean(axis=0))
+    assert int(store.counts[slot]) == 5
+
+
+def test_refresh_runs_in_the_background_and_replays(tmp_path):
+    project = make_project(tmp_path / "p", size=200)
+    _serve(project)
+    for i, mean in enumerate(_means(40, seed=5)):
+        ms.submit(project, f"n{i}", mean=mean)
+    coordinator = Coordinator(project, ServeOptions(order=4, batch_max=4, refresh_growth=0.05),
+                              log=lambda line: None).start()
+    try:
+        coordinator.run(idle_exit=0.5)
+        coordinator._finish_refresh(wait=True)
+    finally:
+        coordinator.close()
+    _, f = check_exact(project)
+    status = project_status(project)
+    assert status["refreshes"] >= 1 and status["classes"] == 240 == f.size
+    with Project(project) as log:
+        assert log.events("refresh")
+        reasons = [row[0] for row in log._db.execute("SELECT reason FROM generations ORDER BY number")]
+    assert "refresh" in reasons
+
+
+@pytest.mark.parametrize("point, settled", [("service-prepared", "dropped"),
+                                            ("service-store-committed", "committed"),
+                                            ("service-committed", None)])
+def test_a_crash_at_each_commit_step_is_recovered(tmp_path, point, settled):
+    project = make_project(tmp_path / "p")
+    _serve(project)
+    for i, mean in enumerate(_means(5)):
+        ms.submit(project, f"n-{i}", mean=mean, message_id=f"n-{i}")
+    crashed = run_coordinator(project, "--batch-max", "2", extra_env={"MMF_STREAM_CRASH_AT": point})
+    assert crashed.returncode == 17, crashed.stderr
+    with Project(project) as log:
+        assert (log.pending() is not None) == (settled is not None)
+    done = run_coordinator(project, "--idle-exit", "0.5")
+    assert done.returncode == 0, done.stderr
+    if settled:
+        assert f"was {settled}" in done.stderr
+    check_applied_once(project, {"n": 5})
+
+
+def test_kill_9_at_random_moments_applies_every_class_once(tmp_path):
+    project = make_project(tmp_path / "p")
+    producers = {f"p{k}": 200 for k in range(4)}
+    running = [start_producer(project, name, count, pause=0.15) for name, count in producers.items()]
+    rng = np.random.default_rng(11)
+    for _ in range(20):
+        coordinator = start_coordinator(project, "--order", "4", "--batch-max", "16", "--batch-wait", "0.05")
+        time.sleep(rng.uniform(0.8, 2.5))
+        coordinator.kill()
+        coordinator.communicate()
+    for producer in running:
+        _, err = producer.communicate(timeout=120)
+        assert producer.returncode == 0, err
+    done = run_coordinator(project, "--idle-exit", "1")
+    assert done.returncode == 0, done.stderr
+    check_applied_once(project, producers)
+
+
+def test_eight_producers_at_once(tmp_path):
+    project = make_project(tmp_path / "p")
+    producers = {f"q{k}": 200 for k in range(8)}
+    coordinator = start_coordinator(project, "--order", "4", "--batch-wait", "0.05")
+    running = [start_producer(project, name, count, pause=0.0) for name, count in producers.items()]
+    for producer in running:
+        _, err = producer.communicate(timeout=120)
+        assert producer.returncode == 0, err
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        status = project_status(project)
+        if status["applied"] == 1600:
+            break
+        time.sleep(0.5)
+    coordinator.send_signal(signal.SIGTERM)
+    _, err = coordinator.communicate(timeout=60)
+    assert coordinator.returncode == 0, err
+    check_applied_once(project, producers)
+
+
+def test_sigterm_finishes_the_batch_and_a_second_coordinator_refuses(tmp_path):
+    project = make_project(tmp_path / "p")
+    _serve(project)
+    for i, mean in enumerate(_means(60)):
+        ms.submit(project, f"n{i}", mean=mean, message_id=f"n{i}")
+    coordinator = start_coordinator(project, "--batch-max", "4", "--batch-wait", "0.3",
+                                    extra_env={"MMF_STREAM_SERVICE_PAUSE": "1"})
+    deadline = time.monotonic() + 60
+    while project_status(project)["applied"] == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    second = run_coordinator(project, timeout=60)
+    assert second.returncode == 2
+    assert second.stderr.count("\n") == 1 and "another coordinator" in second.stderr
+    coordinator.send_signal(signal.SIGTERM)
+    _, err = coordinator.communicate(timeout=60)
+    assert coordinator.returncode == 0, err
+    with Project(project) as log:
+        assert log.pending() is None
+        applied = log.counters()["applied"]
+    assert 0 < applied < 60  # it stopped early, after a whole batch
+    store, _ = check_exact(project)
+    assert store.size == INITIAL + applied
+    assert project_status(project)["queue_depth"] == 60 - applied
+
+
+def test_cli_status_json_and_errors(tmp_path, capsys):
+    project = make_project(tmp_path / "p")
+    ms.submit(project, "x", mean=_means(1)[0])
+    assert main(["status", str(project), "--json"]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert status["queue_depth"] == 1 and status["applied"] == 0 and status["dead_letters"] == 0
+    assert main(["serve", str(project), "--idle-exit", "0.3", "--order", "4"]) == 0
+    capsys.readouterr()
+    assert main(["status", str(project)]) == 0
+    assert "applied      1" in capsys.readouterr().out
+    for argv in (["serve", str(tmp_path / "missing")], ["status", str(tmp_path / "missing")],
+                 ["serve", str(project), "--queue", "kafka://x"], ["serve", str(project), "--order", "3"]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith("mmf-stream: error:"), err
+    with pytest.raises(SystemExit):
+        main(["serve", str(project), "--batch-max", "0"])
