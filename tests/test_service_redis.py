@@ -85,7 +85,18 @@ def test_read_after_a_position_skips_what_was_applied(queue):
     messages = queue.read()
     queue.acknowledge(messages[:2])
     assert [m.id for m in queue.read(after=messages[1].seq)] == ["m2", "m3", "m4"]
-    assert queue.read(after=messages[4].seq) == []  # all acknowledged now
+    assert queue.read(after=messages[4].seq) == []
+
+
+def test_gathering_a_batch_reads_only_later_entries_and_acknowledges_nothing(queue, redis_url):
+    _put(queue, 3)
+    batch = queue.read(limit=2)  # the coordinator's first read, after its committed position
+    _put(queue, 1, prefix="n")
+    more = queue.read(after=batch[-1].seq, wait=0.1)  # more for the same batch, before its commit
+    assert [m.id for m in batch + more] == ["m0", "m1", "m2", "n0"]
+    assert _pending(redis_url) == 4  # nothing acknowledged before the commit
+    queue.acknowledge(batch + more)
+    assert _pending(redis_url) == 0 and queue.read(after=more[-1].seq) == []
 
 
 def test_a_restarted_coordinator_behind_the_group_gets_every_later_entry_again(queue, redis_url):
@@ -135,8 +146,9 @@ def test_entries_already_applied_are_acknowledged_and_skipped(redis_url):
         assert [m.id for m in fresh.read(after=applied[1].seq)] == ["m2"]
         pending = _client(redis_url).xpending_range("mmf_stream:p1", "coordinator", "-", "+", 10)
         assert [row["message_id"].decode() for row in pending] == [applied[2].seq]
-        assert fresh.read(after=applied[2].seq) == []
-        assert _pending(redis_url) == 0
+        assert fresh.read(after=applied[2].seq) == [] and _pending(redis_url) == 1  # its commit acknowledges it
+    with RedisQueue(redis_url, "p1", consumer="after-another-crash") as third:
+        assert third.read(after=applied[2].seq) == [] and _pending(redis_url) == 0
 
 
 def test_positions_compare_as_numbers_not_text(queue):

@@ -20,12 +20,12 @@ Keys, for a stream key ``K``:
 The coordinator's committed position is the id of the last entry it applied
 (``"<ms>-<seq>"``, compared numerically). :meth:`RedisQueue.read` first takes
 over every entry delivered to the group but never acknowledged (a consumer
-that died; only one coordinator per project runs), then delivers its own
-pending entries before new ones; entries at or before the position were
-applied already (the coordinator stopped between its commit and the
-acknowledgement), so they are acknowledged and not returned. A first read
-from a position behind what the group acknowledged (the project restored
-from a backup) rewinds the group, so every entry after it comes again.
+that died; only one coordinator per project runs) and acknowledges those at or
+before the position (applied already: the coordinator stopped between its
+commit and the acknowledgement); every read delivers its own pending entries
+after the position before new ones. A first read from a position behind what
+the group acknowledged (the project restored from a backup) rewinds the
+group, so every entry after it comes again.
 """
 
 from __future__ import annotations
@@ -340,12 +340,25 @@ class RedisQueue:
             self._client.xack(self.stream, self.group, *[row["message_id"] for row in rows])
         self._client.xgroup_setid(self.stream, self.group, format_entry_id(position or (0, 0)))
 
+    def _acknowledge_applied(self, position: EntryId | None) -> None:
+        """Acknowledge the pending entries at or before ``position`` (the coordinator committed them
+        and stopped before acknowledging)."""
+        if position is None:
+            return
+        while True:
+            rows = self._client.xpending_range(self.stream, self.group, "-", format_entry_id(position), SCAN_COUNT)
+            if not rows:
+                break
+            self._client.xack(self.stream, self.group, *[row["message_id"] for row in rows])
+
     def _prepare(self, position: EntryId | None) -> None:
-        """Group created and, on the first read, the dead consumers' pending entries taken over and
-        the group rewound to ``position`` if it is ahead of it."""
+        """Group created and, on the first read (``position``: the committed position), the dead
+        consumers' pending entries taken over, those already applied acknowledged, and the group
+        rewound to ``position`` if it is ahead of it."""
         if not self._claimed:
             self._ensure_group()
             self._claim_pending()
+            self._acknowledge_applied(position)
             if self._behind(position, self._group_info()):
                 self._rewind(position)
             self._claimed = True
@@ -363,7 +376,8 @@ class RedisQueue:
         return list(reply[0][1]) if reply else []
 
     def _keep_after(self, entries: list[tuple[bytes, dict]], position: EntryId | None) -> list[Message]:
-        """The entries after ``position`` as messages; those at or before it are acknowledged."""
+        """The entries after ``position`` as messages; those at or before it (new to the group yet
+        applied: the group was recreated or moved) are acknowledged."""
         applied = [entry_id for entry_id, _ in entries
                    if position is not None and parse_entry_id(entry_id) <= position]
         if applied:
@@ -372,9 +386,10 @@ class RedisQueue:
                 if position is None or parse_entry_id(entry_id) > position]
 
     def _read_pending(self, position: EntryId | None, limit: int) -> list[Message]:
-        """Own delivered-but-unacknowledged entries after ``position``, oldest first."""
+        """Own delivered-but-unacknowledged entries after ``position``, oldest first (those at or
+        before it stay pending: their batch may not be committed yet)."""
         messages: list[Message] = []
-        start = "0-0"
+        start = format_entry_id(position or (0, 0))
         while len(messages) < limit:
             entries = self._group_read(start, limit - len(messages), None)
             if not entries:
@@ -420,10 +435,14 @@ class RedisQueue:
 
         Notes
         -----
-        The first read of a ``RedisQueue`` also accepts a position behind what
-        the group delivered and acknowledged (a project restored from a
-        backup): it rewinds the group so that every entry after ``after`` comes
-        again. Later reads expect the position to move only forward.
+        The first read of a ``RedisQueue`` takes ``after`` as the committed
+        position: it takes over the entries pending with any consumer,
+        acknowledges those at or before ``after`` (applied already), and, if
+        the group acknowledged entries after ``after`` (a project restored from
+        a backup), rewinds the group so that every entry after ``after`` comes
+        again. Later reads only skip the entries at or before ``after`` (it may
+        be the last message of a batch still being gathered; :meth:`acknowledge`
+        follows its commit) and expect it to move only forward.
         """
         position = parse_position(after)
         if limit < 1:
