@@ -718,15 +718,18 @@ def build_parser() -> argparse.ArgumentParser:
     sub_parser = sub.add_parser(
         "submit", help="queue a new class (label and mean, or label and features) for the project's coordinator",
         description="Queue a new class for 'mmf-stream serve' on PROJECT (a class store): its label and either "
-        "its mean (--mean, a D-vector .npy) or instances to average (--features, n x D .npy). The message is on "
-        "disk when the command returns; it prints the message id. A label the project has updates that class.",
+        "its mean (--mean, a D-vector .npy) or instances to average (--features, n x D .npy). The message is queued "
+        "when the command returns (the embedded queue: on disk; Redis: on the server, durable as its appendfsync "
+        "makes it); it prints the message id. A label the project has updates that class.",
     )
     sub_parser.add_argument("project", help="the project (class store written by 'mmf-stream covariance')")
     sub_parser.add_argument("--label", required=True, help="the class's label")
     sub_parser.add_argument("--mean", default=None, metavar="M.npy", help="the class mean (D values)")
     sub_parser.add_argument("--features", default=None, metavar="F.npy", help="instances of the class (n x D)")
     sub_parser.add_argument("--queue", default=None, metavar="URL",
-                            help="the queue (default: the project's embedded queue)")
+                            help="the queue: 'embedded' (default: the project's own) or a Redis Stream, "
+                            "redis://HOST:PORT/DB (also rediss://, unix://; ?stream=KEY names the stream, by "
+                            "default mmf_stream:<project id>)")
     sub_parser.add_argument("--id", default=None, help="the message id (default: a new one); resubmitting an id "
                             "queues nothing new")
     sub_parser.set_defaults(run=_submit)

@@ -1,6 +1,8 @@
 import numpy as np
 import pytest
 
+from redis_server import RedisServer, redis_server_fixture
+
 
 def random_symmetric(size: int, seed: int = 0, rank: int | None = None) -> np.ndarray:
     """A random symmetric positive semi-definite matrix with a spread spectrum."""
@@ -31,3 +33,15 @@ def planted_blocks(blocks: int, block_size: int, seed: int = 0):
         matrix[rows, rows] = factors @ factors.T / (3 * block_size)
     order = rng.permutation(size)
     return matrix[np.ix_(order, order)], membership[order]
+
+
+# -- a real redis-server for the Redis queue's tests (tests/redis_server.py) --------------------------
+
+#: a started redis-server (a RedisServer: .url, .unix_socket, .restart()), one per test
+redis_server = redis_server_fixture()
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    """``redis://127.0.0.1:PORT/0`` of a fresh redis-server (skips without one, fails in CI)."""
+    return redis_server.url

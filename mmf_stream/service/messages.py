@@ -32,7 +32,7 @@ class BadMessage(ValueError):
 class NewClass:
     """A checked message: a class's label and its mean (features already averaged)."""
 
-    seq: int
+    seq: int | str  # the message's position in its queue (Message.seq)
     id: str
     label: str | int
     mean: np.ndarray  # (D,)

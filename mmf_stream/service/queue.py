@@ -61,7 +61,7 @@ CREATE TABLE IF NOT EXISTS dead_letters (
 class Message:
     """One queued message as stored (nothing here is validated: the consumer does that)."""
 
-    seq: int
+    seq: int | str  # the embedded queue's sequence number, or a Redis stream entry id
     id: str
     label: bytes
     kind: str

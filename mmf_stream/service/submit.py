@@ -1,4 +1,8 @@
-"""Producers: put a new class (label + mean, or label + features to average) on a project's queue."""
+"""Producers: put a new class (label + mean, or label + features to average) on a project's queue.
+
+The queue is the project's embedded one (the default) or a Redis Stream
+(``queue="redis://HOST:PORT/DB"``); see :mod:`mmf_stream.service.backends`.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +12,9 @@ from typing import Any
 
 import numpy as np
 
+from mmf_stream.service.backends import check_queue_url, open_queue
 from mmf_stream.service.messages import MAX_PAYLOAD_BYTES
-from mmf_stream.service.queue import EmbeddedQueue, encode_array
+from mmf_stream.service.queue import encode_array
 
 
 def _project(project: str | os.PathLike) -> tuple[Path, int | None]:
@@ -68,8 +73,12 @@ def submit(project: str | os.PathLike, label: Any, mean: Any = None, features: A
     features : array of shape (n, D), optional
         Instances of the class, averaged by the coordinator (give ``mean`` or ``features``).
     queue : str, optional
-        Where to queue: None (default) is the project's embedded queue
-        (``PROJECT/queue/messages.sqlite``, durable when this returns).
+        Where to queue: None, ``""`` or ``"embedded"`` (default) is the
+        project's embedded queue (``PROJECT/queue/messages.sqlite``, durable
+        when this returns); ``redis://HOST:PORT/DB`` (or ``rediss://``,
+        ``unix://``; ``?stream=KEY`` names the stream, by default
+        ``mmf_stream:<project id>``) is a Redis Stream (on the server when this
+        returns; durable as the server's ``appendfsync`` makes it).
     message_id : str, optional
         The message's id (default: a fresh UUID). Submitting the same id again
         queues nothing new: retry freely after a lost answer.
@@ -83,14 +92,16 @@ def submit(project: str | os.PathLike, label: Any, mean: Any = None, features: A
     ------
     ValueError, TypeError
         A project that is not a class store, a label or array that is not
-        valid for it (shape, dimension, NaN/Inf, size), or an unknown queue.
+        valid for it (shape, dimension, NaN/Inf, size), an unknown queue, or
+        a Redis queue without the ``redis`` package.
+    ConnectionError
+        The Redis server cannot be reached (the message names the URL).
     """
     path, dim = _project(project)
     text = _label(label)
     kind, array = _payload(mean, features, dim)
-    if queue not in (None, "", "embedded"):
-        raise ValueError(f"unknown queue {queue!r}: this version queues in the project (leave out --queue)")
+    check_queue_url(queue)
     if message_id is not None and (not isinstance(message_id, str) or not message_id.strip()):
         raise ValueError("message_id must be a non-empty string")
-    with EmbeddedQueue.of_project(path) as embedded:
-        return embedded.put(text, kind, encode_array(array), message_id=message_id)
+    with open_queue(path, queue) as target:
+        return target.put(text, kind, encode_array(array), message_id=message_id)
