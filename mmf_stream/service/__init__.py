@@ -1,4 +1,9 @@
-"""The streaming service (issue 11): durable queues of new classes and their producers.
+"""The streaming service (docs/service.md): the coordinator, the project's generations, queues, producers.
+
+* :mod:`~mmf_stream.service.coordinator`: ``serve`` and ``Coordinator`` (``mmf-stream serve``);
+* :mod:`~mmf_stream.service.project`: the project's generations (copy-on-write layers, the commit log,
+  recovery);
+* :mod:`~mmf_stream.service.status`: ``project_status`` (``mmf-stream status``);
 
 * :mod:`~mmf_stream.service.queue`: the embedded durable queue (SQLite in the project);
 * :mod:`~mmf_stream.service.redis_queue`: the Redis Streams queue (``redis://HOST:PORT/DB``; needs the
@@ -7,6 +12,4 @@
   interface every queue offers, and the project's stable id;
 * :mod:`~mmf_stream.service.submit`: ``submit``, the producers' side;
 * :mod:`~mmf_stream.service.messages`: what a consumer accepts (or dead-letters, with the reason).
-
-The coordinator (``mmf-stream serve``) comes next.
 """
