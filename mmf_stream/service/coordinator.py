@@ -28,8 +28,9 @@ stream of updates is therefore better sent as new labels or in large batches.
 **Refresh.** After each batch the coordinator measures the drift: how much the
 squared error per class exceeds that of the last batch run (``drift``); when it
 passes ``refresh_drift``, or when the classes grew by ``refresh_growth`` since
-the last batch run, it starts batch MMF in a background thread (on the Dask
-cluster when one is given) on a snapshot of the store's classes. When that
+the last batch run, it starts batch MMF in the background on a snapshot of the
+store's classes: in a separate, lower-priority process (or on the Dask cluster
+when one is given). When that
 finishes, the classes that arrived meanwhile are inserted into it, and it is
 committed as a new generation; if an existing class was updated meanwhile, the
 refresh is discarded and started again later.
@@ -46,7 +47,9 @@ import signal
 import sys
 import threading
 import time
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
+from multiprocessing import get_context
 from pathlib import Path
 from typing import Any, Callable
 
@@ -184,16 +187,26 @@ def serving_pid(project: str | os.PathLike) -> int | None:
         os.close(fd)
 
 
+#: niceness of the refresh process: batches in the coordinator come first on a busy machine
+REFRESH_NICENESS = 10
+
+
 @dataclass
 class _Refresh:
     """A batch run in the background on a snapshot of the store."""
 
-    thread: threading.Thread
+    future: Future
     store_generation: int
     size: int
-    result: Any = None
-    error: BaseException | None = None
     invalidated: bool = False
+
+
+def batch_factorization(factor: np.ndarray, labels: np.ndarray, order: int, core_size: int | None, seed: int,
+                        scheduler: str | None):
+    """Batch MMF of the classes with factor rows ``factor`` (what a refresh runs, in its own process)."""
+    from mmf_stream._factorization import factorize
+
+    return factorize(means=factor, order=order, core_size=core_size, labels=labels, seed=seed, client=scheduler)
 
 
 class Coordinator:
@@ -221,6 +234,7 @@ class Coordinator:
         self._queue = None
         self.factorization = None
         self._refresh: _Refresh | None = None
+        self._executor: Executor | None = None
         self._labels: dict[Any, int] = {}
 
     # ------------------------------------------------------------------ start / stop
@@ -295,6 +309,9 @@ class Coordinator:
                 except Exception:  # noqa: BLE001 - closing must not hide the real error
                     pass
         self._queue = self._project = None
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = None
         self._lock.release()
 
     def install_signal_handlers(self) -> None:
@@ -459,11 +476,19 @@ class Coordinator:
         return means * (1.0 / np.sqrt(np.einsum("ij,ij->i", means, means)))[:, None]
 
     def _batch(self, factor: np.ndarray, labels: np.ndarray):
-        from mmf_stream._factorization import factorize
+        return batch_factorization(factor, labels, self._order(), self.options.core_size, self.options.seed,
+                                   self.options.scheduler)
 
-        order = self._order()
-        return factorize(means=factor, order=order, core_size=self.options.core_size, labels=labels,
-                         seed=self.options.seed, client=self.options.scheduler)
+    def _refresh_executor(self) -> Executor:
+        """Where refreshes run: a thread when a Dask cluster does the work, else a separate process
+        (the batch engine holds the GIL for long stretches; a thread would stall the batches)."""
+        if self._executor is None:
+            if self.options.scheduler is not None:
+                self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mmf-refresh")
+            else:
+                self._executor = ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn"),
+                                                     initializer=os.nice, initargs=(REFRESH_NICENESS,))
+        return self._executor
 
     @staticmethod
     def _after_batch_run(counters: dict[str, Any], f) -> dict[str, Any]:
@@ -494,30 +519,23 @@ class Coordinator:
         if drift < self.options.refresh_drift and not growth_due:
             return
         store = self._store
-        factor, labels = store.factor(), store.labels
-        refresh = _Refresh(thread=None, store_generation=store.generation, size=store.size)  # type: ignore[arg-type]
-
-        def work() -> None:
-            try:
-                refresh.result = self._batch(factor, labels)
-            except BaseException as error:  # noqa: BLE001 - reported by _finish_refresh
-                refresh.error = error
-
-        refresh.thread = threading.Thread(target=work, name="mmf-refresh", daemon=True)
+        future = self._refresh_executor().submit(
+            batch_factorization, store.factor(), store.labels, self._order(), self.options.core_size,
+            self.options.seed, self.options.scheduler)
         self.log(f"refresh: batch MMF of {store.size} classes in the background "
                  f"(drift {drift:.3f}, growth {growth:.3f})")
-        self._refresh = refresh
-        refresh.thread.start()
+        self._refresh = _Refresh(future=future, store_generation=store.generation, size=store.size)
 
     def _finish_refresh(self, wait: bool = False) -> None:
         refresh = self._refresh
-        if refresh is None or (refresh.thread.is_alive() and not wait):
+        if refresh is None or (not refresh.future.done() and not wait):
             return
-        refresh.thread.join()
         self._refresh = None
-        if refresh.error is not None:
-            self.log(f"refresh failed: {refresh.error}")
-            self._project.record_event("error", f"refresh failed: {type(refresh.error).__name__}: {refresh.error}")
+        try:
+            batch = refresh.future.result()
+        except Exception as error:  # noqa: BLE001 - a failed refresh is reported; serving goes on
+            self.log(f"refresh failed: {error}")
+            self._project.record_event("error", f"refresh failed: {type(error).__name__}: {error}")
             return
         if refresh.invalidated:
             self.log("refresh discarded: classes it had were updated meanwhile")
@@ -527,11 +545,11 @@ class Coordinator:
             current = self._project.current()
             if current.store_generation != store.generation:
                 return  # changed outside the service: the next batch factorizes again
-            result = refresh.result
+            result = batch
             if store.size > refresh.size:  # replay the classes that arrived meanwhile
                 result = result.insert_many(means=store.factor()[refresh.size:], labels=store.labels[refresh.size:],
                                             repair=False)
-            counters = self._after_batch_run(current.counters, refresh.result)
+            counters = self._after_batch_run(current.counters, batch)
             number = self._project.prepare(result, store_generation=store.generation, position=current.position,
                                            queue=self._queue_url(), counters=counters, reason="refresh")
             self._project.commit(number)
