@@ -201,3 +201,19 @@ def test_cli_cluster_options_are_checked(tmp_path, capsys):
     with pytest.raises(SystemExit) as raised:
         cli.main(["factorize", "x.zarr", "--workers", "0", "--out", out])
     assert raised.value.code == 2
+
+
+def test_serve_runs_its_batch_runs_on_the_scheduler(tmp_path):
+    """`mmf-stream serve --scheduler`: the first factorization and the refreshes go to the cluster."""
+    from mmf_stream.service.coordinator import serve
+    from mmf_stream.service.status import project_status
+    from tests.service_helpers import check_exact, make_project
+
+    project = make_project(tmp_path / "p", size=300)
+    for i, mean in enumerate(np.abs(np.random.default_rng(2).normal(size=(40, 8))) + 0.1):
+        ms.submit(project, f"n{i}", mean=mean)
+    with local_cluster(tmp_path / "cluster", 1) as address:
+        serve(project, order=4, scheduler=address, batch_max=8, idle_exit=1.0, log=lambda line: None)
+    check_exact(project)
+    status = project_status(project)
+    assert status["applied"] == 40 and status["refreshes"] >= 1

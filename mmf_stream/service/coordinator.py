@@ -13,9 +13,10 @@ second one refuses to start). It
 3. checks each one (:func:`~mmf_stream.service.messages.decode`): a bad one is
    recorded as a dead letter with its reason;
 4. folds the batch's new classes into the factorization in one insertion
-   (factored insertion from the class means; no repair on this path, so a batch
-   costs about the same whatever the project's size) and adds the classes to
-   the store;
+   (factored insertion from the class means; a small batch without the
+   engine's repair, so it costs little whatever the project's size, a batch of
+   ``repair_interval()`` classes or more with it) and adds the classes to the
+   store;
 5. commits factorization, classes, ingest log, dead letters and queue position
    as one generation, and only then acknowledges the messages.
 
@@ -309,8 +310,14 @@ class Coordinator:
                 except Exception:  # noqa: BLE001 - closing must not hide the real error
                     pass
         self._queue = self._project = None
-        if self._executor is not None:
+        if self._executor is not None:  # an unfinished refresh is abandoned, not waited for
+            processes = list(getattr(self._executor, "_processes", None) or {})
             self._executor.shutdown(wait=False, cancel_futures=True)
+            for pid in processes:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except OSError:
+                    pass
             self._executor = None
         self._lock.release()
 
@@ -452,7 +459,7 @@ class Coordinator:
         rows = self._rows(sums / total[:, None])
         f = self.factorization
         if new.all() and f is not None:
-            grown = f.insert_many(means=rows, labels=labels, repair=False)
+            grown = f.insert_many(means=rows, labels=labels, repair=self._repair(f, rows.shape[0]))
             return grown, "batch", counters
         factor = store.factor() if store.size else np.zeros((0, rows.shape[1]))
         all_labels = store.labels if store.size else labels[:0]
@@ -468,6 +475,14 @@ class Coordinator:
         if self._refresh is not None:
             self._refresh.invalidated = True
         return result, "refresh" if not new.all() else "factorize", self._after_batch_run(counters, result)
+
+    @staticmethod
+    def _repair(f, count: int) -> bool | None:
+        """Small batches insert without the engine's repair (cheap, latency stays low; refreshes keep the
+        quality); a batch of at least ``f.repair_interval()`` classes (a backlog) gets the engine's
+        default policy, which repairs it: its cost is shared by many classes."""
+        interval = f.repair_interval()
+        return None if interval and count >= interval else False
 
     def _rows(self, means: np.ndarray) -> np.ndarray:
         """Factor rows of classes with these means (cosine-normalised like the store's, if it is)."""
@@ -547,8 +562,9 @@ class Coordinator:
                 return  # changed outside the service: the next batch factorizes again
             result = batch
             if store.size > refresh.size:  # replay the classes that arrived meanwhile
+                replay = store.size - refresh.size
                 result = result.insert_many(means=store.factor()[refresh.size:], labels=store.labels[refresh.size:],
-                                            repair=False)
+                                            repair=self._repair(result, replay))
             counters = self._after_batch_run(current.counters, batch)
             number = self._project.prepare(result, store_generation=store.generation, position=current.position,
                                            queue=self._queue_url(), counters=counters, reason="refresh")
