@@ -171,6 +171,22 @@ def test_a_known_label_updates_its_class_and_the_factorization(tmp_path):
     assert project_status(project)["refreshes"] == 1
 
 
+def test_a_project_can_start_empty(tmp_path):
+    project = tmp_path / "p"
+    ms.Store.create(project)
+    for i, mean in enumerate(_means(2)):
+        ms.submit(project, f"n{i}", mean=mean)
+    _serve(project)  # two classes: too few for order 4, stored without a factorization
+    assert ms.Store.open(project, "r").size == 2
+    with pytest.raises(ValueError, match="without a factorization yet"):
+        ms.load(project)
+    for i, mean in enumerate(_means(10, seed=3)):
+        ms.submit(project, f"m{i}", mean=mean)
+    _serve(project)
+    store, f = check_exact(project)
+    assert store.size == f.size == 12
+
+
 def test_features_are_averaged(tmp_path):
     project = make_project(tmp_path / "p")
     features = _means(5, seed=4)

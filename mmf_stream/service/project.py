@@ -197,7 +197,7 @@ class Project:
 
         for attempt in range(READ_ATTEMPTS):
             generation = self.current()
-            if generation is None:
+            if generation is None or not generation.layout:  # none yet (too few classes to factorize)
                 return None
             try:
                 arrays = {name: self._read_array(name, spec) for name, spec in generation.layout.items()}
@@ -274,6 +274,8 @@ class Project:
                 dead: list[tuple[Any, str, str]] = ()) -> int:
         """Write the new generation's layers (durably) and record it as pending; returns its number.
 
+        ``factorization`` None records a generation without one (a project with too few classes).
+
         Nothing a reader sees changes until :meth:`commit`.
         """
         from mmf_stream._store import factorization_arrays, factorization_attrs
@@ -282,7 +284,8 @@ class Project:
             raise RuntimeError("a pending generation must be committed or dropped first")
         last = self._db.execute("SELECT MAX(number) FROM generations").fetchone()[0]
         number = 1 + (0 if last is None else int(last))
-        arrays = {name: np.ascontiguousarray(data) for name, data in factorization_arrays(factorization)}
+        arrays = {} if factorization is None else {
+            name: np.ascontiguousarray(data) for name, data in factorization_arrays(factorization)}
         if not self._cache.layout:
             current = self.current()
             if current is not None and self._cache.layout != current.layout:
@@ -296,7 +299,8 @@ class Project:
                 "INSERT INTO generations (number, state, store_generation, position, queue, layout, attrs, counters, "
                 "reason, created) VALUES (?, 'pending', ?, ?, ?, ?, ?, ?, ?, ?)",
                 (number, int(store_generation), json.dumps(position), queue, json.dumps(layout),
-                 json.dumps(factorization_attrs(factorization)), json.dumps(counters), reason, now))
+                 json.dumps({} if factorization is None else factorization_attrs(factorization)),
+                 json.dumps(counters), reason, now))
             self._db.executemany(
                 "INSERT INTO applied (generation, position, id, label, change, submitted, committed) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?)",
