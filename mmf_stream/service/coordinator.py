@@ -566,6 +566,13 @@ class Coordinator:
             result = batch
             if store.size > refresh.size:  # replay the classes that arrived meanwhile
                 result = insert_in_chunks(result, store.factor()[refresh.size:], store.labels[refresh.size:])
+            if result.error > self.factorization.error:  # only a better factorization is swapped in
+                self.log(f"refresh discarded: after replaying {store.size - refresh.size} classes its error "
+                         f"{result.error:.6g} is above the current {self.factorization.error:.6g}")
+                self._project.record_event("refresh", f"discarded: error {result.error:.6g} after replaying "
+                                                      f"{store.size - refresh.size} classes, above the current "
+                                                      f"{self.factorization.error:.6g}")
+                return
             counters = self._after_batch_run(current.counters, batch)
             number = self._project.prepare(result, store_generation=store.generation, position=current.position,
                                            queue=self._queue_url(), counters=counters, reason="refresh")
