@@ -16,9 +16,10 @@ Baselines in the same run:
 * **single inserts**: the same coordinator with ``--batch-max 1`` (one
   insertion and one commit per class), 100 classes offered at the highest load.
 
-Error after +10% classes: on two copies of the freshly factorized project,
+Error after +10% classes: on three copies of the freshly factorized project,
 0.1 m0 new classes are queued at once and served: with the default refresh
-policy and with refreshes off (insertions only). The error is read when the
+policy, with refreshes off (insertions only), and with ``--inline-repair``
+(the engine's repair policy, refreshes off). The error is read when the
 queue has drained (a refresh may still be running) and compared with batch MMF
 of the same final classes, and again once the refresh that the growth started has
 been committed.
@@ -172,7 +173,7 @@ def main() -> None:
         batch_seconds = time.perf_counter() - t
         print(f"m0 = {m0}: project created in {created:.1f} s, first factorization by serve {first:.1f} s "
               f"(process included), batch MMF in this process {batch_seconds:.1f} s", flush=True)
-        copies = {name: root / f"p{m0}-{name}" for name in ("refresh", "norefresh")}
+        copies = {name: root / f"p{m0}-{name}" for name in ("refresh", "norefresh", "inline")}
         for copy in copies.values():
             shutil.rmtree(copy, ignore_errors=True)
             shutil.copytree(project, copy)
@@ -194,7 +195,8 @@ def main() -> None:
         print(f"  single inserts {rate:g}/s: {result}", flush=True)
         new = pool[m0: m0 + extra]
         for name, copy in copies.items():
-            serve_args = () if name == "refresh" else ("--refresh-growth", "0", "--refresh-drift", "1e9")
+            serve_args = {"refresh": (), "norefresh": ("--refresh-growth", "0", "--refresh-drift", "1e9"),
+                          "inline": ("--inline-repair", "--refresh-growth", "0", "--refresh-drift", "1e9")}[name]
             produce(copy, new, "grow", None)
             t = time.perf_counter()
             process = start_serve(copy, *serve_args)
@@ -214,7 +216,9 @@ def main() -> None:
             stop(process)
             final = ms.Store.open(copy, "r")
             reference = ms.factorize(means=final.factor(), order=ORDER)
-            error_rows.append([m0, f"+{extra} (+10%)", "default" if name == "refresh" else "off (insertions only)",
+            policy = {"refresh": "default (background refresh)", "norefresh": "insertions only",
+                      "inline": "--inline-repair, no refresh"}[name]
+            error_rows.append([m0, f"+{extra} (+10%)", policy,
                                f"{seconds:.1f}", f"{extra / seconds:.1f}", refreshes,
                                f"{f.error / reference.error:.3f}",
                                "-" if later is None else f"{later.error / reference.error:.3f}"])
@@ -226,7 +230,7 @@ def main() -> None:
                 ["m0", "method", "offered /s", "sustained /s", "p50 s", "p99 s", "peak MB"], load_rows,
                 args.markdown)
     print_table("Error after +10% classes, against batch MMF of the same classes",
-                ["m0", "added", "refresh", "seconds to drain (start-up included)", "classes/s",
+                ["m0", "added", "policy", "seconds to drain (start-up included)", "classes/s",
                  "refreshes at drain", "error / batch at drain", "after the next refresh"], error_rows,
                 args.markdown)
 

@@ -19,7 +19,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     serve(args.project, order=args.order, queue=args.queue, scheduler=args.scheduler, batch_max=args.batch_max,
           batch_wait=args.batch_wait, refresh_drift=args.refresh_drift, refresh_growth=args.refresh_growth,
-          idle_exit=args.idle_exit)
+          inline_repair=args.inline_repair, idle_exit=args.idle_exit)
     return 0
 
 
@@ -59,6 +59,9 @@ def add_service_commands(sub, int_at_least: Callable[[int], Callable[[str], int]
     serve.add_argument("--refresh-growth", type=non_negative, default=DEFAULT_REFRESH_GROWTH, metavar="X",
                        help="... or when the classes grew by this fraction since it (default "
                        f"{DEFAULT_REFRESH_GROWTH}; 0: never)")
+    serve.add_argument("--inline-repair", action="store_true",
+                       help="insert with the engine's repair policy (better factorizations between refreshes; "
+                       "batches stall for the repairs)")
     serve.add_argument("--idle-exit", type=non_negative, default=None, metavar="SECONDS",
                        help="stop after this many seconds with nothing queued (one-off catch-up runs)")
     serve.set_defaults(run=_serve)

@@ -109,11 +109,14 @@ def growth(size: int, counters: dict[str, Any]) -> float:
     return 0.0 if not base_size else size / base_size - 1.0
 
 
-def insert_in_chunks(f, rows: np.ndarray, labels: np.ndarray, chunk: int = INSERT_CHUNK):
-    """``f`` with the classes of factor rows ``rows`` inserted, :data:`INSERT_CHUNK` at a time, in order,
-    without the engine's repair (a refresh re-runs batch instead, in the background)."""
+def insert_in_chunks(f, rows: np.ndarray, labels: np.ndarray, chunk: int = INSERT_CHUNK, *,
+                     inline_repair: bool = False):
+    """``f`` with the classes of factor rows ``rows`` inserted, :data:`INSERT_CHUNK` at a time, in order:
+    without the engine's repair (a refresh re-runs batch instead, in the background), or with its default
+    repair policy when ``inline_repair``."""
+    repair = None if inline_repair else False
     for start in range(0, rows.shape[0], chunk):
-        f = f.insert_many(means=rows[start: start + chunk], labels=labels[start: start + chunk], repair=False)
+        f = f.insert_many(means=rows[start: start + chunk], labels=labels[start: start + chunk], repair=repair)
     return f
 
 
@@ -133,6 +136,7 @@ class ServeOptions:
     batch_wait: float = DEFAULT_BATCH_WAIT
     refresh_drift: float = DEFAULT_REFRESH_DRIFT
     refresh_growth: float = DEFAULT_REFRESH_GROWTH
+    inline_repair: bool = False
     seed: int = 0
 
     def check(self) -> ServeOptions:
@@ -470,7 +474,7 @@ class Coordinator:
         rows = self._rows(sums / total[:, None])
         f = self.factorization
         if new.all() and f is not None:
-            grown = insert_in_chunks(f, rows, labels)
+            grown = insert_in_chunks(f, rows, labels, inline_repair=self.options.inline_repair)
             return grown, "batch", counters
         factor = store.factor() if store.size else np.zeros((0, rows.shape[1]))
         all_labels = store.labels if store.size else labels[:0]
@@ -565,7 +569,8 @@ class Coordinator:
                 return  # changed outside the service: the next batch factorizes again
             result = batch
             if store.size > refresh.size:  # replay the classes that arrived meanwhile
-                result = insert_in_chunks(result, store.factor()[refresh.size:], store.labels[refresh.size:])
+                result = insert_in_chunks(result, store.factor()[refresh.size:], store.labels[refresh.size:],
+                                          inline_repair=self.options.inline_repair)
             if result.error > self.factorization.error:  # only a better factorization is swapped in
                 self.log(f"refresh discarded: after replaying {store.size - refresh.size} classes its error "
                          f"{result.error:.6g} is above the current {self.factorization.error:.6g}")
@@ -587,7 +592,8 @@ class Coordinator:
 def serve(project: str | os.PathLike, *, order: int | None = None, queue: str | None = None,
           scheduler: str | None = None, batch_max: int = DEFAULT_BATCH_MAX, batch_wait: float = DEFAULT_BATCH_WAIT,
           refresh_drift: float = DEFAULT_REFRESH_DRIFT, refresh_growth: float = DEFAULT_REFRESH_GROWTH,
-          idle_exit: float | None = None, log: Callable[[str], None] | None = None) -> None:
+          inline_repair: bool = False, idle_exit: float | None = None,
+          log: Callable[[str], None] | None = None) -> None:
     """Serve ``project`` until SIGTERM/SIGINT (or ``idle_exit`` seconds without messages).
 
     Parameters
@@ -606,13 +612,18 @@ def serve(project: str | os.PathLike, *, order: int | None = None, queue: str | 
         seconds after the first for more.
     refresh_drift, refresh_growth : float
         Refresh thresholds (see the module docstring).
+    inline_repair : bool
+        Insert with the engine's default repair policy (a re-run from the
+        shallow snapshot every ``repair_interval()`` classes): better
+        factorizations between refreshes, at the price of batches that stall
+        for the repair (seconds at 20,000 classes).
     idle_exit : float, optional
         Stop after this many seconds with an empty queue (tests, one-off catch-up runs).
     log : callable, optional
         One line per notable event (default: stderr).
     """
     options = ServeOptions(order=order, queue=queue, scheduler=scheduler, batch_max=batch_max, batch_wait=batch_wait,
-                           refresh_drift=refresh_drift, refresh_growth=refresh_growth)
+                           refresh_drift=refresh_drift, refresh_growth=refresh_growth, inline_repair=inline_repair)
     coordinator = Coordinator(project, options, log=log)
     coordinator.start()
     try:
