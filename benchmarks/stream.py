@@ -207,7 +207,7 @@ def main() -> None:
                 refreshes = int(log.counters().get("refreshes", 0))
             later = None
             if name == "refresh":  # the refresh the growth started: wait for its commit
-                deadline = time.monotonic() + 600
+                deadline = time.monotonic() + 300
                 while time.monotonic() < deadline and later is None:
                     with Project(copy) as log:
                         if int(log.counters().get("refreshes", 0)) > refreshes:

@@ -362,6 +362,7 @@ class Coordinator:
         position = self._project.current().position
         messages = self._queue.read(after=position, limit=self.options.batch_max, wait=IDLE_WAIT)
         if not messages:
+            self._maybe_refresh()  # a discarded refresh is retried when the queue is idle too
             return 0
         deadline = time.monotonic() + self.options.batch_wait
         while len(messages) < self.options.batch_max and not self.stopping:
