@@ -207,7 +207,7 @@ def test_serve_runs_its_batch_runs_on_the_scheduler(tmp_path):
     """`mmf-stream serve --scheduler`: the first factorization and the refreshes go to the cluster."""
     from mmf_stream.service.coordinator import serve
     from mmf_stream.service.status import project_status
-    from tests.service_helpers import check_exact, make_project
+    from service_helpers import check_exact, make_project
 
     project = make_project(tmp_path / "p", size=300)
     for i, mean in enumerate(np.abs(np.random.default_rng(2).normal(size=(40, 8))) + 0.1):

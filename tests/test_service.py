@@ -16,7 +16,7 @@ from mmf_stream.service.coordinator import Coordinator, ServeOptions
 from mmf_stream.service.project import Project
 from mmf_stream.service.queue import EmbeddedQueue, encode_array
 from mmf_stream.service.status import project_status
-from tests.service_helpers import (
+from service_helpers import (
     DIM,
     INITIAL,
     check_applied_once,
