@@ -211,7 +211,7 @@ def main() -> None:
                 while time.monotonic() < deadline and later is None:
                     with Project(copy) as log:
                         if int(log.counters().get("refreshes", 0)) > refreshes:
-                            later = log.load()
+                            later = ms.load(copy)
                     time.sleep(0.2)
             stop(process)
             final = ms.Store.open(copy, "r")

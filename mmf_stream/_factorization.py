@@ -797,6 +797,20 @@ def _scheduler_address(client: Any) -> str:
         return "the scheduler"
 
 
+def project_factorization(path: str | os.PathLike) -> Factorization | None:
+    """The last committed factorization of the project (class store) at ``path``, or None before one."""
+    from mmf_stream.service.project import Project, has_log
+
+    if not has_log(path):
+        return None
+    with Project(path) as project:
+        parts = project.load_parts()
+    if parts is None:
+        return None
+    raw, state, order, norm, labels, metadata = parts
+    return Factorization(raw, order=order, norm=norm, labels=labels, metadata=metadata, insertion_state=state)
+
+
 def load(path: str | os.PathLike) -> Factorization:
     """Read a factorization written by :meth:`Factorization.save`.
 
@@ -816,12 +830,7 @@ def load(path: str | os.PathLike) -> Factorization:
     from mmf_stream._integrity import own_format
 
     if own_format(Path(path)) == "class-store":  # a project: its current factorization
-        from mmf_stream.service.project import Project, has_log
-
-        found = None
-        if has_log(path):
-            with Project(path) as project:
-                found = project.load()
+        found = project_factorization(path)
         if found is None:
             raise ValueError(f"{path} is a project without a factorization yet (run 'mmf-stream serve {path}')")
         return found

@@ -287,7 +287,9 @@ class Coordinator:
         store = self._store
         self._labels = {label: slot for slot, label in enumerate(store.labels.tolist())} if store.size else {}
         if current is not None and current.store_generation == store.generation:
-            self.factorization = self._project.load()
+            from mmf_stream._factorization import project_factorization
+
+            self.factorization = project_factorization(self.path)
             self._check_order()
             return
         position = None if current is None else current.position
@@ -572,18 +574,24 @@ class Coordinator:
             if store.size > refresh.size:  # replay the classes that arrived meanwhile
                 result = insert_in_chunks(result, store.factor()[refresh.size:], store.labels[refresh.size:],
                                           inline_repair=self.options.inline_repair)
+            counters = self._after_batch_run(current.counters, batch)
+            reason = "refresh"
             if result.error > self.factorization.error:  # only a better factorization is swapped in
                 self.log(f"refresh discarded: after replaying {store.size - refresh.size} classes its error "
                          f"{result.error:.6g} is above the current {self.factorization.error:.6g}")
                 self._project.record_event("refresh", f"discarded: error {result.error:.6g} after replaying "
                                                       f"{store.size - refresh.size} classes, above the current "
                                                       f"{self.factorization.error:.6g}")
-                return
-            counters = self._after_batch_run(current.counters, batch)
+                # the batch run still resets the drift and growth baselines (else it would be retried at once,
+                # forever when the insertions do better than batch), but the factorization stays
+                result, reason = self.factorization, "refresh discarded"
+                counters["refreshes"] -= 1
             number = self._project.prepare(result, store_generation=store.generation, position=current.position,
-                                           queue=self._queue_url(), counters=counters, reason="refresh")
+                                           queue=self._queue_url(), counters=counters, reason=reason)
             self._project.commit(number)
             self.factorization = result
+        if reason != "refresh":
+            return
         self._project.record_event("refresh", f"refreshed: batch of {refresh.size} classes, "
                                               f"{store.size - refresh.size} replayed; relative error "
                                               f"{result.relative_error:.6g}")

@@ -160,7 +160,7 @@ class Project:
     """
 
     def __init__(self, path: str | os.PathLike) -> None:
-        self.path = Path(path)
+        self.path = Path(path)  # ms.load(PROJECT) reads its factorization
         folder = self.path / SERVICE_DIR
         folder.mkdir(exist_ok=True)
         (folder / LAYERS_DIR).mkdir(exist_ok=True)
@@ -190,9 +190,9 @@ class Project:
         return Generation(int(number), str(state), int(store_generation), json.loads(position), str(queue),
                           json.loads(layout), json.loads(attrs), json.loads(counters), str(reason), float(created))
 
-    def load(self):
-        """The factorization of the last committed generation (None before the first commit)."""
-        from mmf_stream._factorization import Factorization
+    def load_parts(self):
+        """The last committed factorization's parts, as :func:`mmf_stream._store.load_parts` returns
+        them (``mmf_stream.load(PROJECT)`` wraps them), or None before there is one."""
         from mmf_stream._store import parts_from_arrays
 
         for attempt in range(READ_ATTEMPTS):
@@ -214,8 +214,7 @@ class Project:
             raw, state, order, norm, labels, metadata = parts_from_arrays(read, generation.attrs, self.path)
             self._cache = _Cached(arrays, generation.layout)
             metadata["generation"] = generation.number
-            return Factorization(raw, order=order, norm=norm, labels=labels, metadata=metadata,
-                                 insertion_state=state)
+            return raw, state, order, norm, labels, metadata
         return None
 
     def _read_array(self, name: str, spec: dict[str, Any]) -> np.ndarray:
@@ -289,7 +288,7 @@ class Project:
         if not self._cache.layout:
             current = self.current()
             if current is not None and self._cache.layout != current.layout:
-                self.load()
+                self.load_parts()
         layout = {name: self._write_array(number, name, data) for name, data in arrays.items()}
         fsync_path(self._layers)
         now = time.time()
