@@ -250,7 +250,9 @@ def test_kill_9_at_random_moments_applies_every_class_once(tmp_path, request, ba
         coordinator = start_coordinator(project, *serve)
         time.sleep(rng.uniform(0.8, 2.5))  # from start-up to mid-batch: the kill lands anywhere
         coordinator.kill()
-        coordinator.communicate()
+        coordinator.wait(timeout=60)
+        coordinator.stdout.close()
+        coordinator.stderr.close()
     for producer in running:
         _, err = producer.communicate(timeout=120)
         assert producer.returncode == 0, err

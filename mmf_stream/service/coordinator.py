@@ -217,6 +217,21 @@ class _Refresh:
     invalidated: bool = False
 
 
+def _refresh_worker_setup() -> None:
+    """In the refresh process: lower priority, and die with the coordinator (Linux), so a coordinator
+    killed with -9 leaves no batch run behind holding its pipes."""
+    os.nice(REFRESH_NICENESS)
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+        if os.getppid() == 1:  # the coordinator died before the line above
+            os._exit(0)
+
+
 def batch_factorization(factor: np.ndarray, labels: np.ndarray, order: int, core_size: int | None, seed: int,
                         scheduler: str | None):
     """Batch MMF of the classes with factor rows ``factor`` (what a refresh runs, in its own process)."""
@@ -512,7 +527,7 @@ class Coordinator:
                 self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mmf-refresh")
             else:
                 self._executor = ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn"),
-                                                     initializer=os.nice, initargs=(REFRESH_NICENESS,))
+                                                     initializer=_refresh_worker_setup)
         return self._executor
 
     @staticmethod
