@@ -40,6 +40,14 @@ def make_project(path: Path, size: int = INITIAL, seed: int = 0) -> Path:
     return path
 
 
+def small_project(path: Path, dim: int) -> Path:
+    """A class store of five random classes ``a``..``e`` of dimension ``dim`` (the queue tests' project)."""
+    rng = np.random.default_rng(0)
+    store = ms.Store.create(path)
+    store.add_means(rng.standard_normal((5, dim)), labels=["a", "b", "c", "d", "e"], counts=np.ones(5, dtype=int))
+    return path
+
+
 def env() -> dict[str, str]:
     """The environment for child processes: this checkout first on the path."""
     root = str(Path(__file__).resolve().parents[1])

@@ -16,16 +16,14 @@ import mmf_stream as ms
 from mmf_stream import cli
 from mmf_stream.service.queue import EmbeddedQueue, encode_array
 
+from service_helpers import small_project  # noqa: E402
+
 D = 6
 
 
 @pytest.fixture
 def project(tmp_path):
-    rng = np.random.default_rng(0)
-    path = tmp_path / "project.zarr"
-    store = ms.Store.create(path)
-    store.add_means(rng.standard_normal((5, D)), labels=["a", "b", "c", "d", "e"], counts=np.ones(5, dtype=int))
-    return path
+    return small_project(tmp_path / "project.zarr", D)
 
 
 def test_submit_queues_in_arrival_order_with_the_payload(project):

@@ -541,29 +541,20 @@ class Coordinator:
         return counters
 
     # ------------------------------------------------------------------ refresh
-    def drift(self) -> float:
-        """See :func:`drift`, for the current factorization."""
-        f = self.factorization
-        return 0.0 if f is None else drift(f.error, f.size, self._project.current().counters)
-
-    def growth(self) -> float:
-        """See :func:`growth`, for the current factorization."""
-        f = self.factorization
-        return 0.0 if f is None else growth(f.size, self._project.current().counters)
-
     def _maybe_refresh(self) -> None:
         if self._refresh is not None or self.factorization is None:
             return
-        drift, growth = self.drift(), self.growth()
-        growth_due = self.options.refresh_growth > 0 and growth >= self.options.refresh_growth
-        if drift < self.options.refresh_drift and not growth_due:
+        f, counters = self.factorization, self._project.current().counters  # one read of the log per check
+        drift_now, growth_now = drift(f.error, f.size, counters), growth(f.size, counters)
+        growth_due = self.options.refresh_growth > 0 and growth_now >= self.options.refresh_growth
+        if drift_now < self.options.refresh_drift and not growth_due:
             return
         store = self._store
         future = self._refresh_executor().submit(
             batch_factorization, store.factor(), store.labels, self._order(), self.options.core_size,
             self.options.seed, self.options.scheduler)
         self.log(f"refresh: batch MMF of {store.size} classes in the background "
-                 f"(drift {drift:.3f}, growth {growth:.3f})")
+                 f"(drift {drift_now:.3f}, growth {growth_now:.3f})")
         self._refresh = _Refresh(future=future, store_generation=store.generation, size=store.size)
 
     def _finish_refresh(self, wait: bool = False) -> None:
