@@ -286,7 +286,10 @@ def test_eight_producers_at_once(tmp_path):
 def test_sigterm_finishes_the_batch_and_a_second_coordinator_refuses(tmp_path):
     project = make_project(tmp_path / "p")
     _serve(project)
-    for i, mean in enumerate(_means(60)):
+    # a queue that takes >= 60 s to drain (1 s pause per batch of 4): the second coordinator and
+    # SIGTERM land long before it is empty, even on a slow, loaded CI machine
+    total = 240
+    for i, mean in enumerate(_means(total)):
         ms.submit(project, f"n{i}", mean=mean, message_id=f"n{i}")
     coordinator = start_coordinator(project, "--batch-max", "4", "--batch-wait", "0.3",
                                     extra_env={"MMF_STREAM_SERVICE_PAUSE": "1"})
@@ -302,10 +305,10 @@ def test_sigterm_finishes_the_batch_and_a_second_coordinator_refuses(tmp_path):
     with Project(project) as log:
         assert log.pending() is None
         applied = log.counters()["applied"]
-    assert 0 < applied < 60  # it stopped early, after a whole batch
+    assert 0 < applied < total  # it stopped early, after a whole batch
     store, _ = check_exact(project)
     assert store.size == INITIAL + applied
-    assert project_status(project)["queue_depth"] == 60 - applied
+    assert project_status(project)["queue_depth"] == total - applied
 
 
 def test_cli_status_json_and_errors(tmp_path, capsys):
