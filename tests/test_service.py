@@ -48,17 +48,45 @@ def test_serve_factorizes_then_folds_in_new_classes_exactly(tmp_path):
     means = _means(30)
     for i, mean in enumerate(means):
         ms.submit(project, f"n{i}", mean=mean)
-    _serve(project, batch_max=7, refresh_growth=0, refresh_drift=1e9)
+    _serve(project, batch_max=7, refresh_growth=0, refresh_drift=1e9, catch_up_fraction=0)
     store, f = check_exact(project)
     assert store.size == INITIAL + 30
     assert set(store.labels[INITIAL:].tolist()) == {f"n{i}" for i in range(30)}
-    with Project(project) as log:  # one factorization, then insertions (no batch run)
-        reasons = [row[0] for row in log._db.execute("SELECT reason FROM generations ORDER BY number")]
+    reasons = _reasons(project)  # one factorization, then insertions (no batch run)
     assert reasons[0] == "factorize" and set(reasons[1:]) == {"batch"} and len(reasons) >= 1 + 30 // 7
     status = project_status(project)
     assert status["applied"] == 30 and status["queue_depth"] == 0 and status["dead_letters"] == 0
     assert status["classes"] == status["factorized"] == INITIAL + 30
     assert status["refreshes"] == 0
+
+
+def _reasons(project):
+    with Project(project) as log:
+        return [row[0] for row in log._db.execute("SELECT reason FROM generations ORDER BY number")]
+
+
+@pytest.mark.parametrize("backlog, batch_max", [(12, 8), (40, 8), (40, 256)])
+def test_a_long_backlog_is_caught_up_by_one_batch_run(tmp_path, backlog, batch_max):
+    """A backlog >= catch_up_fraction of the classes (longer than a batch: the rest of the queue is
+    read too): one batch run of the whole project, with batch quality (its error is the batch run's),
+    instead of chunks of insertions. A backlog below the fraction is inserted."""
+    project = make_project(tmp_path / "p")
+    _serve(project)
+    for i, mean in enumerate(_means(backlog)):
+        ms.submit(project, f"n{i}", mean=mean)
+    _serve(project, batch_max=batch_max, refresh_growth=0, refresh_drift=1e9, catch_up_fraction=0.5)
+    store, f = check_exact(project)
+    assert store.size == INITIAL + backlog and set(store.labels[INITIAL:].tolist()) == {f"n{i}" for i in range(backlog)}
+    reasons = _reasons(project)
+    if backlog >= 0.5 * INITIAL:  # 40 waiting, 60 classes: caught up in one generation
+        assert reasons == ["factorize", "catch-up"]
+        status = project_status(project)
+        assert status["error_vs_batch"] == pytest.approx(1.0) and status["refreshes"] == 1
+        with Project(project) as log:
+            assert log.current().counters["batch_error"] == f.error  # the factorization is the batch run
+    else:  # 12 waiting, below half of 60: inserted, a batch of 8 then 4
+        assert reasons == ["factorize", "batch", "batch"]
+        assert project_status(project)["refreshes"] == 0
 
 
 def test_generations_write_only_what_changed(tmp_path):
@@ -101,7 +129,7 @@ def test_readers_never_fail_during_commits(tmp_path):
     reader = threading.Thread(target=read)
     reader.start()
     try:
-        _serve(project, batch_max=1, batch_wait=0.0)
+        _serve(project, batch_max=1, batch_wait=0.0, catch_up_fraction=0)
     finally:
         done.set()
         reader.join()
@@ -203,7 +231,8 @@ def test_refresh_runs_in_the_background_and_replays(tmp_path):
     _serve(project)
     for i, mean in enumerate(_means(40, seed=5)):
         ms.submit(project, f"n{i}", mean=mean)
-    coordinator = Coordinator(project, ServeOptions(order=4, batch_max=4, refresh_growth=0.05),
+    coordinator = Coordinator(project, ServeOptions(order=4, batch_max=4, refresh_growth=0.05,
+                                                       catch_up_fraction=0),
                               log=lambda line: None).start()
     try:
         coordinator.run(idle_exit=0.5)
@@ -215,22 +244,26 @@ def test_refresh_runs_in_the_background_and_replays(tmp_path):
     assert status["refreshes"] >= 1 and status["classes"] == 240 == f.size
     with Project(project) as log:
         assert log.events("refresh")
-        reasons = [row[0] for row in log._db.execute("SELECT reason FROM generations ORDER BY number")]
-    assert "refresh" in reasons
+    assert "refresh" in _reasons(project)
 
 
+@pytest.mark.parametrize("fold_in", ["insertion", "catch-up"])
 @pytest.mark.parametrize("point, settled", [("service-prepared", "dropped"),
                                             ("service-store-committed", "committed"),
                                             ("service-committed", None)])
-def test_a_crash_at_each_commit_step_is_recovered(tmp_path, point, settled):
+def test_a_crash_at_each_commit_step_is_recovered(tmp_path, point, settled, fold_in):
     project = make_project(tmp_path / "p")
     _serve(project)
     for i, mean in enumerate(_means(5)):
         ms.submit(project, f"n-{i}", mean=mean, message_id=f"n-{i}")
-    crashed = run_coordinator(project, "--batch-max", "2", extra_env={"MMF_STREAM_CRASH_AT": point})
+    fraction = "0" if fold_in == "insertion" else "0.05"  # 5 waiting > a batch of 2, and >= 5% of 60 classes
+    crashed = run_coordinator(project, "--batch-max", "2", "--catch-up-fraction", fraction,
+                              extra_env={"MMF_STREAM_CRASH_AT": point})
     assert crashed.returncode == 17, crashed.stderr
     with Project(project) as log:
         assert (log.pending() is not None) == (settled is not None)
+        crashed_in = log.pending() or log.current()
+        assert crashed_in.reason == ("batch" if fold_in == "insertion" else "catch-up")
     done = run_coordinator(project, "--idle-exit", "0.5")
     assert done.returncode == 0, done.stderr
     if settled:
@@ -291,7 +324,7 @@ def test_sigterm_finishes_the_batch_and_a_second_coordinator_refuses(tmp_path):
     total = 240
     for i, mean in enumerate(_means(total)):
         ms.submit(project, f"n{i}", mean=mean, message_id=f"n{i}")
-    coordinator = start_coordinator(project, "--batch-max", "4", "--batch-wait", "0.3",
+    coordinator = start_coordinator(project, "--batch-max", "4", "--batch-wait", "0.3", "--catch-up-fraction", "0",
                                     extra_env={"MMF_STREAM_SERVICE_PAUSE": "1"})
     deadline = time.monotonic() + 60
     while project_status(project)["applied"] == 0 and time.monotonic() < deadline:

@@ -9,6 +9,7 @@ from typing import Callable
 from mmf_stream.service.coordinator import (
     DEFAULT_BATCH_MAX,
     DEFAULT_BATCH_WAIT,
+    DEFAULT_CATCH_UP_FRACTION,
     DEFAULT_REFRESH_DRIFT,
     DEFAULT_REFRESH_GROWTH,
 )
@@ -19,7 +20,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     serve(args.project, order=args.order, queue=args.queue, scheduler=args.scheduler, batch_max=args.batch_max,
           batch_wait=args.batch_wait, refresh_drift=args.refresh_drift, refresh_growth=args.refresh_growth,
-          inline_repair=args.inline_repair, idle_exit=args.idle_exit)
+          catch_up_fraction=args.catch_up_fraction, inline_repair=args.inline_repair, idle_exit=args.idle_exit)
     return 0
 
 
@@ -59,6 +60,10 @@ def add_service_commands(sub, int_at_least: Callable[[int], Callable[[str], int]
     serve.add_argument("--refresh-growth", type=non_negative, default=DEFAULT_REFRESH_GROWTH, metavar="X",
                        help="... or when the classes grew by this fraction since it (default "
                        f"{DEFAULT_REFRESH_GROWTH}; 0: never)")
+    serve.add_argument("--catch-up-fraction", type=non_negative, default=DEFAULT_CATCH_UP_FRACTION, metavar="X",
+                       help="when the messages waiting are at least this fraction of the factorized classes, "
+                       "apply them all by one batch run of the project instead of insertions (default "
+                       f"{DEFAULT_CATCH_UP_FRACTION}; 0: never)")
     serve.add_argument("--inline-repair", action="store_true",
                        help="insert with the engine's repair policy (better factorizations between refreshes; "
                        "batches stall for the repairs)")
