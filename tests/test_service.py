@@ -12,7 +12,7 @@ import pytest
 
 import mmf_stream as ms
 from mmf_stream.cli import main
-from mmf_stream.service.coordinator import Coordinator, ServeOptions
+from mmf_stream.service.coordinator import Coordinator, ServeOptions, refresh_outcome
 from mmf_stream.service.project import Project
 from mmf_stream.service.queue import EmbeddedQueue, encode_array
 from mmf_stream.service.status import project_status
@@ -245,6 +245,16 @@ def test_refresh_runs_in_the_background_and_replays(tmp_path):
     with Project(project) as log:
         assert log.events("refresh")
     assert "refresh" in _reasons(project)
+
+
+def test_refresh_outcome():
+    """A refresh is swapped in when it is not worse; one spoilt by the classes replayed into it is retried
+    (on the current classes, nothing to replay once the queue is idle); one worse with nothing replayed
+    (insertions beat batch) is discarded for good: retrying it would loop forever."""
+    assert refresh_outcome(1.0, 1.0, replayed=50) == "swap"
+    assert refresh_outcome(0.9, 1.0, replayed=0) == "swap"
+    assert refresh_outcome(1.1, 1.0, replayed=50) == "retry"
+    assert refresh_outcome(1.1, 1.0, replayed=0) == "discard"
 
 
 @pytest.mark.parametrize("fold_in", ["insertion", "catch-up"])

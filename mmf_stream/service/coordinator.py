@@ -616,12 +616,17 @@ class Coordinator:
                                           inline_repair=self.options.inline_repair)
             counters = self._after_batch_run(current.counters, batch)
             reason = "refresh"
-            if result.error > self.factorization.error:  # only a better factorization is swapped in
-                self.log(f"refresh discarded: after replaying {store.size - refresh.size} classes its error "
+            replayed = store.size - refresh.size
+            outcome = refresh_outcome(result.error, self.factorization.error, replayed)
+            if outcome != "swap":  # only a better factorization is swapped in
+                retry = " (retried on the current classes)" if outcome == "retry" else ""
+                self.log(f"refresh discarded{retry}: after replaying {replayed} classes its error "
                          f"{result.error:.6g} is above the current {self.factorization.error:.6g}")
-                self._project.record_event("refresh", f"discarded: error {result.error:.6g} after replaying "
-                                                      f"{store.size - refresh.size} classes, above the current "
+                self._project.record_event("refresh", f"discarded{retry}: error {result.error:.6g} after replaying "
+                                                      f"{replayed} classes, above the current "
                                                       f"{self.factorization.error:.6g}")
+                if outcome == "retry":  # the baselines stay: the next check starts a refresh of the current classes
+                    return
                 # the batch run still resets the drift and growth baselines (else it would be retried at once,
                 # forever when the insertions do better than batch), but the factorization stays
                 result, reason = self.factorization, "refresh discarded"
@@ -636,6 +641,18 @@ class Coordinator:
                                               f"{store.size - refresh.size} replayed; relative error "
                                               f"{result.relative_error:.6g}")
         self.log(f"refresh committed ({refresh.size} classes in batch, {store.size - refresh.size} replayed)")
+
+
+def refresh_outcome(refreshed_error: float, current_error: float, replayed: int) -> str:
+    """What a finished refresh becomes: ``"swap"`` (committed: its error, after the replay of the
+    ``replayed`` classes that arrived while it ran, is not above the current factorization's),
+    ``"retry"`` (discarded, and a new refresh of the current classes starts at the next check: the
+    replayed insertions spoilt it, and one without them is expected to do better), or ``"discard"``
+    (discarded with nothing replayed: the insertions beat batch MMF; its batch run becomes the drift
+    and growth baseline, so it is not retried until those pass their thresholds again)."""
+    if refreshed_error <= current_error:
+        return "swap"
+    return "retry" if replayed > 0 else "discard"
 
 
 def serve(project: str | os.PathLike, *, order: int | None = None, queue: str | None = None,
