@@ -247,6 +247,49 @@ def test_refresh_runs_in_the_background_and_replays(tmp_path):
     assert "refresh" in _reasons(project)
 
 
+def test_a_finished_refresh_replays_in_steps_between_batches(tmp_path, monkeypatch):
+    """The classes that arrived while a refresh ran are replayed into it a step at a time between
+    batches (not all inside the swap commit), then it is swapped in or discarded, and the project stays exact."""
+    import concurrent.futures
+
+    from mmf_stream.service import coordinator as coordinator_module
+
+    monkeypatch.setattr(coordinator_module, "REPLAY_STEP", 4)
+    project = make_project(tmp_path / "p", size=200)
+    _serve(project)
+    means = _means(40, seed=6)
+    for i in range(12):  # 6% growth: a refresh starts
+        ms.submit(project, f"n{i}", mean=means[i])
+    lines = []
+    c = Coordinator(project, ServeOptions(order=4, batch_max=4, batch_wait=0.0, catch_up_fraction=0,
+                                          refresh_growth=0.05, refresh_drift=1e9), log=lines.append).start()
+    try:
+        while c._refresh is None:
+            assert c.step() > 0
+        refresh = c._refresh
+        real, gate = refresh.future, concurrent.futures.Future()
+        refresh.future = gate  # the batch run "finishes" only when the test says so
+        snapshot = refresh.size
+        for i in range(12, 40):
+            ms.submit(project, f"n{i}", mean=means[i])
+        while c.step():  # the batches go on while the refresh runs
+            pass
+        assert ms.Store.open(project, mode="r").size == 240 and c._refresh is refresh
+        gate.set_result(real.result())
+        sizes = []
+        while c._refresh is not None:
+            c.step()
+            if refresh.replayed is not None:
+                sizes.append(refresh.replayed.size)
+    finally:
+        c.close()
+    steps = sorted(set(sizes))
+    assert steps[0] <= snapshot + 4 and steps[-1] == 240 and len(steps) >= (240 - snapshot) // 4
+    assert all(b - a <= 4 for a, b in zip(steps, steps[1:]))  # REPLAY_STEP at a time, nothing arriving
+    assert any(line.startswith(("refresh committed", "refresh discarded")) for line in lines), lines
+    check_exact(project)
+
+
 def test_refresh_outcome():
     """A refresh is swapped in when it is not worse; one spoilt by the classes replayed into it is retried
     (on the current classes, nothing to replay once the queue is idle); one worse with nothing replayed
