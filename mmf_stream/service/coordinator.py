@@ -559,13 +559,13 @@ class Coordinator:
         all_labels = np.concatenate([all_labels, labels[new]])
         if factor.shape[0] < self._order():
             return None, "too few classes to factorize", counters
-        why = ("the batch updates existing classes" if not new.all() else "catching up a backlog" if catch_up
-               else "the first factorization")
+        reason = "refresh" if not new.all() else "catch-up" if catch_up else "factorize"
+        why = {"refresh": "the batch updates existing classes", "catch-up": "catching up a backlog",
+               "factorize": "the first factorization"}[reason]
         self.log(f"factorizing {factor.shape[0]} classes ({why})")
         result = self._batch(factor, all_labels)
         if self._refresh is not None:
             self._refresh.invalidated = True
-        reason = "refresh" if not new.all() else "catch-up" if catch_up else "factorize"
         return result, reason, self._after_batch_run(counters, result)
 
     def _rows(self, means: np.ndarray) -> np.ndarray:
@@ -625,32 +625,31 @@ class Coordinator:
         if refresh.batch is None:
             try:
                 refresh.batch = refresh.replayed = refresh.future.result()
-                refresh.seen = self._store.size
             except Exception as error:  # noqa: BLE001 - a failed refresh is reported; serving goes on
                 self._refresh = None
                 self.log(f"refresh failed: {error}")
                 self._project.record_event("error", f"refresh failed: {type(error).__name__}: {error}")
                 return
+            refresh.seen = self._store.size
         if refresh.invalidated:
             self._refresh = None
             self.log("refresh discarded: classes it had were updated, or the project was factorized, meanwhile")
             return
         store = self._store
-        while refresh.replayed.size < store.size:  # between batches: the batches behind are not held up
-            start = refresh.replayed.size
+        start = refresh.replayed.size
+        if start < store.size:  # a step between batches: the batches behind are not held up
             # REPLAY_STEP more than arrived since the last step: the replay gains on any load
-            step = REPLAY_STEP + store.size - refresh.seen
+            stop = store.size if wait else min(store.size, start + REPLAY_STEP + store.size - refresh.seen)
             refresh.seen = store.size
-            stop = store.size if wait else min(store.size, start + step)
             refresh.replayed = insert_in_chunks(refresh.replayed, self._rows(store.means[start:stop]),
                                                 store.labels[start:stop], inline_repair=self.options.inline_repair)
-            if not wait:
-                return  # the next step goes on (or swaps it in)
+            if stop < store.size:
+                return  # the next step goes on
         self._refresh = None
         batch = refresh.batch
         with store.writing():
             current = self._project.current()
-            if current.store_generation != store.generation or refresh.replayed.size != store.size:
+            if current.store_generation != store.generation:
                 return  # changed outside the service: the next batch factorizes again
             result = refresh.replayed
             counters = self._after_batch_run(current.counters, batch)
