@@ -44,6 +44,64 @@ def test_stable_matmul_does_not_depend_on_the_blas_thread_count(tmp_path):
         assert np.array_equal(results[0][name], results[1][name]), name
 
 
+def _left_to_right(a, b, i, j):
+    total = 0.0
+    for k in range(a.shape[1]):
+        total = total + float(a[i, k]) * float(b[k, j])
+    return total
+
+
+@pytest.mark.parametrize("shape", [(1100, 300, 64), (257, 513, 33), (3, 5, 2)])
+def test_stable_matmul_entries_are_left_to_right_sums(shape):
+    """Each entry is one sum in ascending order of the inner index: what no BLAS kernel promises."""
+    rng = np.random.default_rng(6)
+    rows, inner, columns = shape
+    a = rng.standard_normal((rows, inner)) * np.exp(rng.uniform(-8, 8, size=(rows, inner)))
+    b = rng.standard_normal((inner, columns))
+    out = P.stable_matmul(a, b)
+    for i, j in zip(rng.integers(0, rows, 40), rng.integers(0, columns, 40)):
+        assert out[i, j] == _left_to_right(a, b, i, j)
+    # transposed operands (the cogram and gram paths) sum the same way
+    x = rng.standard_normal((300, 24))
+    cogram, gram = P.stable_cogram(x), P.stable_gram(x[:40])
+    assert np.array_equal(cogram, cogram.T) and np.array_equal(gram, gram.T)
+    assert cogram[3, 17] == _left_to_right(x.T, x, 3, 17) and gram[5, 9] == _left_to_right(x[:40], x[:40].T, 5, 9)
+    energies = P.wavelet_energies(x[:40], cogram)
+    y = P.stable_matmul(x[:40], cogram)
+    assert energies[7] == sum((float(y[7, j]) * float(x[7, j]) for j in range(24)), 0.0)
+
+
+def _openblas_cores_this_cpu_runs():
+    flags = open("/proc/cpuinfo").read() if sys.platform.startswith("linux") else ""
+    cores = ["Prescott", "Haswell"] if " avx2" in flags else ["Prescott"]
+    return cores + (["SkylakeX"] if " avx512f" in flags else [])
+
+
+def test_stable_products_do_not_depend_on_the_blas_kernel(tmp_path):
+    """The same numbers whichever kernel OpenBLAS picks for the CPU (SkylakeX's small-matrix
+    kernels rounded rows differently from the main kernel; Haswell's and Prescott's differ)."""
+    script = (
+        "import sys, numpy as np\n"
+        "from mmf_stream.engine.parts import stable_matmul, stable_gram, stable_cogram, wavelet_energies\n"
+        "rng = np.random.default_rng(0)\n"
+        "a = rng.standard_normal((1100, 700)); b = rng.standard_normal((700, 64))\n"
+        "x = rng.standard_normal((233, 40)); s = np.sort(rng.choice(1100, 37, replace=False))\n"
+        "w = stable_cogram(x)\n"
+        "np.savez(sys.argv[1], ab=stable_matmul(a, b), sub=stable_matmul(a[s], b[:, :7]), xx=stable_gram(x), "
+        "w=w, e=wavelet_energies(x, w))\n"
+    )
+    results = {}
+    for core in _openblas_cores_this_cpu_runs():
+        out = tmp_path / f"{core}.npz"
+        env = {"OPENBLAS_CORETYPE": core, "PATH": "/usr/bin:/bin"}
+        subprocess.run([sys.executable, "-c", script, str(out)], check=True, env=env, timeout=120)
+        results[core] = np.load(out)
+    first = next(iter(results.values()))
+    for core, result in results.items():
+        for name in ("ab", "sub", "xx", "w", "e"):
+            assert np.array_equal(result[name], first[name]), (core, name)
+
+
 def test_blocked_gram_is_the_in_order_sum_of_fixed_blocks():
     rng = np.random.default_rng(1)
     x = rng.standard_normal((1000, 24))

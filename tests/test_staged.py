@@ -189,8 +189,12 @@ def _rotations_stay_inside_blocks(f, membership):
 @pytest.mark.parametrize("kind", ["dense", "factored"])
 @pytest.mark.parametrize("seed", [0, 1])
 def test_staged_planted_two_blocks_levels_stay_inside_blocks(kind, seed):
-    """Two blocks of 60, clusters of 32: every coupled level is inside one block; the only
-    mixed tuples are the exact-zero levels that finish a block (as in greedy runs)."""
+    """Two blocks of 60, clusters of 32: no rotation mixes the blocks, and tuples that span
+    both (the levels that finish a block, as in greedy runs) cost next to nothing.
+
+    Which nearly-decoupled row fills the last tuples of a block is decided at rounding
+    level (a bystander of the other block, or a fourth row of the same block whose
+    coupling is ~1e-9): the test asserts what does not depend on it."""
     C, kwargs, membership = _planted(kind, 2, 60, seed)
     run, stages = _recording_map("in turn")
     f = ms.factorize(C, order=4, core_size=12, schedule="staged", options=dict(cluster_size=32, greedy_below=30),
@@ -199,10 +203,9 @@ def test_staged_planted_two_blocks_levels_stay_inside_blocks(kind, seed):
     full = C if C is not None else kwargs["means"] @ kwargs["means"].T
     _check_valid(f, full)
     _rotations_stay_inside_blocks(f, membership)
-    scale = f.level_errors.max()
-    for level in f.levels:
-        if len(set(membership[level.indices].tolist())) > 1:
-            assert level.squared_error <= 1e-9 * scale, f"level {level.number} mixes blocks"
+    mixed = [level.squared_error for level in f.levels if len(set(membership[level.indices].tolist())) > 1]
+    assert mixed, "the last levels of a block have to span both"
+    assert sum(mixed) <= 1e-6 * f.error**2, "levels spanning both blocks carry error"
     # reconstruction keeps the zero blocks zero
     other = membership[:, None] != membership[None, :]
     assert np.abs(f.reconstruct()[other]).max() <= 1e-9 * np.abs(full).max()

@@ -6,14 +6,14 @@ the same numbers bit for bit, whatever the blocks. These helpers compute
 every row-wise quantity so that a row's result does not depend on which
 other rows it is stored with:
 
-* :func:`stable_matmul`: ``a @ b`` with the rows of ``a`` and the columns of
-  ``b`` padded with zeros to a multiple of :data:`ROW_MULTIPLE`. OpenBLAS
-  computes the edges of an odd-sized product with other kernels than its
-  main one, and where the edges fall depends on the shape and on how many
-  threads share the product; they round differently. On padded shapes every
-  entry comes from the same kernel: the numbers no longer depend on the
-  other rows, nor on the BLAS thread count (workers run one thread, the
-  local engine several);
+* :func:`stable_matmul`: ``a @ b`` through
+  :func:`~mmf_stream.engine.ordered_products.ordered_matmul`, every entry one
+  sum in a fixed order. BLAS is not used: OpenBLAS picks its kernels by CPU and
+  by shape (small-matrix and edge kernels round differently from the main one,
+  and SkylakeX's differ from Haswell's), so a row of a BLAS product depends on
+  the other rows it is multiplied with. Here it depends on nothing else, on any
+  CPU and for any BLAS thread count (workers run one thread, the local engine
+  several);
 * :func:`blocked_gram`: ``M' M`` summed over fixed blocks of rows, in order
   (a reduction over rows must not depend on how rows are split);
 * :func:`dense_cluster_inputs`, :func:`factored_cluster_inputs`: a cluster's
@@ -25,36 +25,14 @@ Pure functions on arrays, no I/O.
 from __future__ import annotations
 
 import numpy as np
-from threadpoolctl import ThreadpoolController
 
-
-#: rows of the left factor of :func:`stable_matmul` are padded to a multiple of this
-ROW_MULTIPLE = 16
-
-
-_controller: ThreadpoolController | None = None
-
-
-def _one_blas_thread():
-    """A context in which BLAS runs one thread (the controller is made once: about 25 us a use)."""
-    global _controller
-    if _controller is None:
-        _controller = ThreadpoolController()
-    return _controller.limit(limits=1, user_api="blas")
+from mmf_stream.engine.ordered_products import ordered_matmul, ordered_row_quadratic
 
 
 def stable_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """``a @ b`` whose entry ``(i, j)`` depends only on ``a[i]`` and ``b[:, j]``: not on the
-    other rows and columns, nor on the number of BLAS threads."""
-    rows, columns = a.shape[0], b.shape[1]
-    pad_rows, pad_columns = -rows % ROW_MULTIPLE, -columns % ROW_MULTIPLE
-    if pad_rows:
-        a = np.concatenate([a, np.zeros((pad_rows, a.shape[1]), dtype=a.dtype)])
-    if pad_columns:
-        b = np.concatenate([b, np.zeros((b.shape[0], pad_columns), dtype=b.dtype)], axis=1)
-    with _one_blas_thread():
-        product = a @ b
-    return product[:rows, :columns] if pad_rows or pad_columns else product
+    other rows and columns, the BLAS library, its kernel or its thread count."""
+    return ordered_matmul(np.asarray(a, dtype=np.float64), np.ascontiguousarray(b, dtype=np.float64))
 
 
 def stable_gram(x: np.ndarray) -> np.ndarray:
@@ -97,4 +75,4 @@ def factored_cluster_inputs(x: np.ndarray, inner: np.ndarray) -> tuple[np.ndarra
 
 def wavelet_energies(x: np.ndarray, inner: np.ndarray) -> np.ndarray:
     """``x_i W x_i'`` for every row of ``x``: squared norms of the rows' couplings over the active set."""
-    return np.einsum("ij,ij->i", stable_matmul(x, inner), x)
+    return ordered_row_quadratic(np.asarray(x, dtype=np.float64), np.asarray(inner, dtype=np.float64))
