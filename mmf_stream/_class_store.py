@@ -1,6 +1,6 @@
-"""The project store: class labels, counts, sums, means and the covariance in Zarr.
+"""The project store: class labels, counts, sums and means in Zarr; the covariance derived from them.
 
-Layout (format version 1; ``docs/store.md`` is the user-facing copy). One Zarr
+Layout (format version 2; ``docs/store.md`` is the user-facing copy). One Zarr
 v3 group on local disk:
 
 ================  ============  =========  =========================================
@@ -10,15 +10,21 @@ labels            (capacity,)   int64/str  class label of each slot
 counts            (capacity,)   int64      instances summed per class
 sums              (capacity, D) float64    running sum of each class's features
 means             (capacity, D) float64    sums / counts
-covariance        (capacity,    float64    lower triangle of ``C = M M'``: entry
-                  capacity)                (i, j), j <= i; chunks (32, 4096)
+covariance        (capacity,    float64    only with ``dense_covariance``: lower
+                  capacity)                triangle of ``C = M M'``: entry (i, j),
+                                           j <= i; chunks (32, 4096)
 ================  ============  =========  =========================================
+
+The means are the source of truth: :attr:`Store.covariance` is computed from
+them block by block (:class:`GramCovariance`) unless the store was created with
+``dense_covariance=True`` (or is a version 1 store, which always kept it), when
+the stored lower triangle is read (:class:`SymmetricCovariance`).
 
 Only the first ``size`` slots are committed; ``capacity`` grows by doubling. The
 group attribute ``mmf_stream`` holds ``format`` ("class-store"),
 ``format_version``, ``size``, ``dim``, ``capacity``, ``label_kind``, ``center``,
-``normalize``, ``n_instances``, ``generation``, ``pending``, ``pending_rewrite``
-and ``rewritten``.
+``normalize``, ``dense_covariance``, ``n_instances``, ``generation``, ``pending``,
+``pending_rewrite`` and ``rewritten``.
 
 One writer at a time: every write holds ``writer.lock`` (an ``flock`` the
 kernel drops if the writer dies; the file names its holder) and re-reads the
@@ -38,7 +44,7 @@ the lock. Readers only ever read the first ``size`` slots, refuse reads that a
 later in-place update could have mixed, and refuse missing chunks and
 structure that does not match the metadata (one-line ``ValueError``).
 
-Only the lower triangle of the covariance is written, so appending a class
+With ``dense_covariance``, only the lower triangle of the covariance is written, so appending a class
 writes one row (a few chunks) instead of a row and a column (every chunk of a
 column stripe); updated classes' columns are rewritten band by band, each
 touched chunk read and written once per write. :attr:`Store.covariance` is a
@@ -84,7 +90,10 @@ from mmf_stream._formats import as_str_array, one_line, open_tagged_group
 from mmf_stream._progress import progress
 
 FORMAT = "class-store"
-FORMAT_VERSION = 1
+#: the class store's own format version (the factorization format's is ``mmf_stream.FORMAT_VERSION``)
+CLASS_STORE_FORMAT_VERSION = 2
+#: versions this code opens: 1 always stored the dense covariance; 2 stores it only when asked
+CLASS_STORE_VERSIONS = (1, 2)
 #: chunk shape of the covariance: a band of 32 rows x 4096 columns (1 MiB, uncompressed)
 COVARIANCE_CHUNKS = (32, 4096)
 #: rows per chunk of ``labels`` / ``counts`` (and the most rows per chunk of ``sums`` / ``means``)
@@ -99,7 +108,8 @@ LOCK_FILE = "writer.lock"
 LOCK_POLL = 0.05
 #: most chunks of a row array read and rewritten in one call (bounds memory)
 _MAX_RUN_CHUNKS = 16
-_ARRAYS = ("labels", "counts", "sums", "means", "covariance")
+#: the arrays every store has once it holds classes (``covariance`` too with ``dense_covariance``)
+_ROW_ARRAYS = ("labels", "counts", "sums", "means")
 _COV_CHUNKS = COVARIANCE_CHUNKS  # former private names
 _ROW_CHUNK = ROW_CHUNK
 #: test hooks: the name of a point at which a writer exits abruptly, or pauses
@@ -210,6 +220,39 @@ def _check_magnitude(means: np.ndarray) -> None:
         )
 
 
+def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
+    """A class store's committed metadata from its ``zarr.json`` alone (one small file read).
+
+    For callers that need ``dim``, ``center`` or ``label_kind`` and nothing else
+    (producers): no array is opened, no chunk checked, no lock taken, so the
+    cost does not grow with the store.
+
+    Raises
+    ------
+    ValueError
+        One line: ``path`` is not a class store, or one of a version this code
+        does not read.
+    """
+    source = Path(path)
+    try:
+        document = json.loads((source / "zarr.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        document = None
+    attrs = document.get("attributes") if isinstance(document, dict) else None
+    meta = attrs.get("mmf_stream") if isinstance(attrs, dict) else None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise ValueError(f"{source} is not a class store (written by 'mmf-stream covariance ... --out')")
+    if meta.get("format_version") not in CLASS_STORE_VERSIONS:
+        raise ValueError(f"{source} is a class store of format version {meta.get('format_version')!r}; "
+                         f"this version of mmf_stream reads versions {', '.join(map(str, CLASS_STORE_VERSIONS))}")
+    return dict(meta)
+
+
+def _stores_dense_covariance(meta: dict[str, Any]) -> bool:
+    """Version 1 stores always kept the covariance; version 2 ones say so."""
+    return bool(meta.get("dense_covariance", meta.get("format_version") == 1))
+
+
 def _same_file(fd: int, path: Path) -> bool:
     """Whether the open lock file is still the one at ``path``."""
     try:
@@ -297,12 +340,92 @@ class SymmetricCovariance:
         full = self[:, :]
         return full if dtype is None else full.astype(dtype)
 
+    def to_dask(self, chunks: int | None = None) -> Any:
+        """The covariance as a Dask array (blocks of ``chunks`` x ``chunks``, read when computed).
+
+        Parameters
+        ----------
+        chunks : int, optional
+            Rows and columns per block (default: the stored chunk's rows x 128).
+
+        Returns
+        -------
+        dask.array.Array of shape (size, size)
+        """
+        import dask.array as da
+
+        side = chunks or 128 * int(self.zarr_array.chunks[0])
+        return da.from_array(self, chunks=(side, side), asarray=True, fancy=False, name=False)
+
     def __repr__(self) -> str:
         return f"<SymmetricCovariance shape={self.shape} (lower triangle stored in Zarr)>"
 
 
+def _gram_block(rows: np.ndarray, columns: np.ndarray) -> np.ndarray:
+    """``rows @ columns'``, every entry an in-order sum: a block of ``M M'`` equals that block of
+    the whole, and ``(i, j)`` equals ``(j, i)`` exactly."""
+    from mmf_stream.engine.parts import stable_matmul
+
+    return stable_matmul(rows, columns.T)
+
+
+class GramCovariance(SymmetricCovariance):
+    """Read-only view of ``C = M M'`` computed from the store's class means on demand.
+
+    Nothing of size ``m x m`` is stored or held: ``cov[a:b, c:d]`` multiplies
+    the two blocks of means, ``np.asarray(cov)`` forms the whole matrix (small
+    stores), and :meth:`to_dask` gives a lazy blockwise ``M M'`` for
+    out-of-core consumers. Every entry is summed in a fixed order, so the view
+    is exactly symmetric and a block equals that block of the whole.
+    """
+
+    def __init__(self, store: Store) -> None:
+        super().__init__(store._array("means"), store.size, store._check_unchanged, str(store.path))
+        self._store = store
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        if not isinstance(key, tuple):
+            key = (key, slice(None))
+        if len(key) != 2:
+            raise IndexError("covariance views are 2-D")
+        rows, drop_rows = self._axis(key[0])
+        cols, drop_cols = self._axis(key[1])
+        means = self._store._means_buffer(self.shape[0], self._store.dim)
+        out = _gram_block(means[rows], means[cols])
+        if drop_rows and drop_cols:
+            return out[0, 0]
+        if drop_rows:
+            return out[0]
+        if drop_cols:
+            return out[:, 0]
+        return out
+
+    def to_dask(self, chunks: int | None = None) -> Any:
+        """``M M'`` as a lazy Dask array, computed block by block from the means in Zarr.
+
+        Parameters
+        ----------
+        chunks : int, optional
+            Rows of means per block (default: the stored chunk's rows); the
+            result's blocks are ``chunks x chunks``.
+
+        Returns
+        -------
+        dask.array.Array of shape (size, size)
+            Reads the means when computed (a later update of the store shows).
+        """
+        import dask.array as da
+
+        side = chunks or int(self.zarr_array.chunks[0])
+        means = da.from_array(self.zarr_array, chunks=(side, self.zarr_array.shape[1]), fancy=False)[: self.shape[0]]
+        return da.blockwise(_gram_block, "ij", means, "ik", means, "jk", dtype=np.float64, concatenate=True)
+
+    def __repr__(self) -> str:
+        return f"<GramCovariance shape={self.shape} (C = M M' from the class means; not stored)>"
+
+
 class Store:
-    """A Zarr group holding class labels, counts, means and their covariance.
+    """A Zarr group holding class labels, counts, sums and means (their covariance derived).
 
     Create with :meth:`Store.create`, open with :meth:`Store.open`; grow with
     :meth:`add_classes` (from instance features) or :meth:`add_means`.
@@ -335,6 +458,7 @@ class Store:
         normalize: bool = False,
         overwrite: bool = False,
         lock_timeout: float = LOCK_TIMEOUT,
+        dense_covariance: bool = False,
     ) -> Store:
         """Create an empty store at ``path`` (a directory).
 
@@ -352,6 +476,11 @@ class Store:
         lock_timeout : float
             Seconds to wait for a writer of the store being replaced to finish,
             and the default wait of the new store's writes.
+        dense_covariance : bool
+            Also store the covariance ``C = M M'`` itself (its lower triangle,
+            O(m^2) on disk; every new class writes its row). By default only
+            the means are stored and :attr:`covariance` is computed from them:
+            factorizing and serving never read the dense matrix.
 
         Raises
         ------
@@ -377,13 +506,14 @@ class Store:
             group = zarr.open_group(str(target), mode="w")
             group.attrs["mmf_stream"] = {
                 "format": FORMAT,
-                "format_version": FORMAT_VERSION,
+                "format_version": CLASS_STORE_FORMAT_VERSION,
                 "size": 0,
                 "dim": None,
                 "capacity": 0,
                 "label_kind": None,
                 "center": bool(center),
                 "normalize": bool(normalize),
+                "dense_covariance": bool(dense_covariance),
                 "n_instances": 0,
                 "generation": 0,
                 "pending": None,
@@ -425,7 +555,7 @@ class Store:
         if mode not in ("r", "r+"):
             raise ValueError(f"mode must be 'r' or 'r+', got {mode!r}")
         recover_interrupted_swap(path)  # a replacement (covariance --overwrite) killed halfway
-        source, group, meta = open_tagged_group(path, FORMAT, (FORMAT_VERSION,), "class store", mode=mode)
+        source, group, meta = open_tagged_group(path, FORMAT, CLASS_STORE_VERSIONS, "class store", mode=mode)
         store = cls(source, group, writable=mode == "r+", lock_timeout=lock_timeout)
         store._settle()
         store._validate()
@@ -549,8 +679,9 @@ class Store:
             "counts": ((capacity,), np.dtype(np.int64)),
             "sums": ((capacity, dim), np.dtype(np.float64)),
             "means": ((capacity, dim), np.dtype(np.float64)),
-            "covariance": ((capacity, capacity), np.dtype(np.float64)),
         }
+        if self.dense_covariance:
+            expected["covariance"] = ((capacity, capacity), np.dtype(np.float64))
         every_chunk = bool(meta.get(EVERY_CHUNK_KEY))  # stores made before it: zero chunks may be absent
         for name, (shape, dtype) in expected.items():
             array = self._array(name)
@@ -659,6 +790,12 @@ class Store:
         return int(self._meta["n_instances"])
 
     @property
+    def dense_covariance(self) -> bool:
+        """Whether the covariance itself is stored (``Store.create(..., dense_covariance=True)``,
+        and every format version 1 store); otherwise it is computed from the means."""
+        return _stores_dense_covariance(self._meta)
+
+    @property
     def labels(self) -> np.ndarray:
         """Class labels in slot order (the order of the covariance's rows)."""
         if self.size == 0:
@@ -696,10 +833,35 @@ class Store:
 
     @property
     def covariance(self) -> SymmetricCovariance:
-        """The covariance ``C = M M'`` as a symmetric, Zarr-backed view."""
+        """The covariance ``C = M M'`` as a read-only symmetric view.
+
+        Computed from the class means block by block (:class:`GramCovariance`),
+        or read from the stored lower triangle when the store keeps it
+        (:attr:`dense_covariance`). Index it (``cov[a:b, c:d]``), convert it
+        (``np.asarray(cov)``, small stores) or take ``cov.to_dask()`` for a lazy
+        blockwise Dask array.
+        """
         if self.size == 0:
             raise ValueError(f"{self.path} holds no classes yet")
+        if not self.dense_covariance:
+            return GramCovariance(self)
         return SymmetricCovariance(self._array("covariance"), self.size, self._check_unchanged, str(self.path))
+
+    def drop_dense_covariance(self) -> None:
+        """Stop storing the dense covariance and delete its array (the means stay the source of truth).
+
+        Works on version 1 stores too (they become version 2). Holds the
+        writer lock; :attr:`covariance` is then computed from the means, with
+        the same values.
+        """
+        self._check_writable()
+        with self._locked():
+            if not self.dense_covariance:
+                return
+            self._set_meta(dense_covariance=False, format_version=CLASS_STORE_FORMAT_VERSION)
+            fsync_path(self.path / "zarr.json")  # committed before the array goes
+            if "covariance" in self._group:
+                del self._group["covariance"]
 
     def matrix(self, *, center: bool | None = None, normalize: bool | None = None) -> np.ndarray:
         """The dense class covariance, centred/normalised per the store's defaults or the arguments.
@@ -1056,8 +1218,9 @@ class Store:
         capacity = int(self._meta["capacity"])
         if capacity >= needed and self._meta.get("dim") == dim:
             return  # ``capacity`` is committed only once every array has it (checked on open)
-        present = {name: group[name] for name in _ARRAYS if name in group}
-        if capacity >= needed and len(present) == len(_ARRAYS):
+        names = _ROW_ARRAYS + (("covariance",) if self.dense_covariance else ())
+        present = {name: group[name] for name in names if name in group}
+        if capacity >= needed and len(present) == len(names):
             return
         new_capacity = max(needed, 2 * capacity, 64, *(array.shape[0] for array in present.values()))
         row_chunk = max(1, min(ROW_CHUNK, ROW_CHUNK_BYTES // (8 * dim)))
@@ -1066,9 +1229,10 @@ class Store:
             "counts": ((new_capacity,), np.int64, (ROW_CHUNK,), {"fill_value": 0}),
             "sums": ((new_capacity, dim), np.float64, (row_chunk, dim), {"fill_value": 0.0}),
             "means": ((new_capacity, dim), np.float64, (row_chunk, dim), {"fill_value": 0.0}),
-            "covariance": ((new_capacity, new_capacity), np.float64, COVARIANCE_CHUNKS,
-                           {"fill_value": 0.0, "compressors": None}),
         }
+        if self.dense_covariance:
+            specs["covariance"] = ((new_capacity, new_capacity), np.float64, COVARIANCE_CHUNKS,
+                                   {"fill_value": 0.0, "compressors": None})
         for name, (shape, dtype, chunks, extra) in specs.items():
             if name in present:
                 if tuple(present[name].shape) != shape:
@@ -1097,10 +1261,13 @@ class Store:
             group = self._group
             for name in ("sums", "means", "counts"):
                 _write_rows(group[name], slots, np.asarray(journal[name])[order])
+                if name == "sums":
+                    _crash_point("mid-apply")  # some arrays updated, others not: the journal completes them
             _write_rows(group["labels"], slots, labels if kind == "int" else np.array(labels.tolist(), dtype=object))
-            if all_means is None:
-                all_means = np.asarray(group["means"][:new_size])
-            _write_covariance(group["covariance"], slots, old_size, new_size, all_means)
+            if self.dense_covariance:
+                if all_means is None:
+                    all_means = np.asarray(group["means"][:new_size])
+                _write_covariance(group["covariance"], slots, old_size, new_size, all_means)
         rewritten = generation if np.any(slots < old_size) else int(self._meta.get("rewritten") or 0)
         self._set_meta(
             size=new_size,

@@ -194,13 +194,38 @@ def _factorize_on_cluster(args: argparse.Namespace) -> int:
     return 0
 
 
-def _covariance(args: argparse.Namespace) -> int:
+def _covariance_inputs(args: argparse.Namespace):
+    """``(features or means, labels, from_means)`` from ``FEATURES LABELS`` or ``--means M LABELS``."""
     import mmf_stream as ms
 
     from mmf_stream._io import read_features
 
-    features = read_features(args.features)
-    labels = ms.read_labels(args.labels)
+    given = [x for x in (args.features, args.labels) if x is not None]
+    if args.means is not None:
+        if len(given) != 1:
+            raise ValueError(f"with --means give one positional argument, LABELS; got {len(given)}")
+        means = _read_means(args.means)
+        if len(means.shape) != 2:
+            raise ValueError(f"--means must be a 2-D array (classes x features), got shape {tuple(means.shape)}")
+        labels = ms.read_labels(given[0])
+        from mmf_stream._validation import labels_for
+
+        try:
+            labels_for(labels, means.shape[0])  # one per row, unique: a mean is one class
+        except ValueError as exc:
+            raise ValueError(f"{given[0]}: {exc} (each row of --means is one class)") from None
+        if args.max_per_class is not None:
+            raise ValueError("--max-per-class samples instances; --means gives one mean per class")
+        return means, labels, True
+    if len(given) != 2:
+        raise ValueError("give FEATURES and LABELS (or --means M.npy LABELS)")
+    return read_features(args.features), ms.read_labels(args.labels), False
+
+
+def _covariance(args: argparse.Namespace) -> int:
+    import mmf_stream as ms
+
+    features, labels, from_means = _covariance_inputs(args)
     out = Path(args.out)
     appending = args.append and out.exists()
     if not appending:
@@ -210,6 +235,9 @@ def _covariance(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     if appending:
         store = ms.Store.open(out, lock_timeout=args.lock_timeout)
+        if args.dense_covariance and not store.dense_covariance:
+            raise ValueError(f"--dense-covariance: {out} computes its covariance from the means (fixed when it "
+                             "was made); read it as store.covariance, or make a new store with the option")
         for option in ("center", "normalize"):
             given = getattr(args, option)
             if given and not getattr(store, option):
@@ -227,7 +255,7 @@ def _covariance(args: argparse.Namespace) -> int:
         building = staging_path(out) if out.exists() else out
         try:
             store = ms.Store.create(building, center=args.center, normalize=args.normalize,
-                                    lock_timeout=args.lock_timeout)
+                                    lock_timeout=args.lock_timeout, dense_covariance=args.dense_covariance)
         except ValueError:
             if not (args.append and building == out and out.exists()):
                 raise
@@ -235,9 +263,12 @@ def _covariance(args: argparse.Namespace) -> int:
             store = ms.Store.open(out, lock_timeout=args.lock_timeout)
     _compile_notice(False, module="_covariance")
     try:
-        with progress(features.shape[0], "covariance", unit="row") as update:
-            report = store.add_classes(features, labels, max_per_class=args.max_per_class, seed=args.seed,
-                                       progress=update)
+        if from_means:
+            report = store.add_means(np.asarray(features, dtype=np.float64), labels)
+        else:
+            with progress(features.shape[0], "covariance", unit="row") as update:
+                report = store.add_classes(features, labels, max_per_class=args.max_per_class, seed=args.seed,
+                                           progress=update)
     except BaseException:
         if not appending:
             import shutil
@@ -249,10 +280,12 @@ def _covariance(args: argparse.Namespace) -> int:
         swap_into_place(building, out)
         store = ms.Store.open(out, mode="r", lock_timeout=args.lock_timeout)
     seconds = time.perf_counter() - start
+    what = "class means" if from_means else "features"
     print(
         f"{len(report['added'])} classes added, {len(report['updated'])} updated from "
-        f"{features.shape[0]:,} x {features.shape[1]} features in {seconds:.2f} s -> {out} "
-        f"({store.size} classes, center={store.center}, normalize={store.normalize})"
+        f"{features.shape[0]:,} x {features.shape[1]} {what} in {seconds:.2f} s -> {out} "
+        f"({store.size} classes, center={store.center}, normalize={store.normalize}, "
+        f"covariance {'stored' if store.dense_covariance else 'computed from the means'})"
     )
     return 0
 
@@ -268,6 +301,7 @@ def _info(args: argparse.Namespace) -> int:
         print(f"dimension   {store.dim}")
         print(f"instances   {store.n_instances}")
         print(f"options     center={store.center} normalize={store.normalize}")
+        print(f"covariance  {'stored (dense)' if store.dense_covariance else 'computed from the means'}")
         shown = store.labels[: args.levels].tolist()
         if shown:
             more = f" ... ({store.size - len(shown)} more)" if store.size > len(shown) else ""
@@ -647,10 +681,20 @@ def build_parser() -> argparse.ArgumentParser:
     fac.add_argument("--quiet", "-q", action="store_true", help="no progress bar or summary")
     fac.set_defaults(run=_factorize)
 
-    cov = sub.add_parser("covariance", help="class covariance of features into a class store (Zarr)")
-    cov.add_argument("features", help="features, n x D: .npy or Zarr array")
-    cov.add_argument("labels", help="class of each row: .npy, .txt or .csv (one per line)")
+    cov = sub.add_parser(
+        "covariance", help="class means (and their covariance) of features into a class store (Zarr)",
+        usage="%(prog)s (FEATURES LABELS | --means M LABELS) --out STORE [options]",
+        description="Group features by label into a class store (labels, counts, sums, means). The covariance "
+        "C = M M' of the class means is computed from them when read; --dense-covariance also stores it.")
+    cov.add_argument("features", nargs="?", default=None, help="features, n x D: .npy or Zarr array")
+    cov.add_argument("labels", nargs="?", default=None, help="class of each row: .npy, .txt or .csv (one per line)")
+    cov.add_argument("--means", default=None, metavar="M",
+                     help="class means instead of FEATURES: m x D, .npy or Zarr array, one row per class "
+                     "(LABELS then holds m unique labels)")
     cov.add_argument("--out", "-o", required=True, help="store directory (Zarr group)")
+    cov.add_argument("--dense-covariance", action="store_true",
+                     help="also store the dense covariance (O(m^2) on disk; for small stores or to read the "
+                     "matrix itself); by default it is computed from the means")
     cov.add_argument("--center", action="store_true", help="subtract the global mean (store default)")
     cov.add_argument("--normalize", action="store_true", help="cosine similarities (store default)")
     cov.add_argument("--max-per-class", type=_int_at_least(1), default=None,

@@ -171,3 +171,96 @@ def test_killed_writer_then_reopen(tmp_path):
         proc.wait(timeout=30)
         store = _assert_consistent(path)
         assert store.n_instances > 2
+
+
+# ---------------------------------------------------- means as the source of truth
+
+
+def _disk_bytes(path):
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def test_the_store_keeps_means_and_derives_the_covariance(tmp_path):
+    """No m x m array on disk; the covariance view is M M' (exactly symmetric, any block equals
+    that block of the whole), as NumPy and as a lazy Dask array; factorizing it is unchanged."""
+    rng = np.random.default_rng(3)
+    means = rng.normal(size=(300, 16))
+    store = ms.Store.create(tmp_path / "s.zarr")
+    store.add_means(means, [f"c{i:03d}" for i in range(300)])
+    assert not store.dense_covariance and not (tmp_path / "s.zarr" / "covariance").exists()
+    dense = ms.Store.create(tmp_path / "d.zarr", dense_covariance=True)
+    dense.add_means(means, [f"c{i:03d}" for i in range(300)])
+    assert dense.dense_covariance and (tmp_path / "d.zarr" / "covariance").is_dir()
+    assert _disk_bytes(tmp_path / "s.zarr") < _disk_bytes(tmp_path / "d.zarr") / 2
+    reopened = ms.Store.open(tmp_path / "s.zarr", mode="r")
+    view = reopened.covariance
+    full = np.asarray(view)
+    np.testing.assert_allclose(full, means @ means.T, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(full, np.asarray(dense.covariance), rtol=1e-12, atol=1e-12)
+    assert np.array_equal(full, full.T)
+    assert np.array_equal(view[17:90, 5:260], full[17:90, 5:260]) and view[4, 250] == full[4, 250]
+    np.testing.assert_array_equal(view[7], full[7])
+    lazy = view.to_dask(chunks=64)
+    assert lazy.shape == (300, 300) and lazy.chunks[0][0] == 64
+    assert np.array_equal(lazy.compute(), full)
+    np.testing.assert_array_equal(dense.covariance.to_dask(chunks=100).compute(), np.asarray(dense.covariance))
+    np.testing.assert_allclose(reopened.matrix(normalize=True), dense.matrix(normalize=True), rtol=1e-9, atol=1e-14)
+    a, b = ms.factorize(reopened, order=4), ms.factorize(means=means, order=4)
+    np.testing.assert_array_equal(a.tuples, b.tuples)
+    assert a.error == pytest.approx(b.error, rel=1e-12)
+    with pytest.raises(TypeError, match="integers and slices"):
+        view[[1, 2]]
+
+
+def test_dense_covariance_follows_updates_and_can_be_dropped(tmp_path):
+    path = tmp_path / "d.zarr"
+    store = ms.Store.create(path, dense_covariance=True)
+    rng = np.random.default_rng(4)
+    store.add_means(rng.normal(size=(40, 6)), np.arange(40))
+    store.add_means(rng.normal(size=(3, 6)), [2, 41, 39])  # two updates, one append
+    np.testing.assert_allclose(np.asarray(store.covariance), store.means @ store.means.T, atol=1e-12)
+    before = np.asarray(store.covariance)
+    store.drop_dense_covariance()
+    assert not (path / "covariance").exists()
+    reopened = ms.Store.open(path)
+    assert not reopened.dense_covariance and type(reopened.covariance).__name__ == "GramCovariance"
+    np.testing.assert_allclose(np.asarray(reopened.covariance), before, rtol=1e-12, atol=1e-12)
+    reopened.add_means(np.ones(6), [99])  # appends no longer write a covariance
+    assert not (path / "covariance").exists() and ms.Store.open(path, mode="r").size == 42
+    with pytest.raises(ValueError, match="read-only"):
+        ms.Store.open(path, mode="r").drop_dense_covariance()
+
+
+def test_format_version_1_stores_open_grow_and_drop_their_covariance(tmp_path):
+    """A store written before the means became the source of truth (format 1: always a covariance)."""
+    path = tmp_path / "old.zarr"
+    rng = np.random.default_rng(5)
+    ms.Store.create(path, dense_covariance=True).add_means(rng.normal(size=(30, 4)), np.arange(30))
+    group = zarr.open_group(str(path), mode="r+")
+    meta = dict(group.attrs["mmf_stream"])
+    del meta["dense_covariance"]
+    meta["format_version"] = 1
+    group.attrs["mmf_stream"] = meta
+    store = ms.Store.open(path)
+    assert store.dense_covariance and store.size == 30
+    store.add_means(rng.normal(size=(2, 4)), [7, 30])
+    np.testing.assert_allclose(np.asarray(ms.Store.open(path, mode="r").covariance), store.means @ store.means.T,
+                               atol=1e-12)
+    ms.factorize(ms.Store.open(path, mode="r"), order=3)
+    store.drop_dense_covariance()
+    meta = zarr.open_group(str(path), mode="r").attrs["mmf_stream"]
+    assert meta["format_version"] == 2 and meta["dense_covariance"] is False
+    assert ms.Store.open(path, mode="r").size == 31
+
+
+def test_read_metadata_reads_one_file(tmp_path, monkeypatch):
+    from mmf_stream._class_store import read_metadata
+
+    path = tmp_path / "s.zarr"
+    ms.Store.create(path).add_means(np.ones((3, 5)), ["a", "b", "c"])
+    monkeypatch.setattr(zarr, "open_group", lambda *a, **k: pytest.fail("opened the group"))
+    meta = read_metadata(path)
+    assert (meta["dim"], meta["size"], meta["center"]) == (5, 3, False)
+    (tmp_path / "plain").mkdir()
+    with pytest.raises(ValueError, match="is not a class store"):
+        read_metadata(tmp_path / "plain")

@@ -195,3 +195,48 @@ def test_insert_command_streams_new_classes_from_a_store(tmp_path):
     assert np.isclose(grown.error, np.linalg.norm(C - grown.reconstruct()))
     _assert_clean_error(_run("insert", before, store, "--labels", "nope", "-o", tmp_path / "x.zarr"), "not in the store")
     _assert_clean_error(_run("insert", before, store, "-o", after), "already exists")
+
+
+def test_covariance_from_class_means(tmp_path, capsys):
+    """`covariance --means M LABELS`: one class per row, duplicates refused (they would merge)."""
+    rng = np.random.default_rng(7)
+    means = rng.normal(size=(30, 5))
+    np.save(tmp_path / "m.npy", means)
+    (tmp_path / "l.txt").write_text("\n".join(f"k{i}" for i in range(30)) + "\n")
+    (tmp_path / "dup.txt").write_text("\n".join(f"k{i % 29}" for i in range(30)) + "\n")
+    out = tmp_path / "p"
+    assert main(["covariance", "--means", str(tmp_path / "m.npy"), str(tmp_path / "l.txt"), "--out", str(out)]) == 0
+    assert "30 classes added" in capsys.readouterr().out
+    store = ms.Store.open(out, mode="r")
+    order = [int(x[1:]) for x in store.labels.tolist()]
+    np.testing.assert_allclose(store.means, means[order], rtol=1e-15)
+    assert store.counts.tolist() == [1] * 30 and not (out / "covariance").exists()
+    bad = [
+        (["--means", "m.npy", "dup.txt", "--out", "q"], "'k0' appears 2 times"),
+        (["--means", "m.npy", "--out", "q"], "give one positional argument, LABELS"),
+        (["--means", "m.npy", "m.npy", "l.txt", "--out", "q"], "give one positional argument, LABELS"),
+        (["--means", "m.npy", "l.txt", "--out", "q", "--max-per-class", "2"], "--max-per-class"),
+        (["m.npy", "--out", "q"], "give FEATURES and LABELS"),
+    ]
+    for args, message in bad:
+        code = main(["covariance", *[str(tmp_path / a) if a.endswith((".npy", ".txt")) or a == "q" else a
+                                     for a in args]])
+        err = capsys.readouterr().err
+        assert code == 2 and message in err and len(err.strip().splitlines()) == 1, (args, err)
+        assert not (tmp_path / "q").exists()
+
+
+def test_covariance_dense_covariance_option(tmp_path, capsys):
+    features = np.random.default_rng(8).normal(size=(60, 4))
+    np.save(tmp_path / "f.npy", features)
+    (tmp_path / "l.txt").write_text("\n".join(str(i % 12) for i in range(60)) + "\n")
+    args = [str(tmp_path / "f.npy"), str(tmp_path / "l.txt")]
+    assert main(["covariance", *args, "--out", str(tmp_path / "d"), "--dense-covariance"]) == 0
+    assert "covariance stored" in capsys.readouterr().out and (tmp_path / "d" / "covariance").is_dir()
+    assert main(["covariance", *args, "--out", str(tmp_path / "s")]) == 0
+    capsys.readouterr()
+    np.testing.assert_allclose(np.asarray(ms.Store.open(tmp_path / "s", mode="r").covariance),
+                               np.asarray(ms.Store.open(tmp_path / "d", mode="r").covariance), rtol=1e-12)
+    code = main(["covariance", *args, "--out", str(tmp_path / "s"), "--append", "--dense-covariance"])
+    assert code == 2 and "computes its covariance from the means" in capsys.readouterr().err
+    assert ms.Store.open(tmp_path / "s", mode="r").n_instances == 60

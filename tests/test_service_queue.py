@@ -210,3 +210,25 @@ def test_integer_projects_take_integer_labels(project):
     assert decode(first, D, "int").label == 42
     with pytest.raises(BadMessage, match="is not an integer"):
         decode(second, D, "int")
+
+
+def test_submit_reads_only_the_project_metadata(project, monkeypatch):
+    """A producer's cost does not grow with the project: no store is opened, no chunk checked."""
+    from mmf_stream._class_store import Store
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("submit opened the class store")
+
+    monkeypatch.setattr(Store, "open", classmethod(refuse))
+    message = ms.submit(project, "fresh", mean=np.ones(D))
+    assert [m.id for m in EmbeddedQueue.of_project(project).read()][-1] == message
+    with pytest.raises(ValueError, match="features; the project's classes have D"):
+        ms.submit(project, "wrong", mean=np.ones(D + 1))
+
+
+def test_submit_to_a_centred_project_is_refused(tmp_path):
+    path = tmp_path / "centred"
+    ms.Store.create(path, center=True).add_means(np.eye(4), ["a", "b", "c", "d"])
+    with pytest.raises(ValueError, match="centred"):
+        ms.submit(path, "e", mean=np.ones(4))
+    assert not (path / "queue").exists()

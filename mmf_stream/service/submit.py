@@ -18,14 +18,24 @@ from mmf_stream.service.queue import encode_array
 
 
 def _project(project: str | os.PathLike) -> tuple[Path, int | None]:
-    """The project's path and feature dimension (a class store), or a one-line error."""
-    from mmf_stream._class_store import Store
-    from mmf_stream._integrity import own_format
+    """The project's path and feature dimension, from its metadata file alone, or a one-line error.
+
+    A producer reads nothing that grows with the project (no array, no chunk
+    check, no lock): the coordinator checks every message again anyway.
+    """
+    from mmf_stream._class_store import read_metadata
 
     path = Path(project)
-    if own_format(path) != "class-store":
-        raise ValueError(f"{path} is not a project (a class store written by 'mmf-stream covariance ... --out')")
-    return path, Store.open(path, mode="r").dim
+    try:
+        meta = read_metadata(path)
+    except ValueError:
+        raise ValueError(f"{path} is not a project (a class store written by 'mmf-stream covariance ... --out')") \
+            from None
+    if meta.get("center"):
+        raise ValueError(f"{path} is centred (center=True): the service does not serve centred projects, whose "
+                         "every class changes when one is added; submit to a project made without --center")
+    dim = meta.get("dim")
+    return path, dim if isinstance(dim, int) and not isinstance(dim, bool) else None
 
 
 def _label(label: Any) -> str:
