@@ -220,6 +220,25 @@ def _check_magnitude(means: np.ndarray) -> None:
         )
 
 
+def swap_last_placement(size: int, removed: Any) -> np.ndarray:
+    """Where each of ``size`` slots goes when the slots ``removed`` leave (-1 for those).
+
+    The removed slots below the new size are holes; the remaining classes at or
+    above it fill them, the lowest of those into the lowest hole. Every other
+    class keeps its slot. :meth:`Store.remove_classes` moves rows this way, and
+    the coordinator knocks classes out of a factorization with the same map.
+    """
+    gone = np.zeros(size, dtype=bool)
+    gone[np.asarray(removed, dtype=np.int64)] = True
+    remaining = size - int(gone.sum())
+    new_index = np.arange(size, dtype=np.int64)
+    new_index[gone] = -1
+    holes = np.flatnonzero(gone[:remaining])
+    movers = remaining + np.flatnonzero(~gone[remaining:])
+    new_index[movers] = holes
+    return new_index
+
+
 def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
     """A class store's committed metadata from its ``zarr.json`` alone (one small file read).
 
@@ -1015,6 +1034,27 @@ class Store:
             out *= scale[columns][None, :]
         return out
 
+    def read_classes(self, slots: Any) -> tuple[np.ndarray, np.ndarray]:
+        """``(sums, counts)`` of the classes at ``slots`` (reads only their rows).
+
+        Parameters
+        ----------
+        slots : array-like of int
+            Class slots (the order of :attr:`labels`).
+
+        Returns
+        -------
+        sums : ndarray of shape (len(slots), D)
+        counts : ndarray of shape (len(slots),)
+        """
+        picked = self._slots(slots, "slots")
+        if not picked.size:
+            return np.zeros((0, self.dim or 0)), np.zeros(0, np.int64)
+        sums = self._read("sums", lambda array: array.oindex[picked, :])
+        counts = self._read("counts", lambda array: array.oindex[picked])
+        self._check_unchanged()
+        return sums, counts
+
     def _slots(self, values: Any, name: str) -> np.ndarray:
         array = np.atleast_1d(np.asarray(values))
         if array.ndim != 1 or (array.size and array.dtype.kind not in "iu"):
@@ -1098,6 +1138,163 @@ class Store:
             raise ValueError("means have non-finite values (NaN or Inf)")
         order = np.argsort(codes)
         return self._add(unique, array[order] * count_array[order][:, None], count_array[order].copy())
+
+    def remove_classes(self, labels: Any) -> dict[str, list]:
+        """Remove classes (knock-out): their rows leave the store in one commit.
+
+        Each removed slot below the new size is filled by a class from the end
+        (the last classes, in slot order, fill the lowest holes), so a removal
+        writes a few rows, never the whole store. The order of the remaining
+        classes is therefore not kept: :attr:`labels` says where each one is.
+
+        Parameters
+        ----------
+        labels : label or array-like of labels
+            Classes of this store, each once.
+
+        Returns
+        -------
+        dict
+            ``{"removed": [...], "moved": {label: new_slot}}``.
+
+        Raises
+        ------
+        ValueError
+            A label the store does not hold, given twice, or a read-only store
+            (the store is unchanged).
+        """
+        return self.replace_classes(remove=labels)
+
+    def replace_classes(self, remove: Any = (), means: Any = None, labels: Any = None,
+                        counts: Any = 1, *, sums: Any = None) -> dict[str, list]:
+        """Remove classes, then append classes, in one commit (the coordinator's updates).
+
+        Parameters
+        ----------
+        remove : label or array-like of labels
+            Classes to remove, as :meth:`remove_classes` does.
+        means : array-like of shape (k, D), optional
+            Classes to append afterwards, from their means, as
+            :meth:`add_means` does. A label in ``remove`` may come back here
+            (an update that moves the class to the end: its sums and counts
+            are the ones given, not added to the old ones).
+        labels : array-like of k unique labels
+        counts : int or array-like of k ints
+            Instances behind each appended mean (at least 1).
+        sums : array-like of shape (k, D), optional
+            The appended classes' running sums instead of ``means`` (the store
+            keeps them as given: ``means = sums / counts``).
+
+        Returns
+        -------
+        dict
+            ``{"removed": [...], "added": [...], "moved": {label: new_slot}}``; the
+            appended classes take the slots after the remaining ones, in sorted
+            label order.
+        """
+        self._check_writable()
+        removed = np.atleast_1d(np.asarray(remove if remove is not None else ()))
+        if removed.size and removed.dtype.kind not in "iuUS":
+            if removed.dtype == object and all(isinstance(x, str) for x in removed.tolist()):
+                removed = removed.astype(str)
+            else:
+                raise TypeError(f"labels to remove must be integers or strings, got dtype {removed.dtype}")
+        if removed.size and np.unique(removed).size != removed.size:
+            values, times = np.unique(removed, return_counts=True)
+            raise ValueError(f"label {values[times > 1][0].item()!r} is given twice to remove")
+        if sums is not None:
+            if means is not None:
+                raise ValueError("give means= or sums=, not both")
+            count_array = np.broadcast_to(np.asarray(counts, dtype=np.int64), (np.shape(sums)[0],))
+            means = np.asarray(sums, dtype=np.float64) / np.maximum(count_array, 1)[:, None]
+        if means is None:
+            if labels is not None:
+                raise ValueError("labels to append need their means")
+            added_labels, sums, added_counts = np.array([]), np.zeros((0, self.dim or 0)), np.zeros(0, np.int64)
+        else:
+            array = np.asarray(means, dtype=np.float64)
+            array = array[None, :] if array.ndim == 1 else array
+            if array.ndim != 2:
+                raise ValueError(f"means must be 1-D or 2-D, got shape {array.shape}")
+            added_labels, codes = encode_labels(labels if np.ndim(labels) else [labels], array.shape[0])
+            if added_labels.shape[0] != array.shape[0]:
+                raise ValueError("labels to append must be unique")
+            count_array = np.broadcast_to(np.asarray(counts, dtype=np.int64), (array.shape[0],))
+            if np.any(count_array < 1):
+                raise ValueError("counts must be at least 1")
+            if not np.all(np.isfinite(array)):
+                raise ValueError("means have non-finite values (NaN or Inf)")
+            order = np.argsort(codes)
+            given = array * count_array[:, None] if sums is None else np.asarray(sums, dtype=np.float64)
+            sums, added_counts = given[order], count_array[order].copy()
+            _check_magnitude(array)
+        with self._locked():
+            return self._replace_locked(removed, added_labels, sums, added_counts)
+
+    def _replace_locked(self, removed: np.ndarray, added: np.ndarray, sums: np.ndarray,
+                        counts: np.ndarray) -> dict[str, Any]:
+        index = self._index()
+        size = self.size
+        labels_removed = removed.tolist()
+        for label in labels_removed:
+            if label not in index:
+                raise ValueError(f"{self.path} has no class {label!r} to remove")
+        gone = {index[label] for label in labels_removed}
+        for label in added.tolist():
+            if label in index and index[label] not in gone:
+                raise ValueError(f"class {label!r} is already in {self.path}; remove it in the same call to "
+                                 "replace it, or add_means to update it")
+        if added.size:
+            kind = "str" if added.dtype.kind in "US" else "int"
+            if self._meta["label_kind"] not in (None, kind):
+                raise TypeError(f"this store's labels are {self._meta['label_kind']}s, got {kind} labels")
+            if self.dim is not None and sums.shape[1] != self.dim:
+                raise ValueError(f"means have dimension {sums.shape[1]}, the store holds dimension {self.dim}")
+        else:
+            kind = self._meta["label_kind"] or "str"
+        remaining = size - len(gone)
+        placement = swap_last_placement(size, sorted(gone))
+        movers = remaining + np.flatnonzero(placement[remaining:] >= 0)
+        holes = placement[movers]
+        dim = sums.shape[1] if self.dim is None else self.dim
+        if movers.size:
+            moved_labels = self._read("labels", lambda array: array.oindex[movers])
+            if moved_labels.dtype.kind in "OT":
+                moved_labels = as_str_array(moved_labels)
+            moved_sums = self._read("sums", lambda array: array.oindex[movers, :])
+            moved_counts = self._read("counts", lambda array: array.oindex[movers])
+        else:
+            moved_labels = np.array([], dtype=str if kind == "str" else np.int64)
+            moved_sums, moved_counts = np.zeros((0, dim)), np.zeros(0, np.int64)
+        gone_slots = np.array(sorted(gone), dtype=np.int64)
+        gone_counts = self._read("counts", lambda array: array.oindex[gone_slots]) if gone_slots.size \
+            else np.zeros(0, np.int64)
+        new_slots = np.arange(remaining, remaining + added.shape[0], dtype=np.int64)
+        slots = np.concatenate([holes, new_slots])
+        all_labels = np.concatenate([moved_labels.astype(added.dtype if added.size else moved_labels.dtype),
+                                     added]) if added.size and moved_labels.size else \
+            (added if added.size else moved_labels)
+        all_sums = np.concatenate([moved_sums, sums])
+        all_counts = np.concatenate([moved_counts, counts]).astype(np.int64)
+        new_size = remaining + added.shape[0]
+        if slots.size == 0 and new_size == size:
+            return {"removed": [], "added": [], "moved": {}}
+        means = all_sums / np.maximum(all_counts, 1)[:, None]
+        buffer = self._means_buffer(max(new_size, 1), dim)
+        previous = buffer[slots].copy()
+        buffer[slots] = means
+        try:
+            self._commit(slots, all_labels, all_sums, all_counts, means, buffer[:new_size], new_size, kind,
+                         np.concatenate([moved_counts, gone_counts]))
+        except BaseException:
+            buffer[slots] = previous  # the cache must keep describing the committed store
+            raise
+        for label in labels_removed:
+            del index[label]
+        for label, slot in zip(all_labels.tolist(), slots.tolist()):
+            index[label] = slot
+        return {"removed": labels_removed, "added": added.tolist(),
+                "moved": dict(zip(moved_labels.tolist(), holes.tolist()))}
 
     def _check_writable(self) -> None:
         if not self._writable:
@@ -1264,7 +1461,7 @@ class Store:
                 if name == "sums":
                     _crash_point("mid-apply")  # some arrays updated, others not: the journal completes them
             _write_rows(group["labels"], slots, labels if kind == "int" else np.array(labels.tolist(), dtype=object))
-            if self.dense_covariance:
+            if self.dense_covariance and slots.size:
                 if all_means is None:
                     all_means = np.asarray(group["means"][:new_size])
                 _write_covariance(group["covariance"], slots, old_size, new_size, all_means)

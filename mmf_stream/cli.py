@@ -617,8 +617,13 @@ def _submit(args: argparse.Namespace) -> int:
     from mmf_stream._formats import existing_path
     from mmf_stream._io import load_npy
 
+    if args.remove:
+        if args.mean is not None or args.features is not None:
+            raise ValueError("--remove takes no --mean or --features")
+        print(ms.submit(args.project, args.label, queue=args.queue, message_id=args.id, remove=True))
+        return 0
     if (args.mean is None) == (args.features is None):
-        raise ValueError("give exactly one of --mean M.npy or --features F.npy")
+        raise ValueError("give exactly one of --mean M.npy, --features F.npy or --remove")
     source = existing_path(args.mean if args.mean is not None else args.features)
     array = load_npy(source, mmap=False)
     kwargs = {"mean": array} if args.mean is not None else {"features": array}
@@ -764,12 +769,15 @@ def build_parser() -> argparse.ArgumentParser:
         description="Queue a new class for 'mmf-stream serve' on PROJECT (a class store): its label and either "
         "its mean (--mean, a D-vector .npy) or instances to average (--features, n x D .npy). The message is queued "
         "when the command returns (the embedded queue: on disk; Redis: on the server, durable as its appendfsync "
-        "makes it); it prints the message id. A label the project has updates that class.",
+        "makes it); it prints the message id. A label the project has updates that class; --remove removes it.",
     )
     sub_parser.add_argument("project", help="the project (class store written by 'mmf-stream covariance')")
     sub_parser.add_argument("--label", required=True, help="the class's label")
     sub_parser.add_argument("--mean", default=None, metavar="M.npy", help="the class mean (D values)")
     sub_parser.add_argument("--features", default=None, metavar="F.npy", help="instances of the class (n x D)")
+    sub_parser.add_argument("--remove", action="store_true",
+                            help="remove the class LABEL from the project (knock-out; an unknown label is "
+                            "dead-lettered with the reason)")
     sub_parser.add_argument("--queue", default=None, metavar="URL",
                             help="the queue: 'embedded' (default: the project's own) or a Redis Stream, "
                             "redis://HOST:PORT/DB (also rediss://, unix://; ?stream=KEY names the stream, by "

@@ -264,3 +264,63 @@ def test_read_metadata_reads_one_file(tmp_path, monkeypatch):
     (tmp_path / "plain").mkdir()
     with pytest.raises(ValueError, match="is not a class store"):
         read_metadata(tmp_path / "plain")
+
+
+# ---------------------------------------------------------------- removal
+
+
+@pytest.mark.parametrize("dense", [False, True])
+def test_remove_classes_fills_holes_from_the_end(tmp_path, dense):
+    rng = np.random.default_rng(11)
+    means = rng.normal(size=(12, 4))
+    labels = [f"k{i:02d}" for i in range(12)]
+    store = ms.Store.create(tmp_path / "s.zarr", dense_covariance=dense)
+    store.add_means(means, labels, counts=np.arange(1, 13))
+    report = store.remove_classes(["k03", "k10", "k00"])
+    assert report["removed"] == ["k03", "k10", "k00"] and report["moved"] == {"k09": 0, "k11": 3}
+    reopened = ms.Store.open(tmp_path / "s.zarr", mode="r")
+    expected = [labels[i] for i in (9, 1, 2, 11, 4, 5, 6, 7, 8)]
+    assert reopened.labels.tolist() == expected and reopened.size == 9
+    keep = [int(x[1:]) for x in expected]
+    np.testing.assert_allclose(reopened.means, means[keep], rtol=1e-15)
+    assert reopened.counts.tolist() == [k + 1 for k in keep]
+    assert reopened.n_instances == sum(k + 1 for k in keep)
+    np.testing.assert_allclose(np.asarray(reopened.covariance), means[keep] @ means[keep].T, atol=1e-12)
+    # remove, then append in one commit: an updated class moves to the end
+    store.replace_classes(remove=["k05"], means=[np.ones(4), np.zeros(4)], labels=["k05", "new"], counts=[3, 2])
+    again = ms.Store.open(tmp_path / "s.zarr", mode="r")
+    assert again.labels.tolist()[-2:] == ["k05", "new"] and again.labels.tolist()[5] == "k08"
+    assert again.counts.tolist()[-2:] == [3, 2] and again.means[-2].tolist() == [1.0] * 4
+    np.testing.assert_allclose(np.asarray(again.covariance), again.means @ again.means.T, atol=1e-12)
+    store.remove_classes("new")  # the last slot: nothing moves
+    assert ms.Store.open(tmp_path / "s.zarr", mode="r").labels.tolist()[-1] == "k05"
+
+
+def test_bad_removals_leave_the_store_untouched(tmp_path):
+    store = ms.Store.create(tmp_path / "s.zarr")
+    store.add_means(np.eye(4), [1, 2, 3, 4])
+    generation = store.generation
+    for labels, error, match in [([9], ValueError, "has no class 9"), ([2, 2], ValueError, "given twice"),
+                                 ([1.5], TypeError, "integers or strings")]:
+        with pytest.raises(error, match=match):
+            store.remove_classes(labels)
+    with pytest.raises(ValueError, match="already in"):
+        store.replace_classes(remove=[1], means=np.ones((1, 4)), labels=[2])
+    reopened = ms.Store.open(tmp_path / "s.zarr", mode="r")
+    assert reopened.generation == generation and reopened.labels.tolist() == [1, 2, 3, 4]
+
+
+def test_a_writer_killed_mid_removal_leaves_a_consistent_store(tmp_path):
+    path = tmp_path / "s.zarr"
+    means = np.random.default_rng(12).normal(size=(40, 3))
+    ms.Store.create(path).add_means(means, np.arange(40))
+    script = (
+        "import sys, mmf_stream as ms\n"
+        "ms.Store.open(sys.argv[1]).remove_classes([0, 5, 39, 17])\n"
+    )
+    env = {**os.environ, "MMF_STREAM_CRASH_AT": "mid-apply"}
+    done = subprocess.run([sys.executable, "-c", script, str(path)], env=env, capture_output=True, timeout=120)
+    assert done.returncode == 17, done.stderr
+    store = ms.Store.open(path, mode="r")  # completes the committed removal
+    assert store.size == 36 and sorted(store.labels.tolist()) == sorted(set(range(40)) - {0, 5, 17, 39})
+    np.testing.assert_allclose(store.means, means[store.labels], rtol=1e-15)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
+import sys
 import threading
 import time
 
@@ -21,6 +23,8 @@ from service_helpers import (
     INITIAL,
     check_applied_once,
     check_exact,
+    env,
+    expected_labels,
     make_project,
     run_coordinator,
     start_coordinator,
@@ -194,9 +198,43 @@ def test_a_known_label_updates_its_class_and_the_factorization(tmp_path):
     ms.submit(project, "c3", features=features)
     _serve(project)
     store, f = check_exact(project)
-    assert store.size == INITIAL and int(store.counts[slot]) == old_count + 4
-    np.testing.assert_allclose(store.means[slot], (old_mean * old_count + features.sum(axis=0)) / (old_count + 4))
-    assert project_status(project)["refreshes"] == 1
+    assert store.labels.tolist()[-1] == "c3", "an updated class is knocked out and inserted again, at the end"
+    assert store.size == INITIAL and int(store.counts[-1]) == old_count + 4
+    np.testing.assert_allclose(store.means[-1], (old_mean * old_count + features.sum(axis=0)) / (old_count + 4))
+    assert project_status(project)["refreshes"] == 0 and _reasons(project)[-1] == "batch"  # no batch run
+
+
+def test_removals_and_updates_apply_in_arrival_order_and_stay_exact(tmp_path):
+    project = make_project(tmp_path / "p")
+    _serve(project)
+    store = ms.Store.open(project, "r")
+    c3 = int(store.counts[store.labels.tolist().index("c3")])
+    fresh = _means(3, seed=12)
+    ids = [
+        ms.submit(project, "c1", remove=True),
+        ms.submit(project, "c3", mean=fresh[0]),  # an update: instances add up
+        ms.submit(project, "n0", mean=fresh[1]),
+        ms.submit(project, "n0", remove=True),  # added, then removed in the same batch
+        ms.submit(project, "ghost", remove=True),  # not there: a dead letter
+        ms.submit(project, "c5", remove=True),
+        ms.submit(project, "c5", mean=fresh[2]),  # removed, then a new class of the same label
+        ms.submit(project, "c1", remove=True),  # already removed above: a dead letter
+    ]
+    _serve(project)
+    store, f = check_exact(project)
+    labels = store.labels.tolist()
+    assert store.size == INITIAL - 1 and "c1" not in labels and "n0" not in labels and "ghost" not in labels
+    assert int(store.counts[labels.index("c3")]) == c3 + 1 and int(store.counts[labels.index("c5")]) == 1
+    np.testing.assert_allclose(store.means[labels.index("c5")], fresh[2])
+    status = project_status(project)
+    assert status["dead_letters"] == 2 and status["refreshes"] == 0
+    reasons = sorted(d["reason"] for d in status["recent_dead_letters"])
+    assert reasons == ["no class 'c1' to remove", "no class 'ghost' to remove"]
+    with Project(project) as log:
+        change = dict(log._db.execute("SELECT id, change FROM applied").fetchall())
+    assert [change[i] for i in ids[:4]] == ["removed", "updated", "added", "removed"]
+    assert change[ids[5]] == "removed" and change[ids[6]] == "updated" and ids[4] not in change
+    assert _reasons(project)[-1] == "batch"
 
 
 def test_a_project_can_start_empty(tmp_path):
@@ -347,6 +385,55 @@ def test_kill_9_at_random_moments_applies_every_class_once(tmp_path, request, ba
     check_applied_once(project, producers)
     status = project_status(project)
     assert status["queue_depth"] == 0 and status["applied"] == 800
+
+
+MUTATOR = r"""
+import sys, time
+import numpy as np
+import mmf_stream as ms
+project, removals, updates = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+rng = np.random.default_rng(5)
+for i in range(removals):  # the id names the change: a retried message cannot apply twice
+    ms.submit(project, f"c{i}", remove=True, message_id=f"remove-c{i}")
+    ms.submit(project, f"c{removals + i}", mean=np.abs(rng.normal(size=DIM)) + 0.1,
+              message_id=f"update-c{removals + i}")
+    time.sleep(rng.uniform(0, 0.3))
+""".replace("DIM", str(DIM))
+
+
+def test_kill_9_during_removals_and_updates_applies_each_change_once(tmp_path):
+    """Additions, removals and updates from three processes while the coordinator is killed at random:
+    afterwards each change is applied once and the factorization is an exact MMF of the store."""
+    project = make_project(tmp_path / "p")
+    producers = {"a0": 80, "a1": 80}
+    running = [start_producer(project, name, count, pause=0.2) for name, count in producers.items()]
+    changes = 20
+    running.append(subprocess.Popen([sys.executable, "-c", MUTATOR, str(project), str(changes), str(changes)],
+                                    env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    rng = np.random.default_rng(12)
+    serve = ["--order", "4", "--batch-max", "8", "--batch-wait", "0.05", "--catch-up-fraction", "0"]
+    for _ in range(8):
+        coordinator = start_coordinator(project, *serve)
+        time.sleep(rng.uniform(0.8, 3.0))
+        coordinator.kill()
+        coordinator.wait(timeout=60)
+        coordinator.stdout.close()
+        coordinator.stderr.close()
+    for process in running:
+        _, err = process.communicate(timeout=180)
+        assert process.returncode == 0, err
+    done = run_coordinator(project, *serve, "--idle-exit", "1")
+    assert done.returncode == 0, done.stderr
+    store, _ = check_exact(project)
+    labels = store.labels.tolist()
+    want = (expected_labels(producers) | {f"c{i}" for i in range(INITIAL)}) - {f"c{i}" for i in range(changes)}
+    assert len(labels) == len(set(labels)) and set(labels) == want
+    counts = dict(zip(labels, store.counts.tolist()))
+    assert all(counts[f"c{i}"] == 2 for i in range(changes, 2 * changes)), "an update applied twice or never"
+    assert all(count == 1 for label, count in counts.items() if not label.startswith("c"))
+    with Project(project) as log:
+        ids = [mid for _, mid, _, _, _ in log.applied()]
+        assert len(ids) == len(set(ids)) == 160 + 2 * changes and log.pending() is None
 
 
 def test_eight_producers_at_once(tmp_path):

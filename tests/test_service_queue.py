@@ -232,3 +232,34 @@ def test_submit_to_a_centred_project_is_refused(tmp_path):
     with pytest.raises(ValueError, match="centred"):
         ms.submit(path, "e", mean=np.ones(4))
     assert not (path / "queue").exists()
+
+
+def test_removals_are_queued_without_a_payload(project, capsys):
+    message = ms.submit(project, "b", remove=True)
+    queued = EmbeddedQueue.of_project(project).read()[-1]
+    assert queued.id == message and queued.kind == "remove" and queued.payload == b""
+    for kwargs, error, match in [({"mean": np.ones(D)}, ValueError, "takes no mean"),
+                                 ({"features": np.ones((2, D))}, ValueError, "takes no mean"),
+                                 ({"remove": "yes"}, TypeError, "True or False")]:
+        with pytest.raises(error, match=match):
+            ms.submit(project, "b", **{"remove": True, **kwargs})
+    assert cli.main(["submit", str(project), "--label", "c", "--remove"]) == 0
+    assert EmbeddedQueue.of_project(project).read()[-1].kind == "remove"
+    np.save(project.parent / "m.npy", np.ones(D))
+    capsys.readouterr()
+    assert cli.main(["submit", str(project), "--label", "c", "--remove", "--mean", str(project.parent / "m.npy")]) == 2
+    assert "--remove takes no --mean" in capsys.readouterr().err
+
+
+def test_bad_removal_messages_are_dead_lettered(project):
+    from mmf_stream.service.messages import BadMessage, decode
+
+    with EmbeddedQueue.of_project(project) as queue:
+        queue.put("b", "remove", b"123")
+        queue.put("b", "remove", b"", extra={"count": 2})
+        queue.put("b", "remove", b"")
+        first, second, good = queue.read()
+    for message, reason in [(first, "carries no payload"), (second, "carries no fields")]:
+        with pytest.raises(BadMessage, match=reason):
+            decode(message, D, "str")
+    assert decode(good, D, "str").removal

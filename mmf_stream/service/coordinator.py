@@ -26,9 +26,14 @@ second one refuses to start). It
 
 **A label the project already has updates that class**: the store adds the
 message's instances to the class (its mean becomes the mean over all its
-instances), and since that changes a row of the covariance, the batch is
-applied by factorizing the project again (a refresh, counted as such). A
-stream of updates is therefore better sent as new labels or in large batches.
+instances); the class is knocked out of the factorization and inserted again
+with its new mean (never a batch run), and moves to the end of the store. **A
+removal** (``ms.submit(PROJECT, label, remove=True)``) knocks the class out of
+the factorization and the store; the last classes of the store fill the slots
+that removals leave (:func:`~mmf_stream._class_store.swap_last_placement`), and
+the factorization's indices follow the store's. A removal of a label the
+project does not have is a dead letter with the reason. Messages apply in
+arrival order (:mod:`mmf_stream.service.changes`).
 
 **Refresh.** After each batch the coordinator measures the drift: how much the
 squared error per class exceeds that of the last batch run (``drift``); when it
@@ -64,6 +69,8 @@ import numpy as np
 
 from mmf_stream._integrity import crash_point
 from mmf_stream.service.backends import SERVICE_DIR, check_queue_url, open_queue
+from mmf_stream._class_store import swap_last_placement
+from mmf_stream.service.changes import BatchChanges, plan_batch
 from mmf_stream.service.messages import BadMessage, NewClass, decode
 from mmf_stream.service.project import IngestRecord, Project
 
@@ -124,6 +131,12 @@ def growth(size: int, counters: dict[str, Any]) -> float:
     """Classes added since the last batch run, as a fraction of its size."""
     base_size = counters.get("batch_classes")
     return 0.0 if not base_size else size / base_size - 1.0
+
+
+def knock_out(f, labels: list, new_index: np.ndarray):
+    """``f`` without the classes ``labels``, its remaining indices placed by ``new_index`` (old index -> new
+    index, -1 for the removed: the store's :func:`~mmf_stream._class_store.swap_last_placement`)."""
+    return f.remove(labels, new_index=new_index)
 
 
 def insert_in_chunks(f, rows: np.ndarray, labels: np.ndarray, chunk: int = INSERT_CHUNK, *,
@@ -461,45 +474,48 @@ class Coordinator:
         for message in messages:
             try:
                 good.append(self._decode(message, dim))
-                dim = good[-1].mean.shape[0]
+                if not good[-1].removal:
+                    dim = good[-1].mean.shape[0]
             except BadMessage as reason:
                 dead.append((message.seq, message.id, str(reason)))
-        for position, mid, reason in dead:
-            self.log(f"dead letter {mid} at {position}: {reason}")
         with store.writing():
             current = self._project.current()
             if current.store_generation != store.generation:
                 self.log("the project's classes changed outside the service: factorizing again")
                 self._catch_up()
                 current = self._project.current()
+            changes = plan_batch(good, self._labels, dim or 0, store.read_classes)
+            arrival = {m.id: i for i, m in enumerate(messages)}
+            dead = sorted(dead + changes.dead, key=lambda d: arrival[d[1]])
+            for position, mid, reason in dead:
+                self.log(f"dead letter {mid} at {position}: {reason}")
+            submitted = {m.id: m.submitted for m in messages}
+            records = [IngestRecord(c.seq, c.id, str(c.label), changes.change[c.id], submitted[c.id])
+                       for c in good if c.id in changes.change]
             counters = dict(current.counters)
-            counters["applied"] = int(counters.get("applied", 0)) + len(good)
+            counters["applied"] = int(counters.get("applied", 0)) + len(records)
             counters["dead_letters"] = int(counters.get("dead_letters", 0)) + len(dead)
-            records = []
-            if good:
-                labels, means, counts, changes = self._merge(good)
-                factorization, reason, counters = self._fold_in(labels, means, counts, changes, counters,
-                                                                catch_up=catch_up)
-                submitted = {m.id: m.submitted for m in messages}
-                records = [IngestRecord(c.seq, c.id, str(c.label), changes[c.label], submitted[c.id]) for c in good]
+            if not changes.empty:
+                factorization, reason, counters = self._fold_in(changes, counters, catch_up=catch_up)
                 number = self._project.prepare(factorization, store_generation=store.generation + 1,
                                                position=messages[-1].seq, queue=self._queue_url(),
                                                counters=counters, reason=reason, applied=records, dead=dead)
                 crash_point("service-prepared")
                 _test_pause()
-                store.add_means(means, labels=labels, counts=counts)
+                appended = {"sums": changes.sums, "labels": changes.labels, "counts": changes.counts} \
+                    if changes.labels.size else {}
+                report = store.replace_classes(remove=changes.knocked_out, **appended)
                 crash_point("service-store-committed")
                 if store.generation != self._project.pending().store_generation:
                     raise RuntimeError("the class store did not commit the generation expected")
-                for label in labels.tolist():
-                    self._labels.setdefault(label, len(self._labels))
-                if self._refresh is not None and any(c == "updated" for c in changes.values()):
+                self._relabel(changes, report)
+                if self._refresh is not None and changes.knocked_out:
                     self._refresh.invalidated = True
             else:
-                factorization, reason = self.factorization, "dead letters"
+                factorization, reason = self.factorization, "dead letters" if dead else "no net change"
                 number = self._project.prepare(factorization, store_generation=store.generation,
                                                position=messages[-1].seq, queue=self._queue_url(),
-                                               counters=counters, reason=reason, dead=dead)
+                                               counters=counters, reason=reason, applied=records, dead=dead)
             self._project.commit(number)
             self.factorization = factorization
         crash_point("service-committed")
@@ -508,60 +524,56 @@ class Coordinator:
             if (message.seq, message.id) in reasons:
                 self._queue.dead_letter(message, reasons[(message.seq, message.id)])
 
+    def _relabel(self, changes: BatchChanges, report: dict[str, Any]) -> None:
+        """Follow the store's slots after a batch: knocked-out labels gone, moved ones moved, appended ones last."""
+        for label in changes.knocked_out:
+            del self._labels[label]
+        self._labels.update(report["moved"])
+        first = len(self._labels)
+        for offset, label in enumerate(changes.labels.tolist()):
+            self._labels[label] = first + offset
+
     def _decode(self, message, dim: int | None) -> NewClass:
         label_kind = self._store.label_kind
-        if dim is None:  # a project without classes takes the dimension of its first class
+        if dim is None and message.kind != "remove":  # a project without classes takes its first class's dimension
             try:
                 array = message.array()
                 dim = int(array.shape[-1]) if array.ndim in (1, 2) else 0
             except Exception:  # noqa: BLE001 - decode gives the reason
                 dim = 0
-        new = decode(message, dim, label_kind)
-        if self._store.normalize and not np.any(new.mean):
+        new = decode(message, dim or 0, label_kind)
+        if not new.removal and self._store.normalize and not np.any(new.mean):
             raise BadMessage("mean is the zero vector; the project's classes are cosine-normalised")
         return new
 
-    def _merge(self, good: list[NewClass]):
-        """The batch as the store will apply it: one row per label, in the store's (sorted) label order."""
-        sums: dict[Any, np.ndarray] = {}
-        counts: dict[Any, int] = {}
-        for new in good:
-            sums[new.label] = sums.get(new.label, 0.0) + new.mean * new.count
-            counts[new.label] = counts.get(new.label, 0) + new.count
-        labels = np.unique(np.array(list(sums)))
-        count_array = np.array([counts[label] for label in labels.tolist()], dtype=np.int64)
-        means = np.stack([sums[label] / counts[label] for label in labels.tolist()])
-        changes = {label: ("updated" if label in self._labels else "added") for label in labels.tolist()}
-        return labels, means, count_array, changes
-
-    def _fold_in(self, labels, means, counts, changes, counters, *, catch_up: bool = False):
-        """The factorization after the batch (computed before anything is written): insertion, or a
-        batch run of the whole project when the batch updates classes or catches up a backlog."""
+    def _fold_in(self, changes: BatchChanges, counters, *, catch_up: bool = False):
+        """The factorization after the batch (computed before anything is written): knock-out of the
+        removed and updated classes, then insertion of the updated and new ones; a batch run of the
+        whole project when there is no factorization yet or the batch catches up a backlog."""
         store = self._store
-        new = np.array([changes[label] == "added" for label in labels.tolist()])
-        # the store's own arithmetic: sums = mean * count (+ the class's old sums), mean = sums / counts
-        sums = means * counts[:, None]
-        total = counts.copy()
-        if not new.all():
-            slots = np.array([self._labels[label] for label in labels[~new].tolist()])
-            sums[~new] += store.sums[slots]
-            total[~new] += store.counts[slots]
-        rows = self._rows(sums / total[:, None])
+        rows = self._rows(changes.means)
+        new_index = swap_last_placement(store.size, [self._labels[label] for label in changes.knocked_out])
+        remaining = store.size - len(changes.knocked_out)
         f = self.factorization
-        if new.all() and f is not None and not catch_up:
-            grown = insert_in_chunks(f, rows, labels, inline_repair=self.options.inline_repair)
+        if f is not None and not catch_up and remaining >= self._order():
+            if changes.knocked_out:
+                f = knock_out(f, changes.knocked_out, new_index)
+            grown = insert_in_chunks(f, rows, changes.labels, inline_repair=self.options.inline_repair) \
+                if changes.labels.size else f
             return grown, "batch", counters
-        factor = store.factor() if store.size else np.zeros((0, rows.shape[1]))
-        all_labels = store.labels if store.size else labels[:0]
-        if not new.all():
-            factor[slots] = rows[~new]
-        factor = np.concatenate([factor, rows[new]])
-        all_labels = np.concatenate([all_labels, labels[new]])
+        factor = np.zeros((remaining, rows.shape[1]))
+        all_labels = store.labels[:0] if store.size else changes.labels[:0]
+        if store.size:
+            kept = new_index >= 0
+            factor[new_index[kept]] = store.factor()[kept]
+            all_labels = np.empty(remaining, dtype=store.labels.dtype)
+            all_labels[new_index[kept]] = store.labels[kept]
+        factor = np.concatenate([factor, rows])
+        all_labels = np.concatenate([all_labels, changes.labels]) if changes.labels.size else all_labels
         if factor.shape[0] < self._order():
             return None, "too few classes to factorize", counters
-        reason = "refresh" if not new.all() else "catch-up" if catch_up else "factorize"
-        why = {"refresh": "the batch updates existing classes", "catch-up": "catching up a backlog",
-               "factorize": "the first factorization"}[reason]
+        reason = "catch-up" if catch_up and f is not None else "factorize"
+        why = {"catch-up": "catching up a backlog", "factorize": "the first factorization"}[reason]
         self.log(f"factorizing {factor.shape[0]} classes ({why})")
         result = self._batch(factor, all_labels)
         if self._refresh is not None:

@@ -30,13 +30,19 @@ class BadMessage(ValueError):
 
 @dataclass(frozen=True)
 class NewClass:
-    """A checked message: a class's label and its mean (features already averaged)."""
+    """A checked message: a class's label and its mean (features already averaged), or a removal
+    (``mean`` None, ``count`` 0)."""
 
     seq: int | str  # the message's position in its queue (Message.seq)
     id: str
     label: str | int
-    mean: np.ndarray  # (D,)
-    count: int  # instances behind the mean
+    mean: np.ndarray | None  # (D,); None: remove the class
+    count: int  # instances behind the mean (0 for a removal)
+
+    @property
+    def removal(self) -> bool:
+        """Whether the message removes its class (``ms.submit(..., remove=True)``)."""
+        return self.mean is None
 
 
 def _label(raw: bytes, label_kind: str | None) -> str | int:
@@ -90,6 +96,12 @@ def decode(message: Message, dim: int, label_kind: str | None) -> NewClass:
     if unknown:
         raise BadMessage(f"unknown field(s) {', '.join(map(repr, unknown))} (known: {', '.join(KNOWN_FIELDS)})")
     label = _label(message.label, label_kind)
+    if message.kind == "remove":
+        if message.payload:
+            raise BadMessage(f"a removal carries no payload, got {len(message.payload)} bytes")
+        if extra:
+            raise BadMessage("a removal carries no fields")
+        return NewClass(seq=message.seq, id=message.id, label=label, mean=None, count=0)
     array = _array(message)
     want = 1 if message.kind == "mean" else 2
     if array.ndim != want or array.size == 0:

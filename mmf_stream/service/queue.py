@@ -36,7 +36,7 @@ QUEUE_FILE = "messages.sqlite"
 #: seconds a put or read waits for another process's write transaction
 BUSY_TIMEOUT = 60.0
 #: the kinds of payload a message may carry
-KINDS = ("mean", "features")
+KINDS = ("mean", "features", "remove")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages (

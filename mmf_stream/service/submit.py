@@ -69,15 +69,17 @@ def _payload(mean: Any, features: Any, dim: int | None) -> tuple[str, np.ndarray
 
 
 def submit(project: str | os.PathLike, label: Any, mean: Any = None, features: Any = None, queue: str | None = None,
-           *, message_id: str | None = None) -> str:
-    """Queue a new class for the project's coordinator; returns the message id.
+           *, message_id: str | None = None, remove: bool = False) -> str:
+    """Queue a new class (or a change to one) for the project's coordinator; returns the message id.
 
     Parameters
     ----------
     project : path
         The project: a class store (``mmf-stream covariance ... --out PROJECT``).
     label : str or int
-        The class's label. A label the project already has updates that class.
+        The class's label. A label the project already has updates that class
+        (its instances are added to the class's; the coordinator knocks the
+        class out of the factorization and inserts it again).
     mean : array of shape (D,), optional
         The class mean.
     features : array of shape (n, D), optional
@@ -92,6 +94,11 @@ def submit(project: str | os.PathLike, label: Any, mean: Any = None, features: A
     message_id : str, optional
         The message's id (default: a fresh UUID). Submitting the same id again
         queues nothing new: retry freely after a lost answer.
+    remove : bool
+        Remove the class ``label`` from the project instead (give neither
+        ``mean`` nor ``features``). The coordinator knocks it out of the
+        factorization and the store; a label the project does not have then
+        is dead-lettered with the reason.
 
     Returns
     -------
@@ -109,9 +116,17 @@ def submit(project: str | os.PathLike, label: Any, mean: Any = None, features: A
     """
     path, dim = _project(project)
     text = _label(label)
-    kind, array = _payload(mean, features, dim)
+    if not isinstance(remove, (bool, np.bool_)):
+        raise TypeError(f"remove must be True or False, got {type(remove).__name__}")
+    if remove:
+        if mean is not None or features is not None:
+            raise ValueError("a removal takes no mean= or features=")
+        kind, payload = "remove", b""
+    else:
+        kind, array = _payload(mean, features, dim)
+        payload = encode_array(array)
     check_queue_url(queue)
     if message_id is not None and (not isinstance(message_id, str) or not message_id.strip()):
         raise ValueError("message_id must be a non-empty string")
     with open_queue(path, queue) as target:
-        return target.put(text, kind, encode_array(array), message_id=message_id)
+        return target.put(text, kind, payload, message_id=message_id)
