@@ -10,12 +10,12 @@ True
 from __future__ import annotations
 
 from mmf_stream import datasets, views
-from mmf_stream._class_store import Store, StoreLockedError, SymmetricCovariance
+from mmf_stream.store.class_store import Store, StoreLockedError, SymmetricCovariance
 from mmf_stream._covariance import ClassCovariance, class_covariance
 from mmf_stream._factorization import Factorization, InsertionReport, Level, factorize, load
 from mmf_stream._incremental import factorize_incremental
 from mmf_stream._io import read_labels, read_matrix
-from mmf_stream._store import FORMAT_VERSION
+from mmf_stream.store.result_format import FORMAT_VERSION
 from mmf_stream._version import __version__
 from mmf_stream.datasets import class_means, grid_laplacian, hierarchical_covariance, karate_laplacian
 from mmf_stream.engine import EngineOptions

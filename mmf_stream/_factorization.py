@@ -11,7 +11,7 @@ import numpy as np
 
 from mmf_stream import _validation as V
 from mmf_stream._fingerprint import extend, of_matrix, of_means
-from mmf_stream._store import load_parts, save_factorization
+from mmf_stream.store.result_format import FactorizationParts, load_parts, save_factorization
 from mmf_stream.engine import incremental as I
 from mmf_stream.engine import kernels as K
 from mmf_stream.engine.options import EngineOptions, resolve_options
@@ -532,6 +532,13 @@ class Factorization:
         return result
 
     # --------------------------------------------------------------- storage
+    @classmethod
+    def from_parts(cls, parts: FactorizationParts) -> Factorization:
+        """The factorization that :func:`~mmf_stream.store.result_format.load_parts` (or a project's
+        generation) read."""
+        return cls(parts.raw, order=parts.order, norm=parts.norm, labels=parts.labels, metadata=parts.metadata,
+                   insertion_state=parts.insertion_state)
+
     def save(self, path: str | os.PathLike, *, overwrite: bool = False) -> None:
         """Write the factorization as a Zarr group (layout in ``docs/format.md``).
 
@@ -580,14 +587,14 @@ class Factorization:
 
 def _class_store(source: Any):
     """The class store ``source`` is or names (read-only), else None."""
-    from mmf_stream._class_store import Store
+    from mmf_stream.store.class_store import Store
 
     if isinstance(source, Store):
         return source
     if isinstance(source, (str, os.PathLike)):
         from pathlib import Path
 
-        from mmf_stream._integrity import own_format
+        from mmf_stream.store.durability import own_format
 
         if own_format(Path(source)) == "class-store":
             return Store.open(source, mode="r")
@@ -799,7 +806,7 @@ def _scheduler_address(client: Any) -> str:
 
 def project_factorization(path: str | os.PathLike) -> Factorization | None:
     """The last committed factorization of the project (class store) at ``path``, or None before one."""
-    from mmf_stream.service.project import Project, has_log
+    from mmf_stream.store.generations import Project, has_log
 
     if not has_log(path):
         return None
@@ -807,8 +814,7 @@ def project_factorization(path: str | os.PathLike) -> Factorization | None:
         parts = project.load_parts()
     if parts is None:
         return None
-    raw, state, order, norm, labels, metadata = parts
-    return Factorization(raw, order=order, norm=norm, labels=labels, metadata=metadata, insertion_state=state)
+    return Factorization.from_parts(parts)
 
 
 def load(path: str | os.PathLike) -> Factorization:
@@ -827,12 +833,11 @@ def load(path: str | os.PathLike) -> Factorization:
     """
     from pathlib import Path
 
-    from mmf_stream._integrity import own_format
+    from mmf_stream.store.durability import own_format
 
     if own_format(Path(path)) == "class-store":  # a project: its current factorization
         found = project_factorization(path)
         if found is None:
             raise ValueError(f"{path} is a project without a factorization yet (run 'mmf-stream serve {path}')")
         return found
-    raw, state, order, norm, labels, metadata = load_parts(path)
-    return Factorization(raw, order=order, norm=norm, labels=labels, metadata=metadata, insertion_state=state)
+    return Factorization.from_parts(load_parts(path))

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mmf_stream._class_store import Store
+from mmf_stream.store.class_store import Store
 from mmf_stream._formats import existing_path, one_line
 
 __all__ = ["read_features", "read_labels", "read_matrix"]

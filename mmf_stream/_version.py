@@ -1,3 +1,3 @@
 """The library version (one place, imported by the package and the writers)."""
 
-__version__ = "0.4.0"
+__version__ = "0.5.0"

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mmf_stream._integrity import check_replaceable, fsync_tree, own_format, staging_path, swap_into_place
+from mmf_stream.store.durability import check_replaceable, fsync_tree, own_format, staging_path, swap_into_place
 from mmf_stream._formats import one_line
 from mmf_stream._progress import progress
 from mmf_stream.service.cli import add_service_commands
@@ -549,7 +549,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _lock_timeout_option(parser: argparse.ArgumentParser) -> None:
-    from mmf_stream._class_store import LOCK_TIMEOUT
+    from mmf_stream.store.class_store import LOCK_TIMEOUT
 
     parser.add_argument(
         "--lock-timeout", type=float, default=LOCK_TIMEOUT, metavar="SECONDS",

@@ -91,7 +91,7 @@ def expected_labels(producers: dict[str, int]) -> set[str]:
 def check_applied_once(project: Path, producers: dict[str, int], initial: int = INITIAL) -> None:
     """Every produced class is in the store exactly once with one instance, and the ingest log lists
     each message once."""
-    from mmf_stream.service.project import Project
+    from mmf_stream.store.generations import Project
 
     store, _ = check_exact(project)
     labels = store.labels.tolist()

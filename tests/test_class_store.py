@@ -254,7 +254,7 @@ def test_format_version_1_stores_open_grow_and_drop_their_covariance(tmp_path):
 
 
 def test_read_metadata_reads_one_file(tmp_path, monkeypatch):
-    from mmf_stream._class_store import read_metadata
+    from mmf_stream.store.class_store import read_metadata
 
     path = tmp_path / "s.zarr"
     ms.Store.create(path).add_means(np.ones((3, 5)), ["a", "b", "c"])

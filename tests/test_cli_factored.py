@@ -10,7 +10,7 @@ import zarr
 
 import mmf_stream as ms
 from mmf_stream import cli
-from mmf_stream._class_store import Store, SymmetricCovariance
+from mmf_stream.store.class_store import Store, SymmetricCovariance
 from mmf_stream.cli import main
 
 

@@ -72,3 +72,22 @@ def test_engine_does_not_import_the_public_objects():
         if name.startswith("mmf_stream.engine"):
             outside = {t for t in targets if not t.startswith("mmf_stream.engine")}
             assert not outside, f"{name} imports {outside}"
+
+
+def test_persistence_is_one_part_below_the_service():
+    """Everything that reads or writes a project lives in mmf_stream.store, which imports neither the
+    service, the views, the CLI nor the public objects; the core does not import the service."""
+    graph = _import_graph()
+    store = [name for name in graph if name.startswith("mmf_stream.store")]
+    assert {"mmf_stream.store.class_store", "mmf_stream.store.result_format", "mmf_stream.store.generations",
+            "mmf_stream.store.durability"} <= set(store)
+    for name in store:
+        above = {t for t in graph[name] if t.startswith(("mmf_stream.service", "mmf_stream.views", "mmf_stream.cli",
+                                                          "mmf_stream._factorization"))}
+        assert not above, f"{name} imports {above}"
+    top_level = [name for name in graph if name.count(".") == 1 and name != "mmf_stream.cli"]
+    for name in top_level:
+        service = {t for t in graph[name] if t.startswith("mmf_stream.service")}
+        assert not service, f"{name} imports the service: {service}"
+    for old in ("_class_store", "_store", "_integrity"):
+        assert not (PACKAGE / f"{old}.py").exists(), f"mmf_stream/{old}.py is persistence: it belongs in store/"

@@ -315,7 +315,7 @@ def test_first_run_says_kernels_are_compiling(tmp_path, npy, monkeypatch, capsys
 
 
 def test_lock_timeout_option_names_the_holder(small_store, capsys):
-    from mmf_stream._class_store import _WriterLock
+    from mmf_stream.store.class_store import _WriterLock
 
     features, labels, out = small_store
     held = _WriterLock(out)

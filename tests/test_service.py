@@ -15,7 +15,7 @@ import pytest
 import mmf_stream as ms
 from mmf_stream.cli import main
 from mmf_stream.service.coordinator import Coordinator, ServeOptions, refresh_outcome
-from mmf_stream.service.project import Project
+from mmf_stream.store.generations import Project
 from mmf_stream.service.queue import EmbeddedQueue, encode_array
 from mmf_stream.service.status import project_status
 from service_helpers import (

@@ -214,7 +214,7 @@ def test_integer_projects_take_integer_labels(project):
 
 def test_submit_reads_only_the_project_metadata(project, monkeypatch):
     """A producer's cost does not grow with the project: no store is opened, no chunk checked."""
-    from mmf_stream._class_store import Store
+    from mmf_stream.store.class_store import Store
 
     def refuse(*args, **kwargs):
         raise AssertionError("submit opened the class store")

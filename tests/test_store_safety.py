@@ -14,7 +14,7 @@ import pytest
 import zarr
 
 import mmf_stream as ms
-from mmf_stream import _class_store
+from mmf_stream.store import class_store as _class_store
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -333,7 +333,7 @@ def test_truncated_covariance_chunk_is_refused_on_open(tmp_path):
 def test_waiting_writer_never_locks_a_replaced_store(tmp_path):
     import threading
 
-    from mmf_stream._class_store import StoreLockedError, _WriterLock
+    from mmf_stream.store.class_store import StoreLockedError, _WriterLock
 
     path = tmp_path / "s.zarr"
     ms.Store.create(path).add_means(np.eye(3), [1, 2, 3])

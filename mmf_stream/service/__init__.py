@@ -1,8 +1,8 @@
 """The streaming service (docs/service.md): the coordinator, the project's generations, queues, producers.
 
 * :mod:`~mmf_stream.service.coordinator`: ``serve`` and ``Coordinator`` (``mmf-stream serve``);
-* :mod:`~mmf_stream.service.project`: the project's generations (copy-on-write layers, the commit log,
-  recovery);
+* the project's generations (copy-on-write layers, the commit log, recovery) are persistence:
+  :mod:`mmf_stream.store.generations`;
 * :mod:`~mmf_stream.service.status`: ``project_status`` (``mmf-stream status``);
 
 * :mod:`~mmf_stream.service.queue`: the embedded durable queue (SQLite in the project);

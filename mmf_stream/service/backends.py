@@ -27,9 +27,9 @@ from pathlib import Path
 from typing import Any
 
 from mmf_stream.service.queue import EmbeddedQueue
+from mmf_stream.store.generations import SERVICE_DIR
 
 #: the service's folder inside a project
-SERVICE_DIR = "service"
 #: the file holding the project's id
 PROJECT_ID_FILE = "project.json"
 #: URL schemes served by Redis Streams

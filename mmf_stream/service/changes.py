@@ -8,8 +8,8 @@ letter). The net effect on the store and on the factorization is
 
 * ``knocked_out``: classes of the project the batch removes or updates: they
   leave the factorization (knock-out) and the store (:meth:`Store.replace_classes
-  <mmf_stream._class_store.Store.replace_classes>`, the last classes filling the
-  holes: :func:`~mmf_stream._class_store.swap_last_placement`);
+  <mmf_stream.store.class_store.Store.replace_classes>`, the last classes filling the
+  holes: :func:`~mmf_stream.store.class_store.swap_last_placement`);
 * ``appended``: the batch's updated and new classes with their final sums and
   counts, in sorted label order (the store appends them so), inserted into the
   factorization from their means.

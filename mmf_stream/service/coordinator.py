@@ -4,7 +4,7 @@ One coordinator serves a project (``PROJECT/service/coordinator.lock``; a
 second one refuses to start). It
 
 1. settles what a crash left (:meth:`Project.recover
-   <mmf_stream.service.project.Project.recover>`), and factorizes the project if
+   <mmf_stream.store.generations.Project.recover>`), and factorizes the project if
    it holds no factorization yet (or if its classes changed outside the
    service, e.g. ``covariance --append`` while it was stopped);
 2. reads waiting messages in arrival order after the committed queue position,
@@ -30,7 +30,7 @@ instances); the class is knocked out of the factorization and inserted again
 with its new mean (never a batch run), and moves to the end of the store. **A
 removal** (``ms.submit(PROJECT, label, remove=True)``) knocks the class out of
 the factorization and the store; the last classes of the store fill the slots
-that removals leave (:func:`~mmf_stream._class_store.swap_last_placement`), and
+that removals leave (:func:`~mmf_stream.store.class_store.swap_last_placement`), and
 the factorization's indices follow the store's. A removal of a label the
 project does not have is a dead letter with the reason. Messages apply in
 arrival order (:mod:`mmf_stream.service.changes`).
@@ -67,12 +67,12 @@ from typing import Any, Callable
 
 import numpy as np
 
-from mmf_stream._integrity import crash_point
+from mmf_stream.store.durability import crash_point
 from mmf_stream.service.backends import SERVICE_DIR, check_queue_url, open_queue
-from mmf_stream._class_store import swap_last_placement
+from mmf_stream.store.class_store import swap_last_placement
 from mmf_stream.service.changes import BatchChanges, plan_batch
 from mmf_stream.service.messages import BadMessage, NewClass, decode
-from mmf_stream.service.project import IngestRecord, Project
+from mmf_stream.store.generations import IngestRecord, Project
 
 #: the order of a project's first factorization when ``--order`` is not given
 DEFAULT_ORDER = 5
@@ -135,7 +135,7 @@ def growth(size: int, counters: dict[str, Any]) -> float:
 
 def knock_out(f, labels: list, new_index: np.ndarray):
     """``f`` without the classes ``labels``, its remaining indices placed by ``new_index`` (old index -> new
-    index, -1 for the removed: the store's :func:`~mmf_stream._class_store.swap_last_placement`)."""
+    index, -1 for the removed: the store's :func:`~mmf_stream.store.class_store.swap_last_placement`)."""
     return f.remove(labels, new_index=new_index)
 
 
@@ -320,8 +320,8 @@ class Coordinator:
     # ------------------------------------------------------------------ start / stop
     def start(self) -> Coordinator:
         """Take the project (refusing if another coordinator has it), recover, factorize if needed."""
-        from mmf_stream._class_store import Store
-        from mmf_stream._integrity import own_format
+        from mmf_stream.store.class_store import Store
+        from mmf_stream.store.durability import own_format
 
         if own_format(self.path) != "class-store":
             raise ValueError(f"{self.path} is not a project (a class store written by 'mmf-stream covariance "

@@ -11,7 +11,7 @@ import numpy as np
 
 from mmf_stream.service.backends import open_queue
 from mmf_stream.service.coordinator import drift, growth, serving_pid
-from mmf_stream.service.project import Project, has_log
+from mmf_stream.store.generations import Project, has_log
 
 #: seconds of recent commits the ingest rate and latencies are measured over
 INGEST_WINDOW = 60.0
@@ -33,8 +33,8 @@ def project_status(project: str | os.PathLike, *, queue: str | None = None) -> d
     ``recent_dead_letters`` ([{position, id, reason}], newest last) and
     ``last_error`` (the latest error message, or None).
     """
-    from mmf_stream._class_store import Store
-    from mmf_stream._integrity import own_format
+    from mmf_stream.store.class_store import Store
+    from mmf_stream.store.durability import own_format
 
     path = Path(project)
     if own_format(path) != "class-store":

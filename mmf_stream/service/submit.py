@@ -23,7 +23,7 @@ def _project(project: str | os.PathLike) -> tuple[Path, int | None]:
     A producer reads nothing that grows with the project (no array, no chunk
     check, no lock): the coordinator checks every message again anyway.
     """
-    from mmf_stream._class_store import read_metadata
+    from mmf_stream.store.class_store import read_metadata
 
     path = Path(project)
     try:

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -42,7 +43,7 @@ import numpy as np
 from mmf_stream._fingerprint import Fingerprint
 from mmf_stream.engine.options import EngineOptions, resolve_options
 from mmf_stream.engine.raw import InsertionState, RawFactorization, Snapshot
-from mmf_stream._integrity import (
+from mmf_stream.store.durability import (
     EVERY_CHUNK_KEY,
     check_replaceable,
     fsync_tree,
@@ -159,12 +160,20 @@ def _chunks(shape: tuple[int, ...]) -> tuple[int, ...]:
     return (first, *[max(1, s) for s in shape[1:]])
 
 
-def load_parts(path: str | os.PathLike):
-    """Read a factorization written by :meth:`Factorization.save`.
+@dataclass
+class FactorizationParts:
+    """What a saved factorization holds, checked; :func:`mmf_stream.load` wraps it in a ``Factorization``."""
 
-    Returns ``(raw, insertion_state, order, norm, labels, metadata)``; the
-    public :func:`mmf_stream.load` wraps them in a ``Factorization``.
-    """
+    raw: RawFactorization
+    insertion_state: InsertionState
+    order: int
+    norm: float
+    labels: np.ndarray | None
+    metadata: dict[str, Any]
+
+
+def load_parts(path: str | os.PathLike) -> FactorizationParts:
+    """Read a factorization written by :meth:`Factorization.save` (its checked parts)."""
     recover_interrupted_swap(path)
     source, group, meta = open_tagged_group(path, FORMAT, READABLE_VERSIONS, "factorization")
 
@@ -179,7 +188,7 @@ def load_parts(path: str | os.PathLike):
     return parts_from_arrays(read, meta, source)
 
 
-def parts_from_arrays(read: Callable[[str], np.ndarray], meta: dict[str, Any], source: Any):
+def parts_from_arrays(read: Callable[[str], np.ndarray], meta: dict[str, Any], source: Any) -> FactorizationParts:
     """Check and assemble a factorization's parts from ``read(name)`` (an array by name) and its
     ``mmf_stream`` attribute ``meta``; errors name ``source``. Returns what :func:`load_parts` does."""
     version = meta["format_version"]
@@ -262,4 +271,4 @@ def parts_from_arrays(read: Callable[[str], np.ndarray], meta: dict[str, Any], s
         "options": options,
     }
     state = InsertionState(snapshots=snapshots, final_rows=final_rows)
-    return raw, state, order, float(meta["norm"]), labels, metadata
+    return FactorizationParts(raw, state, order, float(meta["norm"]), labels, metadata)

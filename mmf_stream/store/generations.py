@@ -49,9 +49,16 @@ from typing import Any
 
 import numpy as np
 
-from mmf_stream._integrity import fsync_path
-from mmf_stream.service.backends import SERVICE_DIR
+from mmf_stream.store.durability import fsync_path
+from mmf_stream.store.result_format import (
+    FactorizationParts,
+    factorization_arrays,
+    factorization_attrs,
+    parts_from_arrays,
+)
 
+#: the folder of a project that the service writes (its commit log, layers, identity, lock)
+SERVICE_DIR = "service"
 #: the commit log's file inside ``PROJECT/service``
 LOG_FILE = "log.sqlite"
 #: the layer files' folder inside ``PROJECT/service``
@@ -190,11 +197,9 @@ class Project:
         return Generation(int(number), str(state), int(store_generation), json.loads(position), str(queue),
                           json.loads(layout), json.loads(attrs), json.loads(counters), str(reason), float(created))
 
-    def load_parts(self):
-        """The last committed factorization's parts, as :func:`mmf_stream._store.load_parts` returns
+    def load_parts(self) -> FactorizationParts | None:
+        """The last committed factorization's parts, as :func:`mmf_stream.store.result_format.load_parts` returns
         them (``mmf_stream.load(PROJECT)`` wraps them), or None before there is one."""
-        from mmf_stream._store import parts_from_arrays
-
         for attempt in range(READ_ATTEMPTS):
             generation = self.current()
             if generation is None or not generation.layout:  # none yet (too few classes to factorize)
@@ -211,10 +216,10 @@ class Project:
                     raise ValueError(f"{self.path} is corrupt: array {name!r} is missing")
                 return arrays[name]
 
-            raw, state, order, norm, labels, metadata = parts_from_arrays(read, generation.attrs, self.path)
+            parts = parts_from_arrays(read, generation.attrs, self.path)
             self._cache = _Cached(arrays, generation.layout)
-            metadata["generation"] = generation.number
-            return raw, state, order, norm, labels, metadata
+            parts.metadata["generation"] = generation.number
+            return parts
         return None
 
     def _read_array(self, name: str, spec: dict[str, Any]) -> np.ndarray:
@@ -277,8 +282,6 @@ class Project:
 
         Nothing a reader sees changes until :meth:`commit`.
         """
-        from mmf_stream._store import factorization_arrays, factorization_attrs
-
         if self.pending() is not None:
             raise RuntimeError("a pending generation must be committed or dropped first")
         last = self._db.execute("SELECT MAX(number) FROM generations").fetchone()[0]

@@ -76,7 +76,7 @@ from mmf_stream._covariance import (
     encode_labels,
     sample_mask,
 )
-from mmf_stream._integrity import (
+from mmf_stream.store.durability import (
     EVERY_CHUNK_KEY,
     check_replaceable,
     crash_point,
