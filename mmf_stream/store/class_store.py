@@ -333,6 +333,17 @@ class SymmetricCovariance:
             raise IndexError("covariance views are 2-D")
         rows, drop_rows = self._axis(key[0])
         cols, drop_cols = self._axis(key[1])
+        out = self._block(rows, cols)
+        if drop_rows and drop_cols:
+            return out[0, 0]
+        if drop_rows:
+            return out[0]
+        if drop_cols:
+            return out[:, 0]
+        return out
+
+    def _block(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        """``C[rows][:, cols]`` from the stored lower triangle."""
         out = np.empty((rows.size, cols.size))
         if rows.size and cols.size:
             if rows.size == cols.size and np.array_equal(rows, cols) and np.all(np.diff(rows) == 1):
@@ -347,12 +358,6 @@ class SymmetricCovariance:
                 out = np.where(take_lower, below[np.ix_(rows - r0, cols - c0)], above[np.ix_(cols - c0, rows - r0)].T)
             if self._after_read is not None:
                 self._after_read()
-        if drop_rows and drop_cols:
-            return out[0, 0]
-        if drop_rows:
-            return out[0]
-        if drop_cols:
-            return out[:, 0]
         return out
 
     def __array__(self, dtype=None, copy=None):
@@ -402,22 +407,10 @@ class GramCovariance(SymmetricCovariance):
         super().__init__(store._array("means"), store.size, store._check_unchanged, str(store.path))
         self._store = store
 
-    def __getitem__(self, key: Any) -> np.ndarray:
-        if not isinstance(key, tuple):
-            key = (key, slice(None))
-        if len(key) != 2:
-            raise IndexError("covariance views are 2-D")
-        rows, drop_rows = self._axis(key[0])
-        cols, drop_cols = self._axis(key[1])
+    def _block(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        """``C[rows][:, cols]`` from the two blocks of means."""
         means = self._store._means_buffer(self.shape[0], self._store.dim)
-        out = _gram_block(means[rows], means[cols])
-        if drop_rows and drop_cols:
-            return out[0, 0]
-        if drop_rows:
-            return out[0]
-        if drop_cols:
-            return out[:, 0]
-        return out
+        return _gram_block(means[rows], means[cols])
 
     def to_dask(self, chunks: int | None = None) -> Any:
         """``M M'`` as a lazy Dask array, computed block by block from the means in Zarr.
