@@ -10,10 +10,11 @@ from typing import Any
 import numpy as np
 
 from mmf_stream import _validation as V
-from mmf_stream._fingerprint import extend, of_matrix, of_means
+from mmf_stream._fingerprint import extend, of_matrix, of_means, probe_vector
 from mmf_stream.store.result_format import FactorizationParts, load_parts, save_factorization
 from mmf_stream.engine import incremental as I
 from mmf_stream.engine import kernels as K
+from mmf_stream.engine import knockout as KO
 from mmf_stream.engine.options import EngineOptions, resolve_options
 from mmf_stream.engine.raw import InsertionState, RawFactorization
 from mmf_stream.engine.schedule import SCHEDULES, factor_dense, factor_means, resolve_schedule, snapshot_sizes
@@ -98,6 +99,42 @@ class InsertionReport:
     drift: float = 0.0
 
 
+@dataclass
+class RemovalReport:
+    """What a knock-out (:meth:`Factorization.remove`) did.
+
+    Attributes
+    ----------
+    labels : list
+        Labels (or indices) of the removed classes.
+    indices : list of int
+        Their indices in the factorization they were removed from.
+    first_level : int
+        Levels ``1..first_level`` kept their tuples and rotations.
+    cut_level : int
+        Levels after this one (old numbering) were recomputed, as for an insertion.
+    modified_levels : int
+        Levels whose rotation changed (including the dropped ones).
+    dropped_levels : int
+        Levels before the cut that disappeared (no member left).
+    rotation_only : int
+        Levels before the cut whose wavelet was removed: they stay as rotations of their remaining
+        members, without a wavelet (:attr:`Level.wavelet` is None), so that every later level
+        still sees the rows it was chosen for.
+    error_change : float
+        New error minus old error (Frobenius).
+    """
+
+    labels: list
+    indices: list[int]
+    first_level: int
+    modified_levels: int
+    dropped_levels: int
+    cut_level: int
+    rotation_only: int
+    error_change: float
+
+
 def _check_new_labels(factorization: Any, labels: Any, count: int) -> np.ndarray | None:
     if factorization.labels is None:
         if labels is not None:
@@ -159,9 +196,11 @@ class Level:
     indices : ndarray of shape (k,)
         The tuple ``t_l`` (original row indices of the matrix) in the order of
         the rotation's rows and columns.
-    wavelet : int
+    wavelet : int or None
         The index ``s_l`` that becomes a wavelet here and takes no part in
-        later levels.
+        later levels; None for a *rotation-only* level, whose wavelet class
+        was removed (:meth:`Factorization.remove`): it still rotates its
+        remaining members and drops nothing.
     rotation : ndarray of shape (k, k)
         The orthogonal block ``O_l`` (determinant +1): ``C_l = Q_l C_{l-1} Q_l'``.
     squared_error : float
@@ -173,15 +212,15 @@ class Level:
 
     number: int
     indices: np.ndarray
-    wavelet: int
+    wavelet: int | None
     rotation: np.ndarray
     squared_error: float
     labels: np.ndarray | None = None
 
     @property
     def wavelet_label(self):
-        """Label of the wavelet index (``None`` without labels)."""
-        if self.labels is None:
+        """Label of the wavelet index (``None`` without labels or without a wavelet)."""
+        if self.labels is None or self.wavelet is None:
             return None
         return self.labels[list(self.indices).index(self.wavelet)]
 
@@ -283,7 +322,7 @@ class Factorization:
                 Level(
                     number=i + 1,
                     indices=self._raw.tuples[i],
-                    wavelet=int(self._raw.wavelets[i]),
+                    wavelet=int(self._raw.wavelets[i]) if self._raw.wavelets[i] >= 0 else None,
                     rotation=self._raw.rotations[i],
                     squared_error=float(self._raw.level_errors[i]),
                     labels=None if self.labels is None else self.labels[self._raw.tuples[i]],
@@ -464,6 +503,153 @@ class Factorization:
             raw, new_state, cut_level = I.insert_dense(self._raw, state, self.order, old, block, shallow=shallow,
                                                        seed=seed, options=opts)
         return self._grown(raw, new_state, cut_level, old, block, all_labels, shallow, count)
+
+    def remove(self, labels: Sequence[Any], *, new_index: Any = None, matrix: Any = None,
+               repair: bool = False, options: EngineOptions | dict | None = None) -> Factorization:
+        """Factorization without the classes ``labels`` (knock-out).
+
+        An exact MMF of the remaining covariance, as cheap as an insertion:
+        the levels from the deepest snapshot on are recomputed; before it,
+        every level that did not involve a removed class keeps its tuple and
+        rotation, a level that held one keeps its wavelet with a rotation
+        chosen afresh on its remaining members, and a level whose wavelet was
+        removed takes the remaining member due to leave soonest as its wavelet
+        (engine/knockout.py says how). The stated error is the exact
+        reconstruction error (mmf-math.md sections 2 and 4). ``self`` is not
+        modified.
+
+        Parameters
+        ----------
+        labels : sequence
+            Labels of the classes to remove (indices when the factorization
+            has no labels). Distinct, and every one present.
+        new_index : array of int of shape (size,), optional
+            Where each old index goes (-1 exactly at the removed ones, the
+            others a permutation of ``0..size-len(labels)-1``). Default: the
+            remaining indices keep their relative order. The service passes the
+            class store's placement (the last classes fill the holes).
+        matrix : array-like (size x size), optional
+            Dense results only: the matrix that was factored (a dense result
+            does not keep the entries the knock-out needs).
+        repair : bool
+            Recompute the levels from the shallow (repair) snapshot instead of
+            the deepest one: costlier, lower error.
+        options : EngineOptions or dict, optional
+            Policy numbers (:class:`~mmf_stream.engine.EngineOptions`).
+
+        Returns
+        -------
+        Factorization
+            Of ``size - len(labels)`` classes; ``metadata["removal_report"]``
+            says what changed (first level touched, levels modified and dropped).
+        """
+        removed = self._indices_of(labels)
+        if self.size - removed.shape[0] < self.order:
+            raise ValueError(f"removing {removed.shape[0]} classes leaves {self.size - removed.shape[0]}, "
+                             f"fewer than the order {self.order}")
+        if new_index is None:
+            new_index = KO.compact_index(self.size, removed)
+        new_index = KO.check_index(new_index, self.size, removed)
+        state = self.insertion_state
+        if not state.snapshots:
+            raise ValueError("this factorization has no insertion state; factor it again with this version "
+                             "to remove from it")
+        opts = resolve_options(options if options is not None else self.metadata.get("options"))
+        seed = int(self.metadata.get("seed") or 0)
+        if state.factored:
+            if matrix is not None:
+                raise ValueError("this factorization was made from class means: remove without matrix=")
+            raw, new_state, info = KO.remove_means(self._raw, state, self.order, removed, new_index, shallow=bool(repair),
+                                                  seed=seed, options=opts)
+            # ||C'||^2 = ||C||^2 - 2 sum_x ||C[:, x]||^2 + sum_{x, y} C[x, y]^2, C[:, x] = M m_x and ||M m_x|| = ||F m_x||
+            couplings = state.final_rows @ info.removed_means.T
+            inner = info.removed_means @ info.removed_means.T
+            norm2 = self.norm**2 - 2.0 * float(np.sum(couplings**2)) + float(np.sum(inner**2))
+        else:
+            if matrix is None:
+                raise ValueError("a dense factorization does not keep what a knock-out needs: "
+                                 "pass the factored matrix as matrix=")
+            work = V.symmetric_matrix(matrix)
+            if work.shape[0] != self.size:
+                raise ValueError(f"matrix must be {self.size} x {self.size} (the factored matrix), "
+                                 f"got {work.shape[0]} x {work.shape[1]}")
+            raw, new_state, info = KO.remove_dense(self._raw, state, self.order, removed, new_index, work,
+                                                  shallow=bool(repair), seed=seed, options=opts)
+            keep = np.flatnonzero(new_index >= 0)
+            norm2 = float(np.sum(work[np.ix_(keep, keep)] ** 2))
+        kept = np.flatnonzero(new_index >= 0)
+        labels_after = None
+        if self.labels is not None:
+            labels_after = np.empty(kept.shape[0], dtype=self.labels.dtype)
+            labels_after[new_index[kept]] = self.labels[kept]
+        result = Factorization(
+            raw,
+            order=self.order,
+            norm=float(np.sqrt(max(norm2, 0.0))),
+            labels=labels_after,
+            metadata={k: v for k, v in self.metadata.items() if k not in ("insertion_report", "removal_report")},
+            insertion_state=new_state,
+        )
+        result.metadata["fingerprint"] = self._fingerprint_after_removal(result, new_index, matrix)
+        names = [self._name(i) for i in removed.tolist()]
+        result.metadata["removal_report"] = RemovalReport(
+            labels=names, indices=removed.tolist(), first_level=int(info.first_level),
+            modified_levels=int(info.modified_levels), dropped_levels=int(info.dropped_levels),
+            cut_level=int(info.cut_level), rotation_only=int(info.rotation_only),
+            error_change=result.error - self.error,
+        )
+        return result
+
+    def _name(self, index: int) -> Any:
+        return int(index) if self.labels is None else self.labels[index].item()
+
+    def _indices_of(self, labels: Any) -> np.ndarray:
+        """Indices of distinct ``labels`` (indices themselves when there are no labels)."""
+        if isinstance(labels, (str, bytes)) or np.ndim(labels) == 0:
+            raise TypeError("labels must be a sequence of labels (one label: pass [label])")
+        items = list(labels)
+        if not items:
+            raise ValueError("give at least one label to remove")
+        if self.labels is None:
+            if not all(isinstance(x, (int, np.integer)) and not isinstance(x, bool) for x in items):
+                raise TypeError("this factorization has no labels: give the indices to remove")
+            indices = np.array(items, dtype=np.int64)
+            bad = indices[(indices < 0) | (indices >= self.size)]
+            if bad.size:
+                raise ValueError(f"no class {int(bad[0])} to remove (indices are 0..{self.size - 1})")
+        else:
+            position = {label: i for i, label in enumerate(self.labels.tolist())}
+            missing = [x for x in items if (x.item() if isinstance(x, np.generic) else x) not in position]
+            if missing:
+                raise ValueError(f"no class {missing[0]!r} to remove")
+            indices = np.array([position[x.item() if isinstance(x, np.generic) else x] for x in items],
+                               dtype=np.int64)
+        if np.unique(indices).shape[0] != indices.shape[0]:
+            raise ValueError("labels to remove must be distinct")
+        return np.sort(indices)
+
+    def _fingerprint_after_removal(self, result: Factorization, new_index: np.ndarray, matrix: Any):
+        fingerprint = self.fingerprint
+        if fingerprint is None:
+            return None
+        kept = np.flatnonzero(new_index >= 0)
+        diagonal = np.empty(kept.shape[0])
+        diagonal[new_index[kept]] = fingerprint.diagonal[kept]
+        probe = probe_vector(kept.shape[0])
+        if matrix is not None:
+            work = V.symmetric_matrix(matrix)
+            order = np.empty(kept.shape[0], dtype=np.int64)
+            order[new_index[kept]] = kept
+            product = work[np.ix_(order, order)] @ probe
+        else:  # C = Q^T F F^T Q in the original basis (F: final rows)
+            rows = result.insertion_state.final_rows
+            rotated = probe.copy()[:, None]
+            K.apply_rotations(rotated, result._raw.tuples, result._raw.rotations, False)
+            product = rows @ (rows.T @ rotated)
+            K.apply_rotations(product, result._raw.tuples, result._raw.rotations, True)
+            product = product[:, 0]
+        return type(fingerprint)(diagonal=diagonal, probe=np.asarray(product, dtype=np.float64),
+                                 scale=float(diagonal.max()) if diagonal.size else 0.0)
 
     def repair_interval(self, options: EngineOptions | dict | None = None) -> int:
         """Insertions between repairs by default: ``options.repair_every``, or more on large

@@ -42,6 +42,8 @@ def head_pass(columns, tuples, rotations, wavelets, start, stop, extras):
     for level in range(start, stop):
         rotate_rows_inplace(columns, tuples[level], rotations[level], False, tmp)
         s = wavelets[level]
+        if s < 0:  # a rotation-only level (its wavelet was knocked out) drops nothing
+            continue
         energy = 0.0
         for c in range(columns.shape[1]):
             energy += columns[s, c] * columns[s, c]
@@ -139,9 +141,10 @@ def insert_means(raw: RawFactorization, state: InsertionState, order: int, means
     cut_index = _cut(state, new_size, shallow, options)
     cut_level = state.snapshots[cut_index].level
     rotated = state.final_rows @ means.T  # (m, b): the new columns in the final basis
-    couplings = rotated[raw.wavelets[:cut_level]]
+    head = raw.wavelets[:cut_level]
+    couplings = rotated[np.maximum(head, 0)]
     extras = np.zeros(raw.wavelets.shape[0])
-    extras[:cut_level] = 2.0 * np.einsum("ij,ij->i", couplings, couplings)
+    extras[:cut_level] = 2.0 * np.einsum("ij,ij->i", couplings, couplings) * (head >= 0)  # rotation-only: nothing
     new_ids = np.arange(size, new_size)
     grown = [
         Snapshot(snap.level, np.concatenate([snap.indices, new_ids]), rows=np.vstack([snap.rows, means]))
@@ -218,7 +221,7 @@ def permute(raw: RawFactorization, state: InsertionState, new_index: np.ndarray)
         final_rows[new_index] = state.final_rows
     permuted = RawFactorization(
         tuples=new_index[raw.tuples],
-        wavelets=new_index[raw.wavelets],
+        wavelets=np.where(raw.wavelets >= 0, new_index[np.maximum(raw.wavelets, 0)], -1),
         rotations=raw.rotations,
         level_errors=raw.level_errors,
         diagonal=diagonal,

@@ -41,11 +41,12 @@ passes ``refresh_drift``, or when the classes grew by ``refresh_growth`` since
 the last batch run, it starts batch MMF in the background on a snapshot of the
 store's classes: in a separate, lower-priority process (or on the Dask cluster
 when one is given). When that
-finishes, the classes that arrived meanwhile are inserted into it, a step
-(:data:`REPLAY_STEP` classes beyond those of the last batch) between batches,
-and once it has them all it is committed as a new generation if it is better
-(:func:`refresh_outcome`); if an existing class was updated meanwhile, the
-refresh is discarded and started again later.
+finishes, the changes committed meanwhile are replayed into it in the order
+they were committed (knock-outs with the store's placement, then insertions),
+a step (:data:`REPLAY_STEP` classes beyond those of the last batch) between
+batches, and once it has them all it is committed as a new generation if it
+is better (:func:`refresh_outcome`); if the project was factorized afresh
+meanwhile, the refresh is discarded.
 
 SIGTERM or SIGINT: the batch in progress is finished and committed, then the
 coordinator exits with status 0.
@@ -60,7 +61,7 @@ import sys
 import threading
 import time
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any, Callable
@@ -239,6 +240,20 @@ REFRESH_NICENESS = 10
 
 
 @dataclass
+class _Change:
+    """A committed batch, as a refresh replays it: knock-outs (placed by ``new_index``), then insertions."""
+
+    knocked_out: list
+    new_index: np.ndarray
+    rows: np.ndarray
+    labels: np.ndarray
+
+    @property
+    def classes(self) -> int:
+        return len(self.knocked_out) + int(self.labels.shape[0])
+
+
+@dataclass
 class _Refresh:
     """A batch run in the background on a snapshot of the store."""
 
@@ -248,10 +263,20 @@ class _Refresh:
     invalidated: bool = False
     #: the batch run's result, once it is in
     batch: Any = None
-    #: ``batch`` with the classes that arrived meanwhile replayed into it so far
+    #: ``batch`` with the changes committed meanwhile replayed into it so far
     replayed: Any = None
-    #: the store's size at the previous replay step
+    #: the changes committed since the snapshot, in order
+    log: list = field(default_factory=list)
+    #: log entries replayed in full; whether the next one's knock-outs are done, and its rows inserted
+    done: int = 0
+    knocked: bool = False
+    offset: int = 0
+    #: classes the log held at the previous replay step
     seen: int = 0
+
+    @property
+    def logged(self) -> int:
+        return sum(change.classes for change in self.log)
 
 
 def _refresh_worker_setup() -> None:
@@ -504,13 +529,15 @@ class Coordinator:
                 _test_pause()
                 appended = {"sums": changes.sums, "labels": changes.labels, "counts": changes.counts} \
                     if changes.labels.size else {}
+                placement = swap_last_placement(store.size, [self._labels[label] for label in changes.knocked_out])
                 report = store.replace_classes(remove=changes.knocked_out, **appended)
                 crash_point("service-store-committed")
                 if store.generation != self._project.pending().store_generation:
                     raise RuntimeError("the class store did not commit the generation expected")
                 self._relabel(changes, report)
-                if self._refresh is not None and changes.knocked_out:
-                    self._refresh.invalidated = True
+                if self._refresh is not None:  # the refresh replays this batch once it is in
+                    self._refresh.log.append(_Change(list(changes.knocked_out), placement,
+                                                     self._rows(changes.means), changes.labels))
             else:
                 factorization, reason = self.factorization, "dead letters" if dead else "no net change"
                 number = self._project.prepare(factorization, store_generation=store.generation,
@@ -629,8 +656,8 @@ class Coordinator:
         self._refresh = _Refresh(future=future, store_generation=store.generation, size=store.size)
 
     def _finish_refresh(self, wait: bool = False) -> None:
-        """Once the background batch run is in: replay the classes that arrived meanwhile into it,
-        :data:`REPLAY_STEP` per call (all at once with ``wait``), then swap it in if it is better."""
+        """Once the background batch run is in: replay the changes committed meanwhile into it,
+        :data:`REPLAY_STEP` classes per call (all at once with ``wait``), then swap it in if it is better."""
         refresh = self._refresh
         if refresh is None or (refresh.batch is None and not refresh.future.done() and not wait):
             return
@@ -642,21 +669,37 @@ class Coordinator:
                 self.log(f"refresh failed: {error}")
                 self._project.record_event("error", f"refresh failed: {type(error).__name__}: {error}")
                 return
-            refresh.seen = self._store.size
+            refresh.seen = refresh.logged
         if refresh.invalidated:
             self._refresh = None
-            self.log("refresh discarded: classes it had were updated, or the project was factorized, meanwhile")
+            self.log("refresh discarded: the project was factorized afresh meanwhile")
             return
+        # REPLAY_STEP more than were logged since the last step: the replay gains on any load
+        budget = None if wait else REPLAY_STEP + refresh.logged - refresh.seen
+        refresh.seen = refresh.logged
+        while refresh.done < len(refresh.log) and (budget is None or budget > 0):
+            change = refresh.log[refresh.done]
+            if not refresh.knocked:
+                if change.knocked_out:
+                    refresh.replayed = knock_out(refresh.replayed, change.knocked_out, change.new_index)
+                    if budget is not None:
+                        budget -= len(change.knocked_out)
+                refresh.knocked = True
+            stop = change.rows.shape[0] if budget is None else min(change.rows.shape[0], refresh.offset + max(budget, 0))
+            if stop > refresh.offset:
+                refresh.replayed = insert_in_chunks(refresh.replayed, change.rows[refresh.offset:stop],
+                                                    change.labels[refresh.offset:stop],
+                                                    inline_repair=self.options.inline_repair)
+                if budget is not None:
+                    budget -= stop - refresh.offset
+            refresh.offset = stop
+            if refresh.offset >= change.rows.shape[0]:
+                refresh.done += 1
+                refresh.offset = 0
+                refresh.knocked = False
+        if refresh.done < len(refresh.log):
+            return  # the next step goes on
         store = self._store
-        start = refresh.replayed.size
-        if start < store.size:  # a step between batches: the batches behind are not held up
-            # REPLAY_STEP more than arrived since the last step: the replay gains on any load
-            stop = store.size if wait else min(store.size, start + REPLAY_STEP + store.size - refresh.seen)
-            refresh.seen = store.size
-            refresh.replayed = insert_in_chunks(refresh.replayed, self._rows(store.means[start:stop]),
-                                                store.labels[start:stop], inline_repair=self.options.inline_repair)
-            if stop < store.size:
-                return  # the next step goes on
         self._refresh = None
         batch = refresh.batch
         with store.writing():
@@ -666,7 +709,7 @@ class Coordinator:
             result = refresh.replayed
             counters = self._after_batch_run(current.counters, batch)
             reason = "refresh"
-            replayed = store.size - refresh.size
+            replayed = refresh.logged
             outcome = refresh_outcome(result.error, self.factorization.error, replayed)
             if outcome != "swap":  # only a better factorization is swapped in
                 retry = " (retried on the current classes)" if outcome == "retry" else ""
@@ -688,9 +731,9 @@ class Coordinator:
         if reason != "refresh":
             return
         self._project.record_event("refresh", f"refreshed: batch of {refresh.size} classes, "
-                                              f"{store.size - refresh.size} replayed; relative error "
+                                              f"{replayed} changes replayed; relative error "
                                               f"{result.relative_error:.6g}")
-        self.log(f"refresh committed ({refresh.size} classes in batch, {store.size - refresh.size} replayed)")
+        self.log(f"refresh committed ({refresh.size} classes in batch, {replayed} changes replayed)")
 
 
 def refresh_outcome(refreshed_error: float, current_error: float, replayed: int) -> str:

@@ -6,7 +6,7 @@ Layout (format version 3; ``docs/format.md`` is the user-facing copy):
 array           shape        dtype      content
 ==============  ===========  =========  ==========================================
 tuples          (L, k)       int64      tuple of each level, rotation row order
-wavelets        (L,)         int64      wavelet index of each level
+wavelets        (L,)         int64      wavelet index of each level (-1: a rotation-only level)
 rotations       (L, k, k)    float64    rotation block O_l of each level
 level_errors    (L,)         float64    squared Frobenius error of each level
 diagonal        (m,)         float64    diagonal of H
@@ -231,7 +231,8 @@ def parts_from_arrays(read: Callable[[str], np.ndarray], meta: dict[str, Any], s
             labels = as_str_array(labels)
     for name in ("tuples", "wavelets", "core"):
         values = arrays[name]
-        if values.size and (values.min() < 0 or values.max() >= size):
+        lowest = -1 if name == "wavelets" else 0  # -1: a rotation-only level (its wavelet was knocked out)
+        if values.size and (values.min() < lowest or values.max() >= size):
             raise ValueError(f"{source} is corrupt: {name} holds indices outside 0..{size - 1}")
     width = None if final_rows is None else final_rows.shape[1]
     if final_rows is not None and (final_rows.ndim != 2 or final_rows.shape[0] != size):
