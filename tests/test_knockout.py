@@ -170,3 +170,15 @@ def test_swap_roles_is_an_exact_relabelling(planted):
     relabelled = ms.Factorization(swapped.raw, order=5, norm=f.norm)
     np.testing.assert_allclose(relabelled.reconstruct(), f.reconstruct(), atol=1e-9 * np.abs(means).max() ** 2)
     np.testing.assert_allclose(swapped.raw.level_errors, raw.level_errors)
+
+
+def test_the_graph_shows_a_rotation_only_level_without_a_wavelet(planted):
+    from mmf_stream.views import layout
+
+    means, labels, f = planted
+    x = int(f._raw.wavelets[2])
+    g = f.remove([labels[x]])
+    graph = layout(g, levels=6)
+    level_three = [node for node in graph.nodes if node.level == 3]
+    assert len(level_three) == 5 and not any(node.is_wavelet for node in level_three)
+    assert sum(node.is_wavelet for node in graph.nodes if node.level != 3) == 5

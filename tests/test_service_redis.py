@@ -193,7 +193,7 @@ def test_dead_letters_are_recorded_once_with_the_reason_and_acknowledged(queue, 
         decode(bad, D, "str")
     queue.dead_letter(bad, str(raised.value))
     queue.dead_letter(bad, "again")  # recorded once
-    assert queue.dead_letters() == [(bad.seq, bad.id, "unknown kind 'median' (known: mean, features)")]
+    assert queue.dead_letters() == [(bad.seq, bad.id, "unknown kind 'median' (known: mean, features, remove)")]
     assert _pending(redis_url) == 1  # the bad one acknowledged; the good one waits for its commit
     decoded = decode(good, D, "str")
     assert decoded.label == "good" and decoded.count == 4 and decoded.seq == good.seq

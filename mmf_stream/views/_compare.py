@@ -117,7 +117,8 @@ def compare(results: Sequence[Any], names: Sequence[str] | None = None, *, level
         classes.append(per_depth_classes)
         pairs.append(per_depth_pairs)
         order = np.full(result.size, result.n_levels + 1.0)
-        order[mapping[result.wavelets]] = np.arange(1, result.n_levels + 1)
+        has = np.asarray(result.wavelets) >= 0  # rotation-only levels (a knock-out's) leave no class
+        order[mapping[np.asarray(result.wavelets)[has]]] = np.flatnonzero(has) + 1.0
         wavelet_levels.append(order)
     n_pairs = len(results) - 1
     class_overlap = np.array([[_jaccard(classes[p][d], classes[p + 1][d]) for d in range(len(depths))] for p in range(n_pairs)])

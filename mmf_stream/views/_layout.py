@@ -241,7 +241,7 @@ def layout(
 def _level_keys(factorization: Any) -> list[tuple[frozenset, str]]:
     names = [str(x) for x in factorization.labels.tolist()]
     return [
-        (frozenset(names[i] for i in row), names[int(w)])
+        (frozenset(names[i] for i in row), names[int(w)] if w >= 0 else "")  # "": a rotation-only level
         for row, w in zip(np.asarray(factorization.tuples).tolist(), np.asarray(factorization.wavelets).tolist())
     ]
 
