@@ -50,14 +50,15 @@ def head_pass(columns, tuples, rotations, wavelets, start, stop, extras):
         extras[level] += 2.0 * energy
 
 
-def _cut(state: InsertionState, new_size: int, shallow: bool, options: EngineOptions) -> int:
+def snapshot_for_cut(state: InsertionState, new_size: int, shallow: bool, options: EngineOptions) -> int:
+    """The snapshot a change recomputes from: the deepest, or (``shallow``) the one nearest the repair target."""
     if not shallow:
         return len(state.snapshots) - 1
     target = shallow_target(new_size, options)
     return int(np.argmin([abs(snap.size - target) for snap in state.snapshots]))
 
 
-def _keep_two(snapshots: list[Snapshot], new_size: int, options: EngineOptions) -> list[Snapshot]:
+def keep_two(snapshots: list[Snapshot], new_size: int, options: EngineOptions) -> list[Snapshot]:
     """The snapshot nearest the shallow target and the deepest."""
     if len(snapshots) <= 1:
         return snapshots
@@ -86,7 +87,7 @@ def _assemble(raw, cut_level, extras, tail, tail_state, tail_indices, grown, new
         core=core[ordering],
         core_block=tail.core_block[np.ix_(ordering, ordering)],
     )
-    return result, InsertionState(snapshots=_keep_two(snapshots, new_size, options), final_rows=final_rows)
+    return result, InsertionState(snapshots=keep_two(snapshots, new_size, options), final_rows=final_rows)
 
 
 def insert_dense(raw: RawFactorization, state: InsertionState, order: int, columns: np.ndarray, block: np.ndarray, *,
@@ -101,7 +102,7 @@ def insert_dense(raw: RawFactorization, state: InsertionState, order: int, colum
     if not np.any(columns):
         raw_new, state_new = _append_unrelated(raw, state, order, block, seed, options)
         return raw_new, state_new, raw.wavelets.shape[0]
-    cut_index = _cut(state, new_size, shallow, options)
+    cut_index = snapshot_for_cut(state, new_size, shallow, options)
     cut_level = state.snapshots[cut_index].level
     work = np.array(columns, dtype=np.float64, order="C", copy=True)
     extras = np.zeros(raw.wavelets.shape[0])
@@ -138,7 +139,7 @@ def insert_means(raw: RawFactorization, state: InsertionState, order: int, means
     size = raw.diagonal.shape[0]
     count = means.shape[0]
     new_size = size + count
-    cut_index = _cut(state, new_size, shallow, options)
+    cut_index = snapshot_for_cut(state, new_size, shallow, options)
     cut_level = state.snapshots[cut_index].level
     rotated = state.final_rows @ means.T  # (m, b): the new columns in the final basis
     head = raw.wavelets[:cut_level]
@@ -200,6 +201,11 @@ def _append_unrelated(raw: RawFactorization, state: InsertionState, order: int, 
     return result, InsertionState(snapshots=snapshots)
 
 
+def renumber(new_index: np.ndarray, wavelets: np.ndarray) -> np.ndarray:
+    """``new_index[wavelets]``, keeping -1 (rotation-only levels) as -1."""
+    return np.where(wavelets >= 0, new_index[np.maximum(wavelets, 0)], -1)
+
+
 def changed_levels(old: RawFactorization, new: RawFactorization, start: int) -> int:
     """Levels from ``start`` whose tuple (as a set) differs between two runs."""
     changed = 0
@@ -221,7 +227,7 @@ def permute(raw: RawFactorization, state: InsertionState, new_index: np.ndarray)
         final_rows[new_index] = state.final_rows
     permuted = RawFactorization(
         tuples=new_index[raw.tuples],
-        wavelets=np.where(raw.wavelets >= 0, new_index[np.maximum(raw.wavelets, 0)], -1),
+        wavelets=renumber(new_index, raw.wavelets),
         rotations=raw.rotations,
         level_errors=raw.level_errors,
         diagonal=diagonal,

@@ -68,11 +68,11 @@ from dataclasses import dataclass
 import numpy as np
 from numba import njit
 
-from mmf_stream.engine.incremental import permute
+from mmf_stream.engine.incremental import keep_two, permute, renumber, snapshot_for_cut
 from mmf_stream.engine.kernels import rotate_rows_inplace
 from mmf_stream.engine.options import DEFAULT_OPTIONS, EngineOptions
 from mmf_stream.engine.raw import InsertionState, RawFactorization, Snapshot
-from mmf_stream.engine.schedule import factor_dense, factor_means, resolve_schedule, snapshot_sizes, shallow_target
+from mmf_stream.engine.schedule import factor_dense, factor_means, resolve_schedule, snapshot_sizes
 
 #: levels per block of the backward error sweep (BLAS products of this many rows)
 ERROR_BLOCK = 128
@@ -494,14 +494,6 @@ class RemovalInfo:
     couplings: np.ndarray | None = None
 
 
-def _cut_index(state: InsertionState, new_size: int, shallow: bool, options: EngineOptions) -> int:
-    """The deepest snapshot, or (``shallow``) the one nearest the repair's target size."""
-    if not shallow:
-        return len(state.snapshots) - 1
-    target = shallow_target(new_size, options)
-    return int(np.argmin([abs(snap.size - target) for snap in state.snapshots]))
-
-
 def _plan_at_a_cut(raw: RawFactorization, snapshots: list[Snapshot], removed: np.ndarray, cut_index: int,
                    tail_floor: int) -> tuple[int, RemovalPlan]:
     """The plan at the given snapshot, or a shallower one when too few indices would be left below it."""
@@ -570,7 +562,7 @@ def knock_out_means(raw: RawFactorization, state: InsertionState, order: int, re
     b = removed.shape[0]
     new_size = size - b
     core_size = raw.core.shape[0]
-    cut_index = _cut_index(state, new_size, shallow, options)
+    cut_index = snapshot_for_cut(state, new_size, shallow, options)
     swapped = swap_roles(raw, state.snapshots, removed, state.snapshots[cut_index].level if swap else 0)
     raw, snapshots = swapped.raw, swapped.snapshots
     cut_index, plan = _plan_at_a_cut(raw, snapshots, removed, cut_index, max(order, core_size + 1))
@@ -606,20 +598,7 @@ def knock_out_means(raw: RawFactorization, state: InsertionState, order: int, re
     diagonal[departed] = np.einsum("ij,ij->i", changed, changed)
     diagonal[tail_indices] = tail.diagonal
     head = np.flatnonzero(~plan.dropped[:cut])
-    core = new_index[tail_indices[tail.core]]
-    ordering = np.argsort(core)
-    keep = new_index >= 0
-    new_diagonal = np.empty(new_size)
-    new_diagonal[new_index[keep]] = diagonal[keep]
-    result = RawFactorization(
-        tuples=np.vstack([new_index[plan.tuples[head]], new_index[tail_indices[tail.tuples]]]).astype(np.int64),
-        wavelets=np.concatenate([renumber(new_index, plan.wavelets[head]), new_index[tail_indices[tail.wavelets]]]),
-        rotations=np.concatenate([plan.rotations[head], tail.rotations]),
-        level_errors=np.concatenate([errors[head], tail.level_errors]),
-        diagonal=new_diagonal,
-        core=core[ordering],
-        core_block=tail.core_block[np.ix_(ordering, ordering)],
-    )
+    result = _joined(plan, head, errors, diagonal, tail, tail_indices, new_index)
     kept = []
     for number, above in enumerate(snapshots[:cut_index]):
         rows = above.rows + sweep.at_snapshots[number] @ seeds
@@ -634,18 +613,23 @@ def knock_out_means(raw: RawFactorization, state: InsertionState, order: int, re
     return result, InsertionState(snapshots=keep_two(kept, new_size, options), final_rows=final_rows), info
 
 
-def renumber(new_index: np.ndarray, wavelets: np.ndarray) -> np.ndarray:
-    """``new_index[wavelets]``, keeping -1 (rotation-only levels) as -1."""
-    return np.where(wavelets >= 0, new_index[np.maximum(wavelets, 0)], -1)
-
-
-def keep_two(snapshots: list[Snapshot], new_size: int, options: EngineOptions) -> list[Snapshot]:
-    """The snapshot nearest the shallow (repair) target and the deepest."""
-    if len(snapshots) <= 1:
-        return snapshots
-    target = shallow_target(new_size, options)
-    nearest = int(np.argmin([abs(snap.size - target) for snap in snapshots[:-1]]))
-    return [snapshots[nearest], snapshots[-1]]
+def _joined(plan: RemovalPlan, head: np.ndarray, errors: np.ndarray, diagonal: np.ndarray,
+            tail: RawFactorization, tail_indices: np.ndarray, new_index: np.ndarray) -> RawFactorization:
+    """The kept levels before the cut, then the recomputed tail, in the new indices."""
+    core = new_index[tail_indices[tail.core]]
+    ordering = np.argsort(core)
+    keep = new_index >= 0
+    new_diagonal = np.empty(int(np.count_nonzero(keep)))
+    new_diagonal[new_index[keep]] = diagonal[keep]
+    return RawFactorization(
+        tuples=np.vstack([new_index[plan.tuples[head]], new_index[tail_indices[tail.tuples]]]).astype(np.int64),
+        wavelets=np.concatenate([renumber(new_index, plan.wavelets[head]), new_index[tail_indices[tail.wavelets]]]),
+        rotations=np.concatenate([plan.rotations[head], tail.rotations]),
+        level_errors=np.concatenate([errors[head], tail.level_errors]),
+        diagonal=new_diagonal,
+        core=core[ordering],
+        core_block=tail.core_block[np.ix_(ordering, ordering)],
+    )
 
 
 def _relocate(rows: np.ndarray, new_index: np.ndarray) -> np.ndarray:
@@ -742,7 +726,7 @@ def _knock_out_dense(raw, state, order, removed, new_index, matrix, shallow, see
     size = raw.diagonal.shape[0]
     new_size = size - removed.shape[0]
     core_size = raw.core.shape[0]
-    cut_index = _cut_index(state, new_size, shallow, options)
+    cut_index = snapshot_for_cut(state, new_size, shallow, options)
     swapped = swap_roles(raw, state.snapshots, removed, state.snapshots[cut_index].level if swap else 0)
     raw, snapshots = swapped.raw, swapped.snapshots
     cut_index, plan = _plan_at_a_cut(raw, snapshots, removed, cut_index, max(order, core_size + 1))
@@ -792,20 +776,7 @@ def _knock_out_dense(raw, state, order, removed, new_index, matrix, shallow, see
                                     snapshot_sizes=wanted)
     diagonal[tail_indices] = tail.diagonal
     head = np.flatnonzero(~plan.dropped[:cut])
-    core = new_index[tail_indices[tail.core]]
-    ordering = np.argsort(core)
-    keep = new_index >= 0
-    new_diagonal = np.empty(new_size)
-    new_diagonal[new_index[keep]] = diagonal[keep]
-    result = RawFactorization(
-        tuples=np.vstack([new_index[plan.tuples[head]], new_index[tail_indices[tail.tuples]]]).astype(np.int64),
-        wavelets=np.concatenate([renumber(new_index, plan.wavelets[head]), new_index[tail_indices[tail.wavelets]]]),
-        rotations=np.concatenate([plan.rotations[head], tail.rotations]),
-        level_errors=np.concatenate([errors[head], tail.level_errors]),
-        diagonal=new_diagonal,
-        core=core[ordering],
-        core_block=tail.core_block[np.ix_(ordering, ordering)],
-    )
+    result = _joined(plan, head, errors, diagonal, tail, tail_indices, new_index)
     kept = []
     for above in snapshots[:cut_index]:
         live, kept_block = blocks[int(above.level)]
