@@ -120,7 +120,10 @@ class RemovalReport:
     rotation_only : int
         Levels before the cut whose wavelet was removed: they stay as rotations of their remaining
         members, without a wavelet (:attr:`Level.wavelet` is None), so that every later level
-        still sees the rows it was chosen for.
+        still sees the rows it was chosen for. Includes the woken levels.
+    woken : int
+        Wavelets before the cut whose error the removal raised most, taken back into the recomputed
+        levels (their levels became rotation-only; ``EngineOptions.removal_wake_budget``).
     error_change : float
         New error minus old error (Frobenius).
     """
@@ -133,6 +136,7 @@ class RemovalReport:
     cut_level: int
     rotation_only: int
     error_change: float
+    woken: int = 0
 
 
 def _check_new_labels(factorization: Any, labels: Any, count: int) -> np.ndarray | None:
@@ -596,7 +600,7 @@ class Factorization:
             labels=names, indices=removed.tolist(), first_level=int(info.first_level),
             modified_levels=int(info.modified_levels), dropped_levels=int(info.dropped_levels),
             cut_level=int(info.cut_level), rotation_only=int(info.rotation_only),
-            error_change=result.error - self.error,
+            error_change=result.error - self.error, woken=int(info.woken),
         )
         return result
 

@@ -374,6 +374,9 @@ def test_exhaustive_candidates_run_greedy_even_when_staged_is_asked():
     (dict(greedy_below=1), ValueError),
     (dict(stage_fraction=0.0), ValueError),
     (dict(stage_fraction=0.95), ValueError),
+    (dict(removal_wake_budget=-1), ValueError),
+    (dict(removal_wake_capture=0.0), ValueError),
+    (dict(removal_wake_capture=1.5), ValueError),
     (dict(cluster_sise=64), ValueError),
     ("cluster_size=64", TypeError),
 ])

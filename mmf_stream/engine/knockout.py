@@ -46,7 +46,18 @@ where ``v_j = [P_j, Z f_j]``, ``u_s = [Z f_s + Z Z' P_s, P_s]``, ``K_l =
 sum_{j in S_l} f_j v_j'`` and ``N_l = sum_{j in S_l} v_j v_j'``: suffix sums,
 swept backward from the cut in blocks of levels (BLAS products). Levels
 before the first modified one only lose ``(f_s . m_x)^2`` per removed ``x``.
-The tail from the cut is an ordinary exact run. Cost per removal: O(m D) for
+The tail from the cut is an ordinary exact run.
+
+*Waking* (:func:`_wake`). The removed mean's contribution, propagated through
+the kept rotations, couples many earlier wavelets to the rest (above all to the
+core, which carries the classes' shared offset): one removal could add as much
+error as the whole factorization had. The wavelets whose error grew most (the
+fewest holding ``removal_wake_capture`` of the growth, at most
+``removal_wake_budget``) are woken: their levels become rotation-only and their
+rows, final since those levels, join the tail, which re-runs them with the
+others. Exact: each later level before the cut adds ``2 (f_s . f_w)^2`` for
+every woken ``w`` that left before it. Both role-swap plans are scored first
+and the one with the lower error before the cut is woken and finished. Cost per removal: O(m D) for
 the rows, O((c - l_1)(R D + B D)) for the sweep (``l_1`` the first level
 holding a removed index, ``R`` = 1 + ``k`` times the levels holding it, ``B`` =
 :data:`ERROR_BLOCK`), plus the tail.
@@ -218,6 +229,8 @@ class RemovalPlan:
         The level at which each index leaves (``L``: the core; -1: removed).
     first_level : int
         The first modified level (``cut`` when none).
+    woken_at : ndarray of int or None
+        Set by the wake step: each woken index's old level (-1 for the others).
     """
 
     removed: np.ndarray
@@ -229,6 +242,7 @@ class RemovalPlan:
     modified: np.ndarray
     left_at: np.ndarray
     first_level: int
+    woken_at: np.ndarray | None = None
 
     @property
     def rotation_only(self) -> int:
@@ -479,6 +493,8 @@ class RemovalInfo:
         Levels before the cut that disappeared.
     rotation_only : int
         Levels before the cut that lost their wavelet (kept as rotations).
+    woken : int
+        Wavelets before the cut woken into the tail (factored results).
     removed_means : ndarray of shape (b, D) or None
         Factored results: the removed classes' means (original basis).
     couplings : ndarray of shape (b, m) or None
@@ -490,6 +506,7 @@ class RemovalInfo:
     modified_levels: int
     dropped_levels: int
     rotation_only: int
+    woken: int = 0
     removed_means: np.ndarray | None = None
     couplings: np.ndarray | None = None
 
@@ -511,24 +528,64 @@ def remove_means(raw: RawFactorization, state: InsertionState, order: int, remov
                  options: EngineOptions = DEFAULT_OPTIONS) -> tuple[RawFactorization, InsertionState, RemovalInfo]:
     """Remove indices ``removed`` of a factored result (class means, ``C = M M'``) exactly.
 
-    Two exact knock-outs are computed, with and without :func:`swap_roles` (whether a removed
-    class's row after its first level is carried on by that level's wavelet or dropped), and the
-    one with the lower error is kept: which is better depends on how much of that row was the
-    removed class's own. Parameters and returns as :func:`knock_out_means`.
+    The levels before the cut are planned twice, with and without :func:`swap_roles` (whether a
+    removed class's row after its first level is carried on by that level's wavelet or dropped),
+    and the plan whose kept levels have the lower exact error is finished (its tail re-run): which
+    is better depends on how much of that row was the removed class's own. Parameters and returns
+    as :func:`knock_out_means`.
     """
-    best = None
-    for swap in (True, False):
-        result = knock_out_means(raw, state, order, removed, new_index, shallow=shallow, seed=seed,
-                                 options=options, swap=swap)
-        if best is None or float(np.sum(result[0].level_errors)) < float(np.sum(best[0].level_errors)):
-            best = result
-    return best
+    return knock_out_means(raw, state, order, removed, new_index, shallow=shallow, seed=seed, options=options,
+                           swap=None)
+
+
+@dataclass
+class _Head:
+    """A planned knock-out before its tail is re-run (:func:`_plan_head`)."""
+
+    raw: RawFactorization
+    snapshots: list
+    cut_index: int
+    plan: RemovalPlan
+    rows_at_cut: _RowsAtCut
+    sweep: _Sweep
+    reached: np.ndarray
+    seeds: np.ndarray
+    removed_means: np.ndarray
+    errors: np.ndarray
+
+    @property
+    def head_error(self) -> float:
+        return float(np.sum(self.errors[~self.plan.dropped[: self.plan.cut]]))
+
+
+def _plan_head(raw: RawFactorization, state: InsertionState, order: int, removed: np.ndarray, shallow: bool,
+               options: EngineOptions, swap: bool) -> _Head | int:
+    """Plan, sweep and score the levels before the cut; or the number of passes a removal of this
+    many seeds needs (an int)."""
+    size = raw.diagonal.shape[0]
+    b = removed.shape[0]
+    core_size = raw.core.shape[0]
+    cut_index = snapshot_for_cut(state, size - b, shallow, options)
+    swapped = swap_roles(raw, state.snapshots, removed, state.snapshots[cut_index].level if swap else 0)
+    raw, snapshots = swapped.raw, swapped.snapshots
+    cut_index, plan = _plan_at_a_cut(raw, snapshots, removed, cut_index, max(order, core_size + 1))
+    if b > 1 and b + order * plan.modified.shape[0] > MAX_SEEDS:  # several passes keep P (m x R) small
+        return -(-(b + order * plan.modified.shape[0]) // MAX_SEEDS)
+    snap = snapshots[cut_index]
+    rows_at_cut = _RowsAtCut(state.final_rows, snap, swapped.source, swapped.sign)
+    sweep = _sweep(raw, plan, snapshots[: cut_index + 1])
+    reached = np.flatnonzero(sweep.support)
+    old_rows = sweep.propagators[reached].T @ rows_at_cut[reached]  # (R, D)
+    seeds = _seed_rows(raw, plan, sweep, old_rows)
+    removed_means = old_rows[:b].copy()
+    errors = _level_errors(raw, plan, rows_at_cut, sweep.propagators, seeds, removed_means)
+    return _Head(raw, snapshots, cut_index, plan, rows_at_cut, sweep, reached, seeds, removed_means, errors)
 
 
 def knock_out_means(raw: RawFactorization, state: InsertionState, order: int, removed: np.ndarray,
                     new_index: np.ndarray, *, shallow: bool = False, seed: int = 0,
                     options: EngineOptions = DEFAULT_OPTIONS,
-                    swap: bool = True) -> tuple[RawFactorization, InsertionState, RemovalInfo]:
+                    swap: bool | None = True) -> tuple[RawFactorization, InsertionState, RemovalInfo]:
     """Remove indices ``removed`` of a factored result (class means, ``C = M M'``) exactly.
 
     Parameters
@@ -547,8 +604,8 @@ def knock_out_means(raw: RawFactorization, state: InsertionState, order: int, re
     seed : int
         Seed of the tail's run.
     options : EngineOptions
-    swap : bool
-        Swap roles first (:func:`swap_roles`).
+    swap : bool or None
+        Swap roles first (:func:`swap_roles`); None: plan both ways, finish the better.
 
     Returns
     -------
@@ -557,38 +614,38 @@ def knock_out_means(raw: RawFactorization, state: InsertionState, order: int, re
         ``new_index`` says), its insertion state and a :class:`RemovalInfo`.
     """
     removed = np.unique(np.asarray(removed, dtype=np.int64))
-    original = raw
-    size = raw.diagonal.shape[0]
-    b = removed.shape[0]
-    new_size = size - b
-    core_size = raw.core.shape[0]
-    cut_index = snapshot_for_cut(state, new_size, shallow, options)
-    swapped = swap_roles(raw, state.snapshots, removed, state.snapshots[cut_index].level if swap else 0)
-    raw, snapshots = swapped.raw, swapped.snapshots
-    cut_index, plan = _plan_at_a_cut(raw, snapshots, removed, cut_index, max(order, core_size + 1))
-    if b > 1 and b + order * plan.modified.shape[0] > MAX_SEEDS:  # several passes keep P (m x R) small
-        passes = -(-(b + order * plan.modified.shape[0]) // MAX_SEEDS)
-        return _in_passes(original, state, order, removed, new_index, -(-b // passes), shallow, seed, options,
-                          swap)
-    snap = snapshots[cut_index]
+    heads = [_plan_head(raw, state, order, removed, shallow, options, choice)
+             for choice in ((True, False) if swap is None else (swap,))]
+    passes = max((h for h in heads if isinstance(h, int)), default=0)
+    if passes:
+        return _in_passes(raw, state, order, removed, new_index, -(-removed.shape[0] // passes), shallow, seed,
+                          options, swap)
+    head = min(heads, key=lambda h: h.head_error)
+    woken, woken_rows = _wake(head.raw, head.plan, head.errors, head.rows_at_cut, head.sweep.propagators, head.seeds,
+                              options)
+    return _finish(head, woken, woken_rows, state, order, new_index, seed, options)
+
+
+def _finish(head: _Head, woken: np.ndarray, woken_rows: np.ndarray, state: InsertionState, order: int,
+            new_index: np.ndarray, seed: int, options: EngineOptions
+            ) -> tuple[RawFactorization, InsertionState, RemovalInfo]:
+    """Re-run the tail of a planned knock-out, with the woken rows, and assemble the result."""
+    raw, plan, sweep, seeds, rows_at_cut = head.raw, head.plan, head.sweep, head.seeds, head.rows_at_cut
+    snap = head.snapshots[head.cut_index]
     cut = snap.level
-    rows_at_cut = _RowsAtCut(state.final_rows, snap, swapped.source, swapped.sign)
-    sweep = _sweep(raw, plan, snapshots[: cut_index + 1])
-    reached = np.flatnonzero(sweep.support)
-    old_rows = sweep.propagators[reached].T @ rows_at_cut[reached]  # (R, D)
-    seeds = _seed_rows(raw, plan, sweep, old_rows)
-    removed_means = old_rows[:b].copy()
-    errors = _level_errors(raw, plan, rows_at_cut, sweep.propagators, seeds, removed_means)
+    new_size = raw.diagonal.shape[0] - plan.removed.shape[0]
+    core_size = raw.core.shape[0]
     # the tail: the levels from the cut, recomputed on the new rows of the indices still active there
     in_tail = plan.left_at[snap.indices] >= cut
-    tail_indices = snap.indices[in_tail]
-    tail_rows = np.ascontiguousarray((snap.rows + sweep.at_snapshots[-1] @ seeds)[in_tail])
+    tail_indices = np.concatenate([snap.indices[in_tail], woken])
+    tail_rows = np.ascontiguousarray(np.vstack([(snap.rows + sweep.at_snapshots[-1] @ seeds)[in_tail], woken_rows]))
     n_tail = tail_indices.shape[0]
     wanted = tuple(s for s in snapshot_sizes(new_size, order, core_size, options) if s < n_tail)
     schedule = resolve_schedule("auto", n_tail, True, options)
     tail, tail_state = factor_means(tail_rows.copy(), order, n_tail - core_size, seed=seed, options=options,
                                     snapshot_sizes=wanted, schedule=schedule)
     # rows that changed: those that left before the cut and were reached, then the tail's
+    reached = head.reached
     departed = reached[(plan.left_at[reached] >= 0) & (plan.left_at[reached] < cut)]
     changed = rows_at_cut[departed] + sweep.propagators[departed] @ seeds
     final_rows = rows_at_cut.relocated(new_index)
@@ -597,20 +654,59 @@ def knock_out_means(raw: RawFactorization, state: InsertionState, order: int, re
     diagonal = raw.diagonal.copy()
     diagonal[departed] = np.einsum("ij,ij->i", changed, changed)
     diagonal[tail_indices] = tail.diagonal
-    head = np.flatnonzero(~plan.dropped[:cut])
-    result = _joined(plan, head, errors, diagonal, tail, tail_indices, new_index)
+    kept_levels = np.flatnonzero(~plan.dropped[:cut])
+    result = _joined(plan, kept_levels, head.errors, diagonal, tail, tail_indices, new_index)
     kept = []
-    for number, above in enumerate(snapshots[:cut_index]):
+    for number, above in enumerate(head.snapshots[: head.cut_index]):
         rows = above.rows + sweep.at_snapshots[number] @ seeds
         active = plan.left_at[above.indices] >= above.level
         level = above.level - int(np.count_nonzero(plan.dropped[: above.level]))
-        kept.append(Snapshot(level, new_index[above.indices[active]], rows=np.ascontiguousarray(rows[active])))
-    kept.append(Snapshot(head.shape[0], new_index[tail_indices], rows=tail_rows))
-    kept += [Snapshot(head.shape[0] + deeper.level, new_index[tail_indices[deeper.indices]], rows=deeper.rows)
+        late = plan.woken_at[woken] < above.level  # a woken row is final from its old level on
+        indices = np.concatenate([above.indices[active], woken[late]])
+        rows = np.vstack([rows[active], woken_rows[late]])
+        kept.append(Snapshot(level, new_index[indices], rows=np.ascontiguousarray(rows)))
+    kept.append(Snapshot(kept_levels.shape[0], new_index[tail_indices], rows=tail_rows))
+    kept += [Snapshot(kept_levels.shape[0] + deeper.level, new_index[tail_indices[deeper.indices]], rows=deeper.rows)
              for deeper in tail_state.snapshots]
     info = RemovalInfo(plan.first_level, cut, int(plan.modified.shape[0]), int(np.count_nonzero(plan.dropped[:cut])),
-                       plan.rotation_only, removed_means=removed_means)
+                       plan.rotation_only, removed_means=head.removed_means, woken=int(woken.shape[0]))
     return result, InsertionState(snapshots=keep_two(kept, new_size, options), final_rows=final_rows), info
+
+
+def _wake(raw: RawFactorization, plan: RemovalPlan, errors: np.ndarray, rows_at_cut: _RowsAtCut,
+          propagators: np.ndarray, seeds: np.ndarray, options: EngineOptions) -> tuple[np.ndarray, np.ndarray]:
+    """Wake the wavelets before the cut whose error grew most (updates ``plan`` and ``errors``).
+
+    A woken wavelet's level becomes rotation-only and its row (final from that level on, as no
+    later level touches it) joins the tail. Exact: every later level before the cut now also
+    couples to the woken rows, ``+ 2 (f_s . f_w)^2`` for each woken ``w`` that left before ``s``.
+    Returns the woken indices (old numbering) and their rows.
+    """
+    cut = plan.cut
+    plan.woken_at = np.full(raw.diagonal.shape[0], -1, dtype=np.int64)
+    none = np.zeros(0, dtype=np.int64), np.zeros((0, seeds.shape[1]))
+    growth = errors - raw.level_errors[:cut]
+    candidates = np.flatnonzero((plan.wavelets[:cut] >= 0) & ~plan.dropped[:cut] & (growth > 0))
+    if options.removal_wake_budget == 0 or candidates.size == 0:
+        return none
+    ranked = candidates[np.argsort(-growth[candidates], kind="stable")]
+    captured = np.cumsum(growth[ranked]) / float(np.sum(growth[ranked]))
+    count = min(options.removal_wake_budget, int(np.searchsorted(captured, options.removal_wake_capture)) + 1)
+    chosen = np.sort(ranked[:count])
+    woken = plan.wavelets[chosen].copy()
+    rows = rows_at_cut[woken] + propagators[woken] @ seeds
+    levels = np.arange(int(chosen[0]) + 1, cut)  # only these levels come after a woken one
+    wavelets = plan.wavelets[levels]
+    has = wavelets >= 0
+    levels, wavelets = levels[has], wavelets[has]
+    couplings = rows_at_cut.times(rows.T)[wavelets] + propagators[wavelets] @ (seeds @ rows.T)  # one BLAS product
+    couplings[levels[:, None] <= chosen[None, :]] = 0.0
+    errors[levels] += 2.0 * np.einsum("ij,ij->i", couplings, couplings)
+    errors[chosen] = 0.0
+    plan.wavelets[chosen] = -1
+    plan.left_at[woken] = raw.wavelets.shape[0]
+    plan.woken_at[woken] = chosen
+    return woken, rows
 
 
 def _joined(plan: RemovalPlan, head: np.ndarray, errors: np.ndarray, diagonal: np.ndarray,
@@ -662,7 +758,8 @@ def _in_passes(raw, state, order, removed, new_index, per_pass, shallow, seed, o
         raw, state = permute(raw, state, target)
     info = RemovalInfo(min(i.first_level for i in infos), min(i.cut_level for i in infos),
                        sum(i.modified_levels for i in infos), sum(i.dropped_levels for i in infos),
-                       sum(i.rotation_only for i in infos), removed_means=np.vstack(means))
+                       sum(i.rotation_only for i in infos), woken=sum(i.woken for i in infos),
+                       removed_means=np.vstack(means))
     return raw, state, info
 
 

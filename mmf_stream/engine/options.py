@@ -72,6 +72,14 @@ class EngineOptions:
         blocks are summed in a fixed order, so the result does not depend on
         how rows are spread over Dask workers (the Dask engine reads inputs in
         blocks of this many rows).
+    removal_wake_budget : int, default 256
+        Knock-out: at most this many wavelets before the cut whose error grew
+        most (the removed class's contribution, propagated through the kept
+        rotations, couples them to the rest) are *woken*: their levels become
+        rotation-only and their rows join the re-run tail. 0 wakes none.
+    removal_wake_capture : float, default 0.99
+        Knock-out: wake the fewest wavelets (within the budget) whose error
+        growth sums to this fraction of the total growth.
     refresh_drift : float or None, default 0.05
         ``factorize_incremental``: when the energy dropped above the shallow cut
         exceeds this fraction of the error^2, factor everything so far afresh.
@@ -95,6 +103,8 @@ class EngineOptions:
     max_shallow_snapshot: int = 12000
     repair_every: int = 10
     repair_budget: int = 120
+    removal_wake_budget: int = 256
+    removal_wake_capture: float = 0.99
     refresh_drift: float | None = 0.05
     gram_block: int = 4096
 
@@ -107,7 +117,8 @@ class EngineOptions:
                 raise ValueError(f"options.{name} must be an integer >= 1, got {value!r}")
         if self.eager_rebuilds < 1:
             raise ValueError(f"options.eager_rebuilds must be an integer >= 1, got {self.eager_rebuilds!r}")
-        for name in ("eager_rebuilds", "repair_every", "auto_dense_greedy_max", "auto_factored_greedy_max"):
+        for name in ("eager_rebuilds", "repair_every", "removal_wake_budget", "auto_dense_greedy_max",
+                     "auto_factored_greedy_max"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f"options.{name} must be an integer >= 0, got {value!r}")
@@ -120,6 +131,8 @@ class EngineOptions:
         fractions = tuple(float(x) for x in self.snapshot_fractions)
         if not fractions or any(not 0.0 < x < 1.0 for x in fractions) or list(fractions) != sorted(fractions, reverse=True):
             raise ValueError("options.snapshot_fractions must be decreasing fractions in (0, 1)")
+        if not 0.0 < float(self.removal_wake_capture) <= 1.0:
+            raise ValueError(f"options.removal_wake_capture must be in (0, 1], got {self.removal_wake_capture!r}")
         if self.refresh_drift is not None and not float(self.refresh_drift) > 0.0:
             raise ValueError(f"options.refresh_drift must be positive or None, got {self.refresh_drift!r}")
 
