@@ -22,9 +22,13 @@ only count once it is committed.
 (only the rows that changed, and appended rows). Saving a generation compares
 each array with the previous generation's and writes only the changed rows:
 levels that an insertion kept are not written again, appended levels and the
-replaced insertion state are. An array is written whole again when it has
-:data:`MAX_LAYERS` layers or when more than :data:`MAX_OVERLAY_FRACTION` of
-its rows changed. Layer files are never modified; files that no generation
+replaced insertion state are. Overlays are *tiered*: a new overlay absorbs the
+newest overlays that are less than :data:`MERGE_RATIO` times its size (one
+file with their rows' current values), so an array has about log2(rows)
+overlays and a row is rewritten O(log) times, not with the whole array every
+few commits. The base is written again only when the overlays hold more than
+:data:`MAX_OVERLAY_FRACTION` of the rows (or :data:`MAX_LAYERS` layers, a bound
+on a reader's work). Layer files are never modified; files that no generation
 among the last :data:`KEEP_GENERATIONS` uses are deleted after a commit.
 
 **Readers** read the last committed generation (SQLite WAL: they never wait
@@ -65,10 +69,13 @@ LOG_FILE = "log.sqlite"
 LAYERS_DIR = "layers"
 #: committed generations whose layer files are kept (slow readers of a recent one can finish)
 KEEP_GENERATIONS = 4
-#: layers an array may have before it is written whole again (bounds a reader's work)
-MAX_LAYERS = 8
-#: an array is written whole again when more than this fraction of its rows changed
+#: layers an array may have before it is written whole again (bounds a reader's work; tiering keeps
+#: about log2(rows) overlays, so this is rarely reached)
+MAX_LAYERS = 40
+#: an array is written whole again when its overlays hold more than this fraction of its rows
 MAX_OVERLAY_FRACTION = 0.5
+#: a new overlay absorbs each newest overlay holding fewer than this many times its rows
+MERGE_RATIO = 2.0
 #: times a reader starts again when a commit removed the files of the generation it was reading
 READ_ATTEMPTS = 5
 #: seconds a log operation waits for another process's write transaction
@@ -81,7 +88,7 @@ CREATE TABLE IF NOT EXISTS generations (
     store_generation INTEGER NOT NULL,
     position TEXT NOT NULL,            -- JSON: the last applied queue position (null: none)
     queue TEXT NOT NULL,
-    layout TEXT NOT NULL,              -- JSON: {array: {"shape", "dtype", "layers": [file, ...]}}
+    layout TEXT NOT NULL,              -- JSON: {array: {"shape", "dtype", "layers": [file, ...], "counts": [rows, ...]}}
     attrs TEXT NOT NULL,               -- JSON: the factorization's attributes (docs/format.md)
     counters TEXT NOT NULL,            -- JSON: applied, dead_letters, refreshes, batch_error, ...
     reason TEXT NOT NULL,              -- 'factorize', 'batch', 'catch-up', 'refresh', ...
@@ -371,12 +378,25 @@ class Project:
             differs = data[:n_old] != previous
             changed = np.flatnonzero(differs.reshape(n_old, -1).any(axis=1) if differs.ndim > 1 else differs)
             rows = np.concatenate([changed, np.arange(n_old, data.shape[0])]).astype(np.int64)
+            layers = list(old["layers"])
+            counts = list(old.get("counts") or [None] * len(layers))  # None: a layout written before tiers
             if rows.size == 0:
-                return {**spec, "layers": list(old["layers"])}
-            if len(old["layers"]) < MAX_LAYERS and rows.size <= MAX_OVERLAY_FRACTION * max(1, data.shape[0]):
-                return {**spec, "layers": [*old["layers"], self._write_layer(number, name, rows, data[rows])]}
+                return {**spec, "layers": layers, "counts": counts}
+            keep = len(layers)  # layers[:keep] stay; the newer ones merge into the new overlay
+            while keep > 1 and counts[keep - 1] is not None and counts[keep - 1] < MERGE_RATIO * rows.size:
+                keep -= 1
+                rows = np.union1d(rows, self._layer_rows(layers[keep]))
+            overlay_rows = rows.size + sum(c if c is not None else data.shape[0] for c in counts[1:keep])
+            if keep < MAX_LAYERS and overlay_rows <= MAX_OVERLAY_FRACTION * max(1, data.shape[0]):
+                return {**spec, "layers": [*layers[:keep], self._write_layer(number, name, rows, data[rows])],
+                        "counts": [*counts[:keep], int(rows.size)]}
         rows = np.arange(data.shape[0], dtype=np.int64)
-        return {**spec, "layers": [self._write_layer(number, name, rows, data)]}
+        return {**spec, "layers": [self._write_layer(number, name, rows, data)], "counts": [int(rows.size)]}
+
+    def _layer_rows(self, layer: str) -> np.ndarray:
+        """The row numbers a layer file holds."""
+        with np.load(self._layers / layer, allow_pickle=False) as data:
+            return np.asarray(data["rows"], dtype=np.int64)
 
     def _write_layer(self, number: int, name: str, rows: np.ndarray, values: np.ndarray) -> str:
         file_name = f"g{number:08d}-{name}-{uuid.uuid4().hex[:6]}.npz"
