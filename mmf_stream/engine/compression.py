@@ -45,6 +45,8 @@ from mmf_stream.engine.raw import Snapshot
 #: factored candidates are rebuilt in batches of this many pivots (bounds the
 #: ``batch x m`` coupling rows held at once)
 _PIVOT_BATCH = 256
+#: rows per block when rows are moved or sketched in place (bounds the temporary copies)
+_COMPACT_BLOCK = 65536
 
 
 class DenseCompression:
@@ -143,8 +145,10 @@ class FactoredCompression:
         self.n = means.shape[0]
         self.active = np.ones(self.n, dtype=np.bool_)
         self.index = np.arange(self.n, dtype=np.int64)  # position -> original index
-        #: every original index's row once it left the active set (its final row)
-        self.final_rows = np.zeros_like(means)
+        #: every original index's row once it left the active set (its final row). Until the first
+        #: compaction this is the working buffer itself (position == original index): a row that
+        #: leaves is already where its final row goes, so no second m x D array is held
+        self.final_rows = means
         self.explicit_max = explicit_max
         self.explicit: GramCompression | None = None
         self._maybe_explicit()
@@ -206,10 +210,21 @@ class FactoredCompression:
         column[~self.active] = 0.0
         return s, diagonal, max(row_energy, 0.0), column
 
+    @property
+    def _shares_final(self) -> bool:
+        """The working rows are still the final rows' buffer (no compaction yet)."""
+        return self.rows is self.final_rows
+
+    def _leave(self, positions: int | np.ndarray, rows: np.ndarray) -> None:
+        """Record ``rows`` (the rows at ``positions``) as final and clear them from the working rows."""
+        if self._shares_final:  # already in place; inactive rows are never read
+            return
+        self.final_rows[self.index[positions]] = rows
+        self.rows[positions] = 0.0
+
     def remove(self, s: int, column: np.ndarray) -> None:
         row = self.rows[s].copy()
-        self.final_rows[self.index[s]] = row
-        self.rows[s] = 0.0
+        self._leave(s, row)
         if self.explicit is not None:  # P is down-dated instead; W is recomputed when needed
             self.explicit.remove(s, column)
             return
@@ -220,7 +235,14 @@ class FactoredCompression:
         self.energy[s] = 0.0
 
     def compact(self, keep: np.ndarray) -> None:
-        self.rows = self.rows[keep]
+        if self._shares_final:
+            self.rows = self.rows[keep]  # a new buffer: the old one keeps the final rows
+        else:  # in place: ``keep`` is increasing, so each row moves down or stays
+            count = keep.shape[0]
+            for start in range(0, count, _COMPACT_BLOCK):
+                stop = min(count, start + _COMPACT_BLOCK)
+                self.rows[start:stop] = self.rows[keep[start:stop]]
+            self.rows = self.rows[:count]
         self.index = self.index[keep]
         self.n = keep.shape[0]
         if self.explicit is not None:
@@ -257,10 +279,15 @@ class FactoredCompression:
 
     # ---------------------------------------------------------------- stages
     def features(self, width: int, rng: np.random.Generator) -> np.ndarray:
-        rows = self.rows[self.active]
-        if rows.shape[1] <= width:
-            return rows
-        return P.stable_matmul(rows, rng.standard_normal((rows.shape[1], width)))
+        live = np.flatnonzero(self.active)
+        if self.rows.shape[1] <= width:
+            return self.rows[live]
+        sketch = rng.standard_normal((self.rows.shape[1], width))
+        out = np.empty((live.shape[0], width))
+        for start in range(0, live.shape[0], _COMPACT_BLOCK):  # blocks: no copy of every active row
+            stop = min(live.shape[0], start + _COMPACT_BLOCK)
+            out[start:stop] = P.stable_matmul(self.rows[live[start:stop]], sketch)  # rows independent of the others
+        return out
 
     def cluster_inputs(self, members: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return P.factored_cluster_inputs(self.rows[members], self.inner)
@@ -291,8 +318,7 @@ class FactoredCompression:
         inner = P.stable_gram(x)
         diagonal = np.diagonal(inner).copy()
         self.inner -= P.stable_cogram(x)
-        self.final_rows[self.index[wavelets]] = x
-        self.rows[wavelets] = 0.0
+        self._leave(wavelets, x)
         self.active[wavelets] = False
         return diagonal, _sequential_row_energy(energies, inner)
 
