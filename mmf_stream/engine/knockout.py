@@ -56,8 +56,11 @@ fewest holding ``removal_wake_capture`` of the growth, at most
 ``removal_wake_budget``) are woken: their levels become rotation-only and their
 rows, final since those levels, join the tail, which re-runs them with the
 others. Exact: each later level before the cut adds ``2 (f_s . f_w)^2`` for
-every woken ``w`` that left before it. Both role-swap plans are scored first
-and the one with the lower error before the cut is woken and finished. Cost per removal: O(m D) for
+every woken ``w`` that left before it (O(L D r) for ``r`` woken rows). Both
+role-swap plans are scored first and the one with the lower error before the
+cut is woken and finished.
+
+Cost per removal: O(m D) for
 the rows, O((c - l_1)(R D + B D)) for the sweep (``l_1`` the first level
 holding a removed index, ``R`` = 1 + ``k`` times the levels holding it, ``B`` =
 :data:`ERROR_BLOCK`), plus the tail.
@@ -621,8 +624,7 @@ def knock_out_means(raw: RawFactorization, state: InsertionState, order: int, re
         return _in_passes(raw, state, order, removed, new_index, -(-removed.shape[0] // passes), shallow, seed,
                           options, swap)
     head = min(heads, key=lambda h: h.head_error)
-    woken, woken_rows = _wake(head.raw, head.plan, head.errors, head.rows_at_cut, head.sweep.propagators, head.seeds,
-                              options)
+    woken, woken_rows = _wake(head, options)
     return _finish(head, woken, woken_rows, state, order, new_index, seed, options)
 
 
@@ -673,15 +675,16 @@ def _finish(head: _Head, woken: np.ndarray, woken_rows: np.ndarray, state: Inser
     return result, InsertionState(snapshots=keep_two(kept, new_size, options), final_rows=final_rows), info
 
 
-def _wake(raw: RawFactorization, plan: RemovalPlan, errors: np.ndarray, rows_at_cut: _RowsAtCut,
-          propagators: np.ndarray, seeds: np.ndarray, options: EngineOptions) -> tuple[np.ndarray, np.ndarray]:
-    """Wake the wavelets before the cut whose error grew most (updates ``plan`` and ``errors``).
+def _wake(head: _Head, options: EngineOptions) -> tuple[np.ndarray, np.ndarray]:
+    """Wake the wavelets before the cut whose error grew most (updates ``head.plan`` and ``head.errors``).
 
     A woken wavelet's level becomes rotation-only and its row (final from that level on, as no
     later level touches it) joins the tail. Exact: every later level before the cut now also
     couples to the woken rows, ``+ 2 (f_s . f_w)^2`` for each woken ``w`` that left before ``s``.
     Returns the woken indices (old numbering) and their rows.
     """
+    raw, plan, errors, rows_at_cut, seeds = head.raw, head.plan, head.errors, head.rows_at_cut, head.seeds
+    propagators = head.sweep.propagators
     cut = plan.cut
     plan.woken_at = np.full(raw.diagonal.shape[0], -1, dtype=np.int64)
     none = np.zeros(0, dtype=np.int64), np.zeros((0, seeds.shape[1]))
