@@ -101,8 +101,10 @@ INSERT_CHUNK = 32
 REPLAY_STEP = 32
 #: seconds a read waits for the first message of a batch (the loop checks for stop and refresh in between)
 IDLE_WAIT = 0.25
-#: the coordinator's lock file inside ``PROJECT/service``
+#: the file naming the serving coordinator inside ``PROJECT/service`` (the lock itself is on the project folder)
 LOCK_FILE = "coordinator.lock"
+#: seconds a starting coordinator retries a busy project lock (a ``status`` call holds it shared for an instant)
+LOCK_RETRY_SECONDS = 1.0
 
 
 #: test hook: seconds to pause inside each batch (between writing the factorization and the classes)
@@ -190,44 +192,71 @@ class ServeOptions:
 
 
 class _CoordinatorLock:
-    """An OS advisory lock (released if its holder dies) naming the serving process."""
+    """An OS advisory lock (released if its holder dies) on the project's folder itself, plus a file
+    naming the serving process.
+
+    The lock is an ``flock`` on the project directory, which a user cannot delete or swap without
+    moving the whole project: deleting ``coordinator.lock`` (which only names the holder) does not
+    let a second coordinator in.
+    """
 
     def __init__(self, project: Path) -> None:
+        self.project = project
         self.path = project / SERVICE_DIR / LOCK_FILE
         self._fd: int | None = None
 
     def acquire(self) -> None:
-        self.path.parent.mkdir(exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
-            os.close(fd)
-            raise CoordinatorBusy(f"another coordinator (pid {holder}) is serving {self.path.parent.parent}; "
-                                  "stop it first (one coordinator per project)") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        fd = os.open(self.project, os.O_RDONLY | os.O_DIRECTORY)
+        deadline = time.monotonic() + LOCK_RETRY_SECONDS  # a status call holds a shared lock for an instant
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() < deadline:
+                    time.sleep(0.05)
+                    continue
+                os.close(fd)
+                holder = _lock_holder(self.path) or "unknown"
+                raise CoordinatorBusy(f"another coordinator (pid {holder}) is serving {self.project}; "
+                                      "stop it first (one coordinator per project)") from None
         self._fd = fd
+        self.path.parent.mkdir(exist_ok=True)
+        staging = self.path.with_name(f".{LOCK_FILE}.{os.getpid()}")
+        staging.write_text(str(os.getpid()))
+        os.replace(staging, self.path)
 
     def release(self) -> None:
         if self._fd is not None:
+            try:
+                holder = _lock_holder(self.path)
+                if holder == str(os.getpid()):
+                    self.path.unlink(missing_ok=True)
+            except OSError:
+                pass
             os.close(self._fd)
             self._fd = None
 
 
-def serving_pid(project: str | os.PathLike) -> int | None:
-    """The pid of the coordinator serving ``project`` now, or None."""
-    path = Path(project) / SERVICE_DIR / LOCK_FILE
+def _lock_holder(path: Path) -> str | None:
+    """The pid the coordinator's lock file names, or None."""
     try:
-        fd = os.open(path, os.O_RDONLY)
-    except FileNotFoundError:
+        return path.read_text(errors="replace").strip()[:32] or None
+    except OSError:
+        return None
+
+
+def serving_pid(project: str | os.PathLike) -> int | None:
+    """The pid of the coordinator serving ``project`` now, or None (-1: serving, pid unknown)."""
+    try:
+        fd = os.open(Path(project), os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
         return None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:
-            text = os.pread(fd, 64, 0).decode(errors="replace").strip()
+            text = _lock_holder(Path(project) / SERVICE_DIR / LOCK_FILE) or ""
             return int(text) if text.isdigit() else -1
         fcntl.flock(fd, fcntl.LOCK_UN)
         return None
@@ -465,7 +494,7 @@ class Coordinator:
             messages.extend(more)
         catch_up = self._catch_up_backlog(messages, position)
         try:
-            self._apply(messages, catch_up=catch_up)
+            self._apply(messages, read_after=position, catch_up=catch_up)
         except Exception as error:  # noqa: BLE001 - recorded for status, then raised
             self._project.record_event("error", f"{type(error).__name__}: {error}")
             raise
@@ -491,7 +520,8 @@ class Coordinator:
         return True
 
     # ------------------------------------------------------------------ one batch
-    def _apply(self, messages: list, *, catch_up: bool = False) -> None:
+    def _apply(self, messages: list, *, read_after: Any, catch_up: bool = False) -> None:
+        """Apply ``messages`` (read after the committed position ``read_after``) as one generation."""
         store = self._store
         dim = store.dim
         good: list[NewClass] = []
@@ -505,6 +535,10 @@ class Coordinator:
                 dead.append((message.seq, message.id, str(reason)))
         with store.writing():
             current = self._project.current()
+            if current.position != read_after:  # never apply a message at or before the committed position
+                raise CoordinatorBusy(f"another process committed generation {current.number} of {self.path} "
+                                      f"(queue position {current.position}) while this coordinator served: "
+                                      "stopping (one coordinator per project)")
             if current.store_generation != store.generation:
                 self.log("the project's classes changed outside the service: factorizing again")
                 self._catch_up()
