@@ -342,10 +342,7 @@ def _show(args: argparse.Namespace) -> int:
     matrix, matrix_label = None, "the same matrix"
     if args.compare == "dendrogram":
         if args.matrix:
-            matrix = ms.read_matrix(args.matrix)
-            if matrix.shape != (result.size, result.size):
-                raise ValueError(f"--matrix has shape {matrix.shape}, the result is for size {result.size}")
-            matrix = np.asarray(matrix, dtype=np.float64)
+            matrix = _factored_matrix(args.matrix, result, args.result)
             matrix_label = f"the factored matrix C ({Path(args.matrix).name})"
         else:
             if result.size > 5000:
@@ -382,6 +379,82 @@ def _show(args: argparse.Namespace) -> int:
             print(f"drew levels {args.start}\u2013{last} of {result.n_levels} (at most {LEVELS_PER_PAGE} a figure, "
                   f"the .html page holds them all){following}")
     return 0
+
+
+def _labelled_matrix(path: str, labels: np.ndarray | None):
+    """``(matrix, labels)`` of ``--matrix``: a class store's or a Zarr group's ``covariance``
+    with its ``labels`` array come with their labels (rows picked and ordered as ``labels``
+    when those are given), anything else with None."""
+    import mmf_stream as ms
+    from mmf_stream._formats import existing_path
+
+    source = existing_path(path)
+    if own_format(source) == "class-store":
+        store = ms.Store.open(source, mode="r")
+        own = store.labels
+        if labels is None:
+            return np.asarray(store.matrix(), dtype=np.float64), own
+        slots = _slots_by_label(own, labels, source)
+        return store.columns(slots, rows=slots), labels  # from the means: the m x m of these classes only
+    matrix = ms.read_matrix(source)
+    own = None
+    if source.is_dir():
+        import zarr
+
+        node = zarr.open(str(source), mode="r")
+        if isinstance(node, zarr.Group) and "labels" in node:
+            own = np.asarray(node["labels"][...])
+            if own.shape != (matrix.shape[0],):
+                raise ValueError(f"{source}: 'labels' has shape {own.shape} for a covariance of shape {matrix.shape}")
+    if own is None or labels is None:
+        return np.asarray(matrix, dtype=np.float64), own
+    slots = _slots_by_label(own, labels, source)
+    return np.asarray(matrix, dtype=np.float64)[np.ix_(slots, slots)], labels
+
+
+def _slots_by_label(own: np.ndarray, labels: np.ndarray, source: Path) -> np.ndarray:
+    """Where each of ``labels`` is among the matrix's labels ``own`` (compared as text)."""
+    slot: dict[str, int] = {}
+    for i, label in enumerate(own.tolist()):
+        if slot.setdefault(str(label), i) != i:
+            raise ValueError(f"{source} has the label {label!r} twice; cannot order its rows by label")
+    missing = [label for label in labels.tolist() if str(label) not in slot]
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise ValueError(f"{source} has no class {missing[0]!r}{more} of the result; give the matrix the result "
+                         "was factored from")
+    return np.array([slot[str(label)] for label in labels.tolist()], dtype=np.int64)
+
+
+def _factored_matrix(path: str, result, result_path: str) -> np.ndarray:
+    """``--matrix`` for the dendrogram, rows in the result's order, checked against its fingerprint.
+
+    A matrix with labels (class store, Zarr group with ``covariance`` and ``labels``) is
+    reordered by the result's labels; any matrix that is not the factored one (another
+    matrix, or rows in another order) is refused: the dendrogram would name its leaves wrong.
+    """
+    from mmf_stream._fingerprint import matrix_mismatches, reordered
+
+    matrix, own = _labelled_matrix(path, result.labels)
+    if matrix.shape != (result.size, result.size):
+        raise ValueError(f"--matrix has shape {matrix.shape}, the result is for size {result.size}")
+    fingerprint = result.fingerprint
+    if fingerprint is None:
+        print(f"mmf-stream: warning: {result_path} has no fingerprint (saved by an older version); cannot check "
+              f"that {path} is the matrix it factored", file=sys.stderr)
+        return matrix
+    changed = matrix_mismatches(fingerprint, matrix)
+    if changed.size:
+        names = result.labels if result.labels is not None else np.arange(result.size)
+        shown = ", ".join(repr(names[i].item()) for i in changed[:3])
+        more = f" and {changed.size - 3} more" if changed.size > 3 else ""
+        why = ("its rows are in another order" if reordered(fingerprint, np.diagonal(matrix).astype(np.float64))
+               else "another matrix, or rows in another order")
+        fix = "give it in the result's order" if own is None else "give the matrix the result was factored from"
+        raise ValueError(f"--matrix {path} is not the matrix {result_path} factorized ({why}: rows of {shown}{more} "
+                         f"differ); {fix} (a class store, or a Zarr group with 'covariance' and 'labels', is "
+                         "reordered by label)")
+    return matrix
 
 
 def _compare(args: argparse.Namespace) -> int:
@@ -726,7 +799,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="first level shown, at least 1 (to page through large results: 1, 301, 601, ...)")
     show.add_argument("--highlight", nargs="+", default=None, metavar="LABEL", help="labels to highlight")
     show.add_argument("--compare", choices=["dendrogram"], default=None, help="draw a baseline beside the graph")
-    show.add_argument("--matrix", default=None, help="the factored matrix (for --compare; default: reconstruction)")
+    show.add_argument("--matrix", default=None,
+                      help="the factored matrix, rows in the result's order (checked; a class store or a Zarr group "
+                      "with 'covariance' and 'labels' is reordered by label), for --compare; default: reconstruction")
     show.add_argument("--index-labels", action="store_true", help="name classes by row index if there are no labels")
     show.add_argument("--before", default=None, help="the result before an insertion: draw a before/after view")
     show.add_argument("--dpi", type=int, default=110, help="resolution of .png figures, 10 to 1200 (default 110)")
