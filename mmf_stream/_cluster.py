@@ -33,8 +33,10 @@ from mmf_stream.engine.options import EngineOptions
 from mmf_stream.engine.raw import InsertionState, RawFactorization
 from mmf_stream.engine.schedule import factor
 
-#: seconds to wait for a scheduler (``--scheduler ADDR``) before giving up
-CONNECT_TIMEOUT = 30.0
+#: seconds to wait for a scheduler (``--scheduler ADDR``) before giving up, unless told otherwise
+#: (``--connect-timeout``, ``connect_timeout=``): a running scheduler on a reachable host answers in
+#: well under a second, so a wrong address fails fast
+CONNECT_TIMEOUT = 5.0
 
 
 class ZarrSource:
@@ -124,25 +126,43 @@ def open_source(value: Any, *, dense: bool) -> ZarrSource | ArraySource:
     return source
 
 
+def check_connect_timeout(connect_timeout: float | None) -> float:
+    """``connect_timeout`` (seconds, > 0), or :data:`CONNECT_TIMEOUT` for None."""
+    if connect_timeout is None:
+        return CONNECT_TIMEOUT
+    if isinstance(connect_timeout, bool) or not isinstance(connect_timeout, (int, float, np.integer, np.floating)):
+        raise TypeError(f"connect_timeout must be a number of seconds, got {type(connect_timeout).__name__}")
+    if not math.isfinite(connect_timeout) or connect_timeout <= 0:
+        raise ValueError(f"connect_timeout must be a number of seconds > 0, got {connect_timeout!r}")
+    return float(connect_timeout)
+
+
 @contextmanager
-def cluster_client(client: Any = None, *, workers: int | None = None) -> Iterator[Any]:
+def cluster_client(client: Any = None, *, workers: int | None = None,
+                   connect_timeout: float | None = None) -> Iterator[Any]:
     """A ``distributed.Client`` for ``client`` (a Client, or a scheduler address) or for an
     embedded ``LocalCluster`` of ``workers`` single-threaded processes on 127.0.0.1.
 
-    Clients and clusters made here are closed on exit; a given Client is left open.
+    A scheduler address that does not answer within ``connect_timeout`` seconds (default
+    :data:`CONNECT_TIMEOUT`) raises ``ConnectionError`` naming it. Clients and clusters made
+    here are closed on exit; a given Client is left open.
     """
     from distributed import Client, LocalCluster
 
     if client is not None and workers is not None:
         raise ValueError("give either a scheduler (client=) or a number of workers, not both")
+    timeout = check_connect_timeout(connect_timeout)
     if client is not None and not isinstance(client, str) and hasattr(client, "submit"):
         yield client
         return
     if isinstance(client, str):
         try:
-            made = Client(client, timeout=CONNECT_TIMEOUT, set_as_default=False)
+            made = Client(client, timeout=timeout, set_as_default=False)
         except (OSError, TimeoutError) as error:
-            raise ConnectionError(f"cannot reach the Dask scheduler at {client}: {error}") from None
+            text = " ".join(str(error).split())
+            why = "" if isinstance(error, TimeoutError) or text.startswith("Timed out") else f" ({text})"
+            raise ConnectionError(f"cannot reach the Dask scheduler at {client} within {timeout:g} s{why}; check "
+                                  "the address, or wait longer with --connect-timeout / connect_timeout=") from None
         try:
             yield made
         finally:

@@ -118,6 +118,15 @@ def _factorize(args: argparse.Namespace) -> int:
             raise ValueError(f"matrix must be square, got shape {shape[0]} x {shape[1]} "
                              "(class means, classes x features, go in with --means)")
     factored = source is None or isinstance(source, ms.Store)
+    return _factorize_here(args, source, kwargs, size=size, factored=factored, labels=labels, name=source_name)
+
+
+def _factorize_here(args: argparse.Namespace, source, kwargs: dict, *, size: int, factored: bool, labels,
+                    name: str) -> int:
+    """Factor ``source`` (or ``kwargs["means"]``) in this process, save it at ``--out`` and report."""
+    import mmf_stream as ms
+
+    out = Path(args.out)
     core = args.core_size if args.core_size is not None else args.order - 1
     start = time.perf_counter()
     _compile_notice(args.quiet, module=_FACTORED_KERNEL if factored else _DENSE_KERNEL)
@@ -137,7 +146,7 @@ def _factorize(args: argparse.Namespace) -> int:
     result.save(out, overwrite=args.overwrite)
     if not args.quiet:
         how = f"{result.metadata.get('schedule', args.schedule)}, from {'class means' if factored else 'the matrix'}"
-        print(f"factorized {source_name} in {seconds:.2f} s ({how}) -> {out}")
+        print(f"factorized {name} in {seconds:.2f} s ({how}) -> {out}")
         print(result.summary(levels=args.show))
     return 0
 
@@ -146,6 +155,8 @@ def _factorize_on_cluster(args: argparse.Namespace) -> int:
     """``factorize --scheduler ADDR | --workers N``: the staged levels on Dask workers."""
     import mmf_stream as ms
     from mmf_stream._cluster import cluster_client
+    from mmf_stream.engine.options import DEFAULT_OPTIONS
+    from mmf_stream.engine.schedule import resolve_schedule
 
     if args.schedule == "greedy" or args.candidates == "exhaustive":
         raise ValueError("greedy levels run in one process: leave out --scheduler/--workers, or use --schedule "
@@ -169,11 +180,21 @@ def _factorize_on_cluster(args: argparse.Namespace) -> int:
         data = ms.read_matrix(args.input)
         size = int(data.shape[0])
     kwargs = {"means": data} if args.means is not None else {}
+    if resolve_schedule(args.schedule, size, factored, DEFAULT_OPTIONS) == "greedy":
+        # no Dask stage would run: the greedy levels run here either way, so start or contact nothing
+        skipped = (f"no LocalCluster started for --workers {args.workers}" if args.workers is not None
+                   else f"{args.scheduler} not contacted")
+        limit = DEFAULT_OPTIONS.auto_factored_greedy_max if factored else DEFAULT_OPTIONS.auto_dense_greedy_max
+        print(f"mmf-stream: {size} classes (at most {limit}): --schedule auto runs greedy levels, in this "
+              f"process, faster than a cluster would ({skipped}); give --schedule staged to run staged levels on "
+              "the cluster", file=sys.stderr)
+        return _factorize_here(args, None if args.means is not None else data, kwargs, size=size,
+                               factored=factored, labels=labels, name=name)
     core = args.core_size if args.core_size is not None else args.order - 1
     where = args.scheduler if args.scheduler is not None else f"{args.workers} local worker(s)"
     start = time.perf_counter()
     _quiet_dask_logs()
-    with cluster_client(args.scheduler, workers=args.workers) as client:
+    with cluster_client(args.scheduler, workers=args.workers, connect_timeout=args.connect_timeout) as client:
         with progress(max(size - core, 0), "factorize", unit="level", quiet=args.quiet) as update:
             bar = getattr(update, "__self__", None)
             try:
@@ -660,6 +681,20 @@ def _non_negative(text: str) -> float:
 _non_negative.__name__ = "number >= 0"
 
 
+def _positive(text: str) -> float:
+    """An argparse type: a finite number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not np.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text}")
+    return value
+
+
+_positive.__name__ = "number > 0"
+
+
 #: a kernel that every dense run compiles, and one that every factored (class means) run does (staged dense
 #: runs too): if its cache is missing, so are most others
 _DENSE_KERNEL = "compression._rebuild_dense"
@@ -721,6 +756,8 @@ def _warmup(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from mmf_stream._cluster import CONNECT_TIMEOUT
+
     parser = _Parser(prog="mmf-stream", description="Multiresolution matrix factorization of symmetric matrices.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -752,7 +789,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="run the staged levels on the Dask cluster at ADDR (tcp://HOST:PORT); give INPUT or "
                        "--means as a Zarr array path or URL that every worker can open")
     where.add_argument("--workers", type=_int_at_least(1), default=None, metavar="N",
-                       help="run the staged levels on an embedded Dask cluster of N worker processes on this machine")
+                       help="run the staged levels on an embedded Dask cluster of N worker processes on this machine "
+                       "(an input --schedule auto runs greedy stays in this process: no cluster is started)")
+    fac.add_argument("--connect-timeout", type=_positive, default=CONNECT_TIMEOUT, metavar="SECONDS",
+                     help=f"with --scheduler: give up if the scheduler does not answer within SECONDS (default "
+                     f"{CONNECT_TIMEOUT:g})")
     fac.add_argument("--out", "-o", required=True, help="result directory (Zarr group)")
     fac.add_argument("--overwrite", action="store_true", help="replace an existing result (nothing else)")
     fac.add_argument("--show", type=_int_at_least(0), default=5, help="levels to print (default 5)")

@@ -217,3 +217,67 @@ def test_serve_runs_its_batch_runs_on_the_scheduler(tmp_path):
     check_exact(project)
     status = project_status(project)
     assert status["applied"] == 40 and status["refreshes"] >= 1
+
+
+# --- issue 18 item 14: a cluster that would run nothing; the connect timeout -----------------------------------
+
+
+def _no_cluster(monkeypatch):
+    """Make starting a LocalCluster or connecting a Client fail the test."""
+    import distributed
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a Dask cluster or client was started")
+
+    monkeypatch.setattr(distributed, "LocalCluster", refuse)
+    monkeypatch.setattr(distributed, "Client", refuse)
+
+
+@pytest.mark.parametrize("where", [["--workers", "2"], ["--scheduler", "tcp://127.0.0.1:1"]])
+def test_small_input_on_a_cluster_runs_greedy_here_and_says_so(tmp_path, capsys, monkeypatch, where):
+    import time
+
+    matrix = ms.hierarchical_covariance(60, seed=4)
+    np.save(tmp_path / "C.npy", matrix)
+    _no_cluster(monkeypatch)
+    start = time.perf_counter()
+    code = cli.main(["factorize", str(tmp_path / "C.npy"), "--order", "4", *where, "--out", str(tmp_path / "r.zarr"),
+                     "--quiet"])
+    elapsed = time.perf_counter() - start
+    err = capsys.readouterr().err
+    assert code == 0, err
+    lines = [line for line in err.splitlines() if "compiling" not in line]
+    assert len(lines) == 1 and "greedy" in lines[0] and "--schedule staged" in lines[0], err
+    assert ("no LocalCluster started" in lines[0]) == (where[0] == "--workers"), lines[0]
+    assert elapsed < 30  # no cluster start (several seconds), no connect timeout
+    expected = ms.factorize(matrix, order=4)
+    assert np.array_equal(ms.load(tmp_path / "r.zarr")._raw.tuples, expected._raw.tuples)
+
+
+def test_unreachable_scheduler_fails_within_the_connect_timeout(tmp_path, capsys):
+    import time
+
+    np.save(tmp_path / "C.npy", ms.hierarchical_covariance(60, seed=4))
+    start = time.perf_counter()
+    code = cli.main(["factorize", str(tmp_path / "C.npy"), "--schedule", "staged", "--scheduler", "tcp://127.0.0.1:1",
+                     "--connect-timeout", "1", "--out", str(tmp_path / "r.zarr")])
+    elapsed = time.perf_counter() - start
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
+    assert "cannot reach the Dask scheduler at tcp://127.0.0.1:1" in err and "within 1 s" in err, err
+    assert elapsed < 10
+    assert not (tmp_path / "r.zarr").exists()
+    start = time.perf_counter()
+    with pytest.raises(ConnectionError, match="tcp://127.0.0.1:1"):
+        ms.factorize(ms.hierarchical_covariance(60, seed=4), schedule="staged", client="tcp://127.0.0.1:1",
+                     connect_timeout=1)
+    assert time.perf_counter() - start < 10
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "nan", "soon"])
+def test_connect_timeout_must_be_positive(tmp_path, capsys, value):
+    with pytest.raises(SystemExit) as raised:
+        cli.main(["factorize", "x.zarr", "--scheduler", "tcp://127.0.0.1:1", "--connect-timeout", value,
+                  "--out", str(tmp_path / "o.zarr")])
+    err = capsys.readouterr().err
+    assert raised.value.code == 2 and err.count("\n") == 1 and "argument --connect-timeout" in err, err
