@@ -18,6 +18,7 @@ inputs, use Zarr for large ones.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from collections.abc import Callable, Iterator
@@ -37,6 +38,16 @@ from mmf_stream.engine.schedule import factor
 #: (``--connect-timeout``, ``connect_timeout=``): a running scheduler on a reachable host answers in
 #: well under a second, so a wrong address fails fast
 CONNECT_TIMEOUT = 5.0
+#: distributed's loggers that a client process writes to (its own, and an embedded LocalCluster's
+#: scheduler and nannies); children such as ``distributed.comm.tcp`` inherit from them
+DISTRIBUTED_LOGGERS = ("distributed", "distributed.client", "distributed.worker", "distributed.scheduler",
+                       "distributed.core", "distributed.comm", "distributed.nanny")
+#: the least level of theirs that is written: a lost worker's warnings and retries are the
+#: scheduler's business (it recomputes the worker's parts); what a run's caller needs is its
+#: result, or our one-line ``ConnectionError``
+DISTRIBUTED_LOG_LEVEL = logging.ERROR
+#: their record format (distributed's default), written on one line by :class:`OneLineFormatter`
+DISTRIBUTED_LOG_FORMAT = "%(asctime)s - %(name)s - %(levelname)s - %(message)s"
 
 
 class ZarrSource:
@@ -126,6 +137,38 @@ def open_source(value: Any, *, dense: bool) -> ZarrSource | ArraySource:
     return source
 
 
+class OneLineFormatter(logging.Formatter):
+    """A log record on one line: its message, then ``(ExceptionType: text)`` instead of a traceback."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        error = record.exc_info[1] if record.exc_info else None
+        plain = logging.makeLogRecord(record.__dict__)
+        plain.exc_info, plain.exc_text, plain.stack_info = None, None, None
+        text = super().format(plain)
+        if error is not None:
+            text += f" ({type(error).__name__}: {error})"
+        return " ".join(text.split())
+
+
+def quiet_distributed_logs() -> None:
+    """Keep distributed's noise off the client's stderr: :data:`DISTRIBUTED_LOGGERS` write from
+    :data:`DISTRIBUTED_LOG_LEVEL` up (a quieter level set before is kept), on one line each.
+
+    Only those loggers and the stderr handlers distributed put on them are changed (the root
+    logger and mmf_stream's own are not). ``MMF_STREAM_DEBUG=1`` leaves everything as it is.
+    """
+    if os.environ.get("MMF_STREAM_DEBUG"):
+        return
+    formatter = OneLineFormatter(DISTRIBUTED_LOG_FORMAT)
+    for name in DISTRIBUTED_LOGGERS:
+        logger = logging.getLogger(name)
+        if logger.level < DISTRIBUTED_LOG_LEVEL:  # NOTSET included
+            logger.setLevel(DISTRIBUTED_LOG_LEVEL)
+        for handler in logger.handlers:
+            if type(handler) is logging.StreamHandler:  # distributed's own (not a file or a user's subclass)
+                handler.setFormatter(formatter)
+
+
 def check_connect_timeout(connect_timeout: float | None) -> float:
     """``connect_timeout`` (seconds, > 0), or :data:`CONNECT_TIMEOUT` for None."""
     if connect_timeout is None:
@@ -156,6 +199,7 @@ def cluster_client(client: Any = None, *, workers: int | None = None,
         yield client
         return
     if isinstance(client, str):
+        quiet_distributed_logs()
         try:
             made = Client(client, timeout=timeout, set_as_default=False)
         except (OSError, TimeoutError) as error:
@@ -172,8 +216,9 @@ def cluster_client(client: Any = None, *, workers: int | None = None,
         raise TypeError(f"client must be a distributed.Client or a scheduler address, got {type(client).__name__}")
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ValueError(f"workers must be an integer >= 1, got {workers!r}")
+    quiet_distributed_logs()
     cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
-                           dashboard_address=None)
+                           dashboard_address=None, silence_logs=DISTRIBUTED_LOG_LEVEL)
     try:
         with Client(cluster, set_as_default=False) as made:
             yield made
