@@ -18,6 +18,7 @@ inputs, use Zarr for large ones.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from collections.abc import Callable, Iterator
@@ -33,8 +34,20 @@ from mmf_stream.engine.options import EngineOptions
 from mmf_stream.engine.raw import InsertionState, RawFactorization
 from mmf_stream.engine.schedule import factor
 
-#: seconds to wait for a scheduler (``--scheduler ADDR``) before giving up
-CONNECT_TIMEOUT = 30.0
+#: seconds to wait for a scheduler (``--scheduler ADDR``) before giving up, unless told otherwise
+#: (``--connect-timeout``, ``connect_timeout=``): a running scheduler on a reachable host answers in
+#: well under a second, so a wrong address fails fast
+CONNECT_TIMEOUT = 5.0
+#: distributed's loggers that a client process writes to (its own, and an embedded LocalCluster's
+#: scheduler and nannies); children such as ``distributed.comm.tcp`` inherit from them
+DISTRIBUTED_LOGGERS = ("distributed", "distributed.client", "distributed.worker", "distributed.scheduler",
+                       "distributed.core", "distributed.comm", "distributed.nanny")
+#: the least level of theirs that is written: a lost worker's warnings and retries are the
+#: scheduler's business (it recomputes the worker's parts); what a run's caller needs is its
+#: result, or our one-line ``ConnectionError``
+DISTRIBUTED_LOG_LEVEL = logging.ERROR
+#: their record format (distributed's default), written on one line by :class:`OneLineFormatter`
+DISTRIBUTED_LOG_FORMAT = "%(asctime)s - %(name)s - %(levelname)s - %(message)s"
 
 
 class ZarrSource:
@@ -124,25 +137,76 @@ def open_source(value: Any, *, dense: bool) -> ZarrSource | ArraySource:
     return source
 
 
+class OneLineFormatter(logging.Formatter):
+    """A log record on one line: its message, then ``(ExceptionType: text)`` instead of a traceback."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        error = record.exc_info[1] if record.exc_info else None
+        plain = logging.makeLogRecord(record.__dict__)
+        plain.exc_info, plain.exc_text, plain.stack_info = None, None, None
+        text = super().format(plain)
+        if error is not None:
+            text += f" ({type(error).__name__}: {error})"
+        return " ".join(text.split())
+
+
+def quiet_distributed_logs() -> None:
+    """Keep distributed's noise off the client's stderr: :data:`DISTRIBUTED_LOGGERS` write from
+    :data:`DISTRIBUTED_LOG_LEVEL` up (a quieter level set before is kept), on one line each.
+
+    Only those loggers and the stderr handlers distributed put on them are changed (the root
+    logger and mmf_stream's own are not). ``MMF_STREAM_DEBUG=1`` leaves everything as it is.
+    """
+    if os.environ.get("MMF_STREAM_DEBUG"):
+        return
+    formatter = OneLineFormatter(DISTRIBUTED_LOG_FORMAT)
+    for name in DISTRIBUTED_LOGGERS:
+        logger = logging.getLogger(name)
+        if logger.level < DISTRIBUTED_LOG_LEVEL:  # NOTSET included
+            logger.setLevel(DISTRIBUTED_LOG_LEVEL)
+        for handler in logger.handlers:
+            if type(handler) is logging.StreamHandler:  # distributed's own (not a file or a user's subclass)
+                handler.setFormatter(formatter)
+
+
+def check_connect_timeout(connect_timeout: float | None) -> float:
+    """``connect_timeout`` (seconds, > 0), or :data:`CONNECT_TIMEOUT` for None."""
+    if connect_timeout is None:
+        return CONNECT_TIMEOUT
+    if isinstance(connect_timeout, bool) or not isinstance(connect_timeout, (int, float, np.integer, np.floating)):
+        raise TypeError(f"connect_timeout must be a number of seconds, got {type(connect_timeout).__name__}")
+    if not math.isfinite(connect_timeout) or connect_timeout <= 0:
+        raise ValueError(f"connect_timeout must be a number of seconds > 0, got {connect_timeout!r}")
+    return float(connect_timeout)
+
+
 @contextmanager
-def cluster_client(client: Any = None, *, workers: int | None = None) -> Iterator[Any]:
+def cluster_client(client: Any = None, *, workers: int | None = None,
+                   connect_timeout: float | None = None) -> Iterator[Any]:
     """A ``distributed.Client`` for ``client`` (a Client, or a scheduler address) or for an
     embedded ``LocalCluster`` of ``workers`` single-threaded processes on 127.0.0.1.
 
-    Clients and clusters made here are closed on exit; a given Client is left open.
+    A scheduler address that does not answer within ``connect_timeout`` seconds (default
+    :data:`CONNECT_TIMEOUT`) raises ``ConnectionError`` naming it. Clients and clusters made
+    here are closed on exit; a given Client is left open.
     """
     from distributed import Client, LocalCluster
 
     if client is not None and workers is not None:
         raise ValueError("give either a scheduler (client=) or a number of workers, not both")
+    timeout = check_connect_timeout(connect_timeout)
     if client is not None and not isinstance(client, str) and hasattr(client, "submit"):
         yield client
         return
     if isinstance(client, str):
+        quiet_distributed_logs()
         try:
-            made = Client(client, timeout=CONNECT_TIMEOUT, set_as_default=False)
+            made = Client(client, timeout=timeout, set_as_default=False)
         except (OSError, TimeoutError) as error:
-            raise ConnectionError(f"cannot reach the Dask scheduler at {client}: {error}") from None
+            text = " ".join(str(error).split())
+            why = "" if isinstance(error, TimeoutError) or text.startswith("Timed out") else f" ({text})"
+            raise ConnectionError(f"cannot reach the Dask scheduler at {client} within {timeout:g} s{why}; check "
+                                  "the address, or wait longer with --connect-timeout / connect_timeout=") from None
         try:
             yield made
         finally:
@@ -152,8 +216,9 @@ def cluster_client(client: Any = None, *, workers: int | None = None) -> Iterato
         raise TypeError(f"client must be a distributed.Client or a scheduler address, got {type(client).__name__}")
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ValueError(f"workers must be an integer >= 1, got {workers!r}")
+    quiet_distributed_logs()
     cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
-                           dashboard_address=None)
+                           dashboard_address=None, silence_logs=DISTRIBUTED_LOG_LEVEL)
     try:
         with Client(cluster, set_as_default=False) as made:
             yield made

@@ -807,6 +807,7 @@ def factorize(
     incremental: bool = True,
     map_clusters: MapClusters | None = None,
     client: Any = None,
+    connect_timeout: float | None = None,
 ) -> Factorization:
     """Multiresolution matrix factorization of a symmetric matrix or of class means.
 
@@ -869,6 +870,10 @@ def factorize(
         the same input and seed, whatever the number of workers. Where the
         schedule resolves to greedy (small inputs), the client is not used.
         ``f.metadata["dask"]`` records every stage (seconds, bytes moved).
+    connect_timeout : float, optional
+        Seconds to wait for the scheduler when ``client`` is an address
+        (default ``mmf_stream._cluster.CONNECT_TIMEOUT``, 5 s); past it a
+        ``ConnectionError`` names the address.
 
     Returns
     -------
@@ -878,6 +883,8 @@ def factorize(
     ------
     ValueError, TypeError
         On invalid input (see :mod:`mmf_stream._validation`).
+    ConnectionError
+        If the scheduler at ``client`` does not answer within ``connect_timeout``.
     """
     if C is not None and means is not None:
         raise ValueError("give either C or means=, not both")
@@ -910,7 +917,8 @@ def factorize(
             return _factorize_on_cluster(client, source, factored=factored, order=order, core_size=core_size,
                                          seed=int(seed), labels=labels if labels is not None else store_labels,
                                          options=opts, symmetry_tolerance=symmetry_tolerance, progress=progress,
-                                         incremental=incremental, candidates=candidates)
+                                         incremental=incremental, candidates=candidates,
+                                         connect_timeout=connect_timeout)
     if factored:
         work = V.means_matrix(means)
     else:
@@ -958,14 +966,16 @@ def _zarr_array(path: Any) -> Any:
 
 def _factorize_on_cluster(client: Any, source: Any, *, factored: bool, order: Any, core_size: Any, seed: int,
                           labels: Any, options: EngineOptions, symmetry_tolerance: float,
-                          progress: Callable[[int], None] | None, incremental: bool, candidates: str) -> Factorization:
+                          progress: Callable[[int], None] | None, incremental: bool, candidates: str,
+                          connect_timeout: float | None = None) -> Factorization:
     """:func:`factorize` with the staged levels on a Dask cluster (:mod:`mmf_stream._cluster`)."""
     from mmf_stream._cluster import cluster_client, cluster_failures, factor_on_cluster
 
     size = int(source.shape[0])
     order, core_size = V.order_and_core(order, core_size, size)
     labels_array = V.labels_for(labels, size)
-    with cluster_client(client) as dask_client, cluster_failures(_scheduler_address(dask_client)):
+    with cluster_client(client, connect_timeout=connect_timeout) as dask_client, \
+            cluster_failures(_scheduler_address(dask_client)):
         raw, state, norm, fingerprint, compression = factor_on_cluster(
             dask_client, source, factored=factored, order=order, core_size=core_size, seed=seed, options=options,
             symmetry_tolerance=symmetry_tolerance, progress=progress,

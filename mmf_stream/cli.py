@@ -118,6 +118,15 @@ def _factorize(args: argparse.Namespace) -> int:
             raise ValueError(f"matrix must be square, got shape {shape[0]} x {shape[1]} "
                              "(class means, classes x features, go in with --means)")
     factored = source is None or isinstance(source, ms.Store)
+    return _factorize_here(args, source, kwargs, size=size, factored=factored, labels=labels, name=source_name)
+
+
+def _factorize_here(args: argparse.Namespace, source, kwargs: dict, *, size: int, factored: bool, labels,
+                    name: str) -> int:
+    """Factor ``source`` (or ``kwargs["means"]``) in this process, save it at ``--out`` and report."""
+    import mmf_stream as ms
+
+    out = Path(args.out)
     core = args.core_size if args.core_size is not None else args.order - 1
     start = time.perf_counter()
     _compile_notice(args.quiet, module=_FACTORED_KERNEL if factored else _DENSE_KERNEL)
@@ -137,7 +146,7 @@ def _factorize(args: argparse.Namespace) -> int:
     result.save(out, overwrite=args.overwrite)
     if not args.quiet:
         how = f"{result.metadata.get('schedule', args.schedule)}, from {'class means' if factored else 'the matrix'}"
-        print(f"factorized {source_name} in {seconds:.2f} s ({how}) -> {out}")
+        print(f"factorized {name} in {seconds:.2f} s ({how}) -> {out}")
         print(result.summary(levels=args.show))
     return 0
 
@@ -146,6 +155,8 @@ def _factorize_on_cluster(args: argparse.Namespace) -> int:
     """``factorize --scheduler ADDR | --workers N``: the staged levels on Dask workers."""
     import mmf_stream as ms
     from mmf_stream._cluster import cluster_client
+    from mmf_stream.engine.options import DEFAULT_OPTIONS
+    from mmf_stream.engine.schedule import resolve_schedule
 
     if args.schedule == "greedy" or args.candidates == "exhaustive":
         raise ValueError("greedy levels run in one process: leave out --scheduler/--workers, or use --schedule "
@@ -169,11 +180,21 @@ def _factorize_on_cluster(args: argparse.Namespace) -> int:
         data = ms.read_matrix(args.input)
         size = int(data.shape[0])
     kwargs = {"means": data} if args.means is not None else {}
+    if resolve_schedule(args.schedule, size, factored, DEFAULT_OPTIONS) == "greedy":
+        # no Dask stage would run: the greedy levels run here either way, so start or contact nothing
+        skipped = (f"no LocalCluster started for --workers {args.workers}" if args.workers is not None
+                   else f"{args.scheduler} not contacted")
+        limit = DEFAULT_OPTIONS.auto_factored_greedy_max if factored else DEFAULT_OPTIONS.auto_dense_greedy_max
+        print(f"mmf-stream: {size} classes (at most {limit}): --schedule auto runs greedy levels, in this "
+              f"process, faster than a cluster would ({skipped}); give --schedule staged to run staged levels on "
+              "the cluster", file=sys.stderr)
+        return _factorize_here(args, None if args.means is not None else data, kwargs, size=size,
+                               factored=factored, labels=labels, name=name)
     core = args.core_size if args.core_size is not None else args.order - 1
     where = args.scheduler if args.scheduler is not None else f"{args.workers} local worker(s)"
     start = time.perf_counter()
     _quiet_dask_logs()
-    with cluster_client(args.scheduler, workers=args.workers) as client:
+    with cluster_client(args.scheduler, workers=args.workers, connect_timeout=args.connect_timeout) as client:
         with progress(max(size - core, 0), "factorize", unit="level", quiet=args.quiet) as update:
             bar = getattr(update, "__self__", None)
             try:
@@ -342,10 +363,7 @@ def _show(args: argparse.Namespace) -> int:
     matrix, matrix_label = None, "the same matrix"
     if args.compare == "dendrogram":
         if args.matrix:
-            matrix = ms.read_matrix(args.matrix)
-            if matrix.shape != (result.size, result.size):
-                raise ValueError(f"--matrix has shape {matrix.shape}, the result is for size {result.size}")
-            matrix = np.asarray(matrix, dtype=np.float64)
+            matrix = _factored_matrix(args.matrix, result, args.result)
             matrix_label = f"the factored matrix C ({Path(args.matrix).name})"
         else:
             if result.size > 5000:
@@ -382,6 +400,82 @@ def _show(args: argparse.Namespace) -> int:
             print(f"drew levels {args.start}\u2013{last} of {result.n_levels} (at most {LEVELS_PER_PAGE} a figure, "
                   f"the .html page holds them all){following}")
     return 0
+
+
+def _labelled_matrix(path: str, labels: np.ndarray | None):
+    """``(matrix, labels)`` of ``--matrix``: a class store's or a Zarr group's ``covariance``
+    with its ``labels`` array come with their labels (rows picked and ordered as ``labels``
+    when those are given), anything else with None."""
+    import mmf_stream as ms
+    from mmf_stream._formats import existing_path
+
+    source = existing_path(path)
+    if own_format(source) == "class-store":
+        store = ms.Store.open(source, mode="r")
+        own = store.labels
+        if labels is None:
+            return np.asarray(store.matrix(), dtype=np.float64), own
+        slots = _slots_by_label(own, labels, source)
+        return store.columns(slots, rows=slots), labels  # from the means: the m x m of these classes only
+    matrix = ms.read_matrix(source)
+    own = None
+    if source.is_dir():
+        import zarr
+
+        node = zarr.open(str(source), mode="r")
+        if isinstance(node, zarr.Group) and "labels" in node:
+            own = np.asarray(node["labels"][...])
+            if own.shape != (matrix.shape[0],):
+                raise ValueError(f"{source}: 'labels' has shape {own.shape} for a covariance of shape {matrix.shape}")
+    if own is None or labels is None:
+        return np.asarray(matrix, dtype=np.float64), own
+    slots = _slots_by_label(own, labels, source)
+    return np.asarray(matrix, dtype=np.float64)[np.ix_(slots, slots)], labels
+
+
+def _slots_by_label(own: np.ndarray, labels: np.ndarray, source: Path) -> np.ndarray:
+    """Where each of ``labels`` is among the matrix's labels ``own`` (compared as text)."""
+    slot: dict[str, int] = {}
+    for i, label in enumerate(own.tolist()):
+        if slot.setdefault(str(label), i) != i:
+            raise ValueError(f"{source} has the label {label!r} twice; cannot order its rows by label")
+    missing = [label for label in labels.tolist() if str(label) not in slot]
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise ValueError(f"{source} has no class {missing[0]!r}{more} of the result; give the matrix the result "
+                         "was factored from")
+    return np.array([slot[str(label)] for label in labels.tolist()], dtype=np.int64)
+
+
+def _factored_matrix(path: str, result, result_path: str) -> np.ndarray:
+    """``--matrix`` for the dendrogram, rows in the result's order, checked against its fingerprint.
+
+    A matrix with labels (class store, Zarr group with ``covariance`` and ``labels``) is
+    reordered by the result's labels; any matrix that is not the factored one (another
+    matrix, or rows in another order) is refused: the dendrogram would name its leaves wrong.
+    """
+    from mmf_stream._fingerprint import matrix_mismatches, reordered
+
+    matrix, own = _labelled_matrix(path, result.labels)
+    if matrix.shape != (result.size, result.size):
+        raise ValueError(f"--matrix has shape {matrix.shape}, the result is for size {result.size}")
+    fingerprint = result.fingerprint
+    if fingerprint is None:
+        print(f"mmf-stream: warning: {result_path} has no fingerprint (saved by an older version); cannot check "
+              f"that {path} is the matrix it factored", file=sys.stderr)
+        return matrix
+    changed = matrix_mismatches(fingerprint, matrix)
+    if changed.size:
+        names = result.labels if result.labels is not None else np.arange(result.size)
+        shown = ", ".join(repr(names[i].item()) for i in changed[:3])
+        more = f" and {changed.size - 3} more" if changed.size > 3 else ""
+        why = ("its rows are in another order" if reordered(fingerprint, np.diagonal(matrix).astype(np.float64))
+               else "another matrix, or rows in another order")
+        fix = "give it in the result's order" if own is None else "give the matrix the result was factored from"
+        raise ValueError(f"--matrix {path} is not the matrix {result_path} factorized ({why}: rows of {shown}{more} "
+                         f"differ); {fix} (a class store, or a Zarr group with 'covariance' and 'labels', is "
+                         "reordered by label)")
+    return matrix
 
 
 def _compare(args: argparse.Namespace) -> int:
@@ -587,6 +681,20 @@ def _non_negative(text: str) -> float:
 _non_negative.__name__ = "number >= 0"
 
 
+def _positive(text: str) -> float:
+    """An argparse type: a finite number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not np.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text}")
+    return value
+
+
+_positive.__name__ = "number > 0"
+
+
 #: a kernel that every dense run compiles, and one that every factored (class means) run does (staged dense
 #: runs too): if its cache is missing, so are most others
 _DENSE_KERNEL = "compression._rebuild_dense"
@@ -648,6 +756,8 @@ def _warmup(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from mmf_stream._cluster import CONNECT_TIMEOUT
+
     parser = _Parser(prog="mmf-stream", description="Multiresolution matrix factorization of symmetric matrices.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -679,7 +789,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="run the staged levels on the Dask cluster at ADDR (tcp://HOST:PORT); give INPUT or "
                        "--means as a Zarr array path or URL that every worker can open")
     where.add_argument("--workers", type=_int_at_least(1), default=None, metavar="N",
-                       help="run the staged levels on an embedded Dask cluster of N worker processes on this machine")
+                       help="run the staged levels on an embedded Dask cluster of N worker processes on this machine "
+                       "(an input --schedule auto runs greedy stays in this process: no cluster is started)")
+    fac.add_argument("--connect-timeout", type=_positive, default=CONNECT_TIMEOUT, metavar="SECONDS",
+                     help=f"with --scheduler: give up if the scheduler does not answer within SECONDS (default "
+                     f"{CONNECT_TIMEOUT:g})")
     fac.add_argument("--out", "-o", required=True, help="result directory (Zarr group)")
     fac.add_argument("--overwrite", action="store_true", help="replace an existing result (nothing else)")
     fac.add_argument("--show", type=_int_at_least(0), default=5, help="levels to print (default 5)")
@@ -726,7 +840,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="first level shown, at least 1 (to page through large results: 1, 301, 601, ...)")
     show.add_argument("--highlight", nargs="+", default=None, metavar="LABEL", help="labels to highlight")
     show.add_argument("--compare", choices=["dendrogram"], default=None, help="draw a baseline beside the graph")
-    show.add_argument("--matrix", default=None, help="the factored matrix (for --compare; default: reconstruction)")
+    show.add_argument("--matrix", default=None,
+                      help="the factored matrix, rows in the result's order (checked; a class store or a Zarr group "
+                      "with 'covariance' and 'labels' is reordered by label), for --compare; default: reconstruction")
     show.add_argument("--index-labels", action="store_true", help="name classes by row index if there are no labels")
     show.add_argument("--before", default=None, help="the result before an insertion: draw a before/after view")
     show.add_argument("--dpi", type=int, default=110, help="resolution of .png figures, 10 to 1200 (default 110)")

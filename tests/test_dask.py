@@ -217,3 +217,176 @@ def test_serve_runs_its_batch_runs_on_the_scheduler(tmp_path):
     check_exact(project)
     status = project_status(project)
     assert status["applied"] == 40 and status["refreshes"] >= 1
+
+
+# --- issue 18 item 14: a cluster that would run nothing; the connect timeout -----------------------------------
+
+
+def _no_cluster(monkeypatch):
+    """Make starting a LocalCluster or connecting a Client fail the test."""
+    import distributed
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a Dask cluster or client was started")
+
+    monkeypatch.setattr(distributed, "LocalCluster", refuse)
+    monkeypatch.setattr(distributed, "Client", refuse)
+
+
+@pytest.mark.parametrize("where", [["--workers", "2"], ["--scheduler", "tcp://127.0.0.1:1"]])
+def test_small_input_on_a_cluster_runs_greedy_here_and_says_so(tmp_path, capsys, monkeypatch, where):
+    import time
+
+    matrix = ms.hierarchical_covariance(60, seed=4)
+    np.save(tmp_path / "C.npy", matrix)
+    _no_cluster(monkeypatch)
+    start = time.perf_counter()
+    code = cli.main(["factorize", str(tmp_path / "C.npy"), "--order", "4", *where, "--out", str(tmp_path / "r.zarr"),
+                     "--quiet"])
+    elapsed = time.perf_counter() - start
+    err = capsys.readouterr().err
+    assert code == 0, err
+    lines = [line for line in err.splitlines() if "compiling" not in line]
+    assert len(lines) == 1 and "greedy" in lines[0] and "--schedule staged" in lines[0], err
+    assert ("no LocalCluster started" in lines[0]) == (where[0] == "--workers"), lines[0]
+    assert elapsed < 30  # no cluster start (several seconds), no connect timeout
+    expected = ms.factorize(matrix, order=4)
+    assert np.array_equal(ms.load(tmp_path / "r.zarr")._raw.tuples, expected._raw.tuples)
+
+
+def test_unreachable_scheduler_fails_within_the_connect_timeout(tmp_path, capsys):
+    import time
+
+    np.save(tmp_path / "C.npy", ms.hierarchical_covariance(60, seed=4))
+    start = time.perf_counter()
+    code = cli.main(["factorize", str(tmp_path / "C.npy"), "--schedule", "staged", "--scheduler", "tcp://127.0.0.1:1",
+                     "--connect-timeout", "1", "--out", str(tmp_path / "r.zarr")])
+    elapsed = time.perf_counter() - start
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
+    assert "cannot reach the Dask scheduler at tcp://127.0.0.1:1" in err and "within 1 s" in err, err
+    assert elapsed < 10
+    assert not (tmp_path / "r.zarr").exists()
+    start = time.perf_counter()
+    with pytest.raises(ConnectionError, match="tcp://127.0.0.1:1"):
+        ms.factorize(ms.hierarchical_covariance(60, seed=4), schedule="staged", client="tcp://127.0.0.1:1",
+                     connect_timeout=1)
+    assert time.perf_counter() - start < 10
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "nan", "soon"])
+def test_connect_timeout_must_be_positive(tmp_path, capsys, value):
+    with pytest.raises(SystemExit) as raised:
+        cli.main(["factorize", "x.zarr", "--scheduler", "tcp://127.0.0.1:1", "--connect-timeout", value,
+                  "--out", str(tmp_path / "o.zarr")])
+    err = capsys.readouterr().err
+    assert raised.value.code == 2 and err.count("\n") == 1 and "argument --connect-timeout" in err, err
+
+
+# --- issue 18 item 13 (Dask): distributed's noise stays out of the client's stderr ---------------------------------
+
+
+@pytest.fixture
+def distributed_logging():
+    """Restore the distributed loggers' levels and their handlers' formatters after the test."""
+    import logging
+
+    from mmf_stream._cluster import DISTRIBUTED_LOGGERS
+
+    loggers = [logging.getLogger(name) for name in DISTRIBUTED_LOGGERS]
+    saved = [(logger, logger.level, [(handler, handler.formatter) for handler in logger.handlers])
+             for logger in loggers]
+    yield
+    for logger, level, handlers in saved:
+        logger.setLevel(level)
+        for handler, formatter in handlers:
+            handler.setFormatter(formatter)
+
+
+def test_distributed_loggers_are_quiet_and_one_line(distributed_logging):
+    import io
+    import logging
+
+    import mmf_stream._cluster as cluster
+
+    ours, root = logging.getLogger("mmf_stream"), logging.getLogger()
+    before = (ours.level, root.level, list(root.handlers))
+    # distributed puts a plain stderr StreamHandler on its logger (unless the root logger already has
+    # handlers, as under pytest): stand one in, writing here
+    top = logging.getLogger("distributed")
+    written = io.StringIO()
+    handler, propagate = logging.StreamHandler(written), top.propagate
+    top.addHandler(handler)
+    top.propagate = False
+    try:
+        with pytest.raises(ConnectionError):  # opening a client quiets them (the scheduler's address here)
+            with cluster.cluster_client("tcp://127.0.0.1:1", connect_timeout=0.5):
+                pass
+        for name in cluster.DISTRIBUTED_LOGGERS:
+            assert logging.getLogger(name).getEffectiveLevel() >= logging.ERROR, name
+        assert (ours.level, root.level, list(root.handlers)) == before  # our own logs and the root: untouched
+        logging.getLogger("distributed.scheduler").warning("Removing worker 'tcp://127.0.0.1:1' caused ...")
+        try:
+            raise RuntimeError("stream closed\nwhile reading")
+        except RuntimeError:
+            logging.getLogger("distributed.core").exception("Exception while handling op gather")
+    finally:
+        top.removeHandler(handler)
+        top.propagate = propagate
+    err = written.getvalue()
+    assert "Removing worker" not in err
+    assert "Traceback" not in err and err.count("\n") == 1, err
+    assert "distributed.core - ERROR - Exception while handling op gather (RuntimeError: stream closed while " \
+        "reading)" in err, err
+    # a quieter level set before (the CLI silences them entirely) is kept
+    logging.getLogger("distributed.comm").setLevel(logging.CRITICAL + 1)
+    cluster.quiet_distributed_logs()
+    assert logging.getLogger("distributed.comm").level == logging.CRITICAL + 1
+
+
+_KILL_ONE_WORKER = """
+import multiprocessing, os, signal, sys
+import numpy as np, zarr
+import mmf_stream as ms
+from mmf_stream._cluster import cluster_client
+
+OPTIONS = {options!r}
+killed = []
+
+
+class KillAtStageTwo:
+    def __call__(self, levels):
+        pass
+
+    def stage(self, number, active):
+        if number == 2 and not killed:
+            worker = next(p for p in multiprocessing.active_children() if "Dask Worker" in p.name)
+            os.kill(worker.pid, signal.SIGKILL)
+            killed.append(worker.pid)
+
+
+if __name__ == "__main__":
+    with cluster_client(workers=2) as client:
+        result = ms.factorize(sys.argv[1], order=4, core_size=75, schedule="staged", options=OPTIONS, client=client,
+                              progress=KillAtStageTwo())
+    assert killed
+    result.save(sys.argv[2])
+"""
+
+
+def test_worker_killed_on_a_local_cluster_leaves_no_noise(tmp_path):
+    """A worker of an embedded LocalCluster SIGKILLed mid-run (in a process of its own, whose stderr
+    is the one a user reads): the scheduler recomputes its parts, the result is the same, and stderr
+    holds no traceback nor distributed warning."""
+    matrix = ms.hierarchical_covariance(600, seed=6)
+    path = tmp_path / "C.zarr"
+    zarr.create_array(str(path), shape=matrix.shape, chunks=(200, 200), dtype="f8")[:] = matrix
+    script = tmp_path / "kill_one_worker.py"
+    script.write_text(_KILL_ONE_WORKER.format(options=OPTIONS))
+    done = subprocess.run([sys.executable, str(script), str(path), str(tmp_path / "r.zarr")], cwd=REPO,
+                          env=dict(os.environ, PYTHONPATH=str(REPO)), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr and "distributed.scheduler - WARNING" not in done.stderr, done.stderr
+    assert "distributed.nanny - WARNING" not in done.stderr, done.stderr
+    expected = ms.factorize(matrix, order=4, core_size=75, schedule="staged", options=OPTIONS)
+    assert_identical(expected, ms.load(tmp_path / "r.zarr"))

@@ -129,3 +129,103 @@ def test_show_says_how_to_page_on(saved, tmp_path, capsys):
     assert cli.main(["show", str(saved / "a.zarr"), "-o", str(tmp_path / "g.png"), "--levels", "4"]) == 0
     out = capsys.readouterr().out
     assert "drew levels 1\u20134 of 10" in out and "--start 5" in out
+
+
+# --- item 18.8: --compare dendrogram --matrix must be the matrix that was factorized -------------------------------
+
+SHUFFLED = ["weighing scale", "salt shaker", "kettle", "apple", "mug", "zebra", "bowl", "lamp", "clock", "fern"]
+
+
+def _labels_array(group, labels):
+    group.create_array("labels", shape=(len(labels),), dtype=str)[:] = np.array(labels)
+
+
+@pytest.fixture(scope="module")
+def store_result(tmp_path_factory):
+    """A result factored from a class store (classes sorted by label) and the matrix in the input's order."""
+    folder = tmp_path_factory.mktemp("store_result")
+    means = np.random.default_rng(8).standard_normal((len(SHUFFLED), 6))
+    store = ms.Store.create(folder / "s.zarr")
+    store.add_means(means, labels=SHUFFLED)
+    assert cli.main(["factorize", str(folder / "s.zarr"), "-o", str(folder / "r.zarr"), "--order", "3", "-q"]) == 0
+    original = means @ means.T  # rows in the order of SHUFFLED
+    np.save(folder / "original.npy", original)
+    ordered = np.argsort(SHUFFLED)  # the store's (sorted) order
+    np.save(folder / "sorted.npy", original[np.ix_(ordered, ordered)])
+    import zarr
+
+    group = zarr.open_group(str(folder / "cov.zarr"), mode="w")
+    group.create_array("covariance", data=original)
+    _labels_array(group, SHUFFLED)
+    return folder, original
+
+
+def _drawn(monkeypatch):
+    """Record the matrix and labels the dendrogram is drawn from."""
+    seen = {}
+    original = ms.views.plot_with_dendrogram
+
+    def record(result, matrix, **kwargs):
+        seen["matrix"], seen["labels"] = np.asarray(matrix), [str(x) for x in result.labels]
+        return original(result, matrix, **kwargs)
+
+    monkeypatch.setattr(ms.views, "plot_with_dendrogram", record)
+    return seen
+
+
+def test_dendrogram_refuses_a_matrix_in_another_row_order(store_result, tmp_path, capsys):
+    folder, _ = store_result
+    _fails(capsys, ["show", folder / "r.zarr", "-o", tmp_path / "d.svg", "--compare", "dendrogram",
+                    "--matrix", folder / "original.npy"], "is not the matrix")
+    assert not (tmp_path / "d.svg").exists()
+
+
+def test_dendrogram_accepts_the_factored_matrix(store_result, tmp_path, capsys, monkeypatch):
+    folder, original = store_result
+    seen = _drawn(monkeypatch)
+    assert cli.main(["show", str(folder / "r.zarr"), "-o", str(tmp_path / "d.svg"), "--compare", "dendrogram",
+                     "--matrix", str(folder / "sorted.npy")]) == 0
+    where = [SHUFFLED.index(name) for name in seen["labels"]]
+    np.testing.assert_allclose(seen["matrix"], original[np.ix_(where, where)])
+    capsys.readouterr()
+
+
+@pytest.mark.parametrize("name", ["s.zarr", "cov.zarr"])
+def test_dendrogram_reorders_a_matrix_that_has_labels(store_result, tmp_path, capsys, monkeypatch, name):
+    folder, original = store_result
+    seen = _drawn(monkeypatch)
+    assert cli.main(["show", str(folder / "r.zarr"), "-o", str(tmp_path / "d.svg"), "--compare", "dendrogram",
+                     "--matrix", str(folder / name)]) == 0, capsys.readouterr().err
+    where = [SHUFFLED.index(name) for name in seen["labels"]]
+    np.testing.assert_allclose(seen["matrix"], original[np.ix_(where, where)], atol=1e-12)
+    capsys.readouterr()
+
+
+def test_dendrogram_names_the_missing_label(store_result, tmp_path, capsys):
+    folder, original = store_result
+    import zarr
+
+    group = zarr.open_group(str(tmp_path / "other.zarr"), mode="w")
+    group.create_array("covariance", data=original)
+    _labels_array(group, SHUFFLED[:-1] + ["dog"])
+    _fails(capsys, ["show", folder / "r.zarr", "-o", tmp_path / "d.svg", "--compare", "dendrogram",
+                    "--matrix", tmp_path / "other.zarr"], "'fern'")
+
+
+def test_matrix_check_reads_a_sample_of_rows_at_large_m():
+    """At large m the probe is checked on PROBE_CHECK_ROWS rows; a permutation of a matrix with a
+    constant diagonal (cosine similarities: the diagonal check cannot see it) is still found."""
+    from mmf_stream._fingerprint import PROBE_CHECK_ROWS, matrix_mismatches, of_means, probe_rows, reordered
+
+    size = 4 * PROBE_CHECK_ROWS
+    means = np.random.default_rng(1).standard_normal((size, 8))
+    means /= np.linalg.norm(means, axis=1, keepdims=True)
+    fingerprint = of_means(means)
+    C = means @ means.T
+    assert probe_rows(size).shape == (PROBE_CHECK_ROWS,)
+    assert matrix_mismatches(fingerprint, C).size == 0
+    swap = np.random.default_rng(2).permutation(size)
+    moved = matrix_mismatches(fingerprint, C[np.ix_(swap, swap)])
+    assert moved.size > PROBE_CHECK_ROWS // 2 and not reordered(fingerprint, np.ones(size))
+    with pytest.raises(ValueError, match="fingerprint is for"):
+        matrix_mismatches(fingerprint, C[:-1, :-1])
