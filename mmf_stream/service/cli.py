@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
+import sys
 from typing import Callable
 
 from mmf_stream.service.coordinator import (
+    LOGGER_NAME,
     DEFAULT_BATCH_MAX,
     DEFAULT_BATCH_WAIT,
     DEFAULT_CATCH_UP_FRACTION,
@@ -15,12 +18,44 @@ from mmf_stream.service.coordinator import (
 )
 
 
+#: how ``serve`` writes its log lines on stderr (one line per event)
+LOG_FORMAT = "%(asctime)s mmf-stream serve: %(message)s"
+
+
+def _log_to_stderr() -> None:
+    """The service's logger writes one line per event to stderr (unless the application configured it)."""
+    logger = logging.getLogger(LOGGER_NAME)
+    if not logger.handlers:
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter(LOG_FORMAT))
+        logger.addHandler(handler)
+        logger.propagate = False
+    logger.setLevel(logging.INFO)
+
+
+class _StderrHandler(logging.StreamHandler):
+    """A log handler writing to whatever ``sys.stderr`` is when a line is written."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self):  # noqa: D102 - the current stderr
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:  # StreamHandler.__init__ sets it
+        pass
+
+
 def _serve(args: argparse.Namespace) -> int:
     from mmf_stream.service.coordinator import serve
 
+    _log_to_stderr()
     serve(args.project, order=args.order, queue=args.queue, scheduler=args.scheduler, batch_max=args.batch_max,
           batch_wait=args.batch_wait, refresh_drift=args.refresh_drift, refresh_growth=args.refresh_growth,
-          catch_up_fraction=args.catch_up_fraction, inline_repair=args.inline_repair, idle_exit=args.idle_exit)
+          catch_up_fraction=args.catch_up_fraction, inline_repair=args.inline_repair, idle_exit=args.idle_exit,
+          rebuild_log=args.rebuild_log, adopt_queue=args.adopt_queue)
     return 0
 
 
@@ -69,6 +104,13 @@ def add_service_commands(sub, int_at_least: Callable[[int], Callable[[str], int]
                        "batches stall for the repairs)")
     serve.add_argument("--idle-exit", type=non_negative, default=None, metavar="SECONDS",
                        help="stop after this many seconds with nothing queued (one-off catch-up runs)")
+    serve.add_argument("--rebuild-log", action="store_true",
+                       help="the commit log (PROJECT/service/log.sqlite) is lost or is not this store's: keep it "
+                       "aside and start a new one at the queue position the class store recorded (the project is "
+                       "factorized again); without it such a project is refused")
+    serve.add_argument("--adopt-queue", action="store_true",
+                       help="the queue is not the one the committed position refers to (deleted and created "
+                       "again, or another one): read it from its beginning; without it such a queue is refused")
     serve.set_defaults(run=_serve)
 
     status = sub.add_parser("status", help="the service's state: queue depth, applied, ingest rate, error, "

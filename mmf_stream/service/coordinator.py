@@ -55,16 +55,19 @@ coordinator exits with status 0.
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import signal
 import sys
 import threading
 import time
+from collections import Counter
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -73,7 +76,7 @@ from mmf_stream.service.backends import SERVICE_DIR, check_queue_url, open_queue
 from mmf_stream.store.class_store import swap_last_placement
 from mmf_stream.service.changes import BatchChanges, plan_batch
 from mmf_stream.service.messages import BadMessage, NewClass, decode
-from mmf_stream.store.generations import IngestRecord, Project
+from mmf_stream.store.generations import IngestRecord, Project, has_log, log_path, read_log_id, set_log_aside
 
 #: the order of a project's first factorization when ``--order`` is not given
 DEFAULT_ORDER = 5
@@ -103,6 +106,8 @@ REPLAY_STEP = 32
 IDLE_WAIT = 0.25
 #: the file naming the serving coordinator inside ``PROJECT/service`` (the lock itself is on the project folder)
 LOCK_FILE = "coordinator.lock"
+#: the logger the coordinator reports to (one line per event: ready, batch, refresh, dead letter, stop)
+LOGGER_NAME = "mmf_stream.service"
 #: seconds a starting coordinator retries a busy project lock (a ``status`` call holds it shared for an instant)
 LOCK_RETRY_SECONDS = 1.0
 
@@ -157,6 +162,17 @@ class CoordinatorBusy(ValueError):
     """Another coordinator is serving the project."""
 
 
+class StopRequested(BaseException):
+    """SIGTERM/SIGINT arrived during a step that can be abandoned safely (nothing written yet).
+
+    A BaseException, like KeyboardInterrupt, so that no ``except Exception`` on the way swallows it.
+    """
+
+
+class ProjectMismatch(ValueError):
+    """The project's commit log or queue is not the one its class store was served with."""
+
+
 @dataclass
 class ServeOptions:
     """The coordinator's settings (see :func:`serve`)."""
@@ -172,6 +188,12 @@ class ServeOptions:
     catch_up_fraction: float = DEFAULT_CATCH_UP_FRACTION
     inline_repair: bool = False
     seed: int = 0
+    #: start a new commit log at the class store's recorded queue position when the log is missing or
+    #: is not the store's (``serve --rebuild-log``; the old log is kept beside it)
+    rebuild_log: bool = False
+    #: read the queue from its beginning when it is not the one the committed position refers to
+    #: (``serve --adopt-queue``: after the operator replaced the queue on purpose)
+    adopt_queue: bool = False
 
     def check(self) -> ServeOptions:
         """Raise a one-line ValueError/TypeError for a setting that cannot work."""
@@ -360,7 +382,7 @@ class Coordinator:
                  log: Callable[[str], None] | None = None) -> None:
         self.path = Path(project)
         self.options = (options or ServeOptions()).check()
-        self.log = log or (lambda line: print(line, file=sys.stderr, flush=True))
+        self.log = log or logging.getLogger(LOGGER_NAME).info
         self.stopping = False
         self._lock = _CoordinatorLock(self.path)
         self._store = None
@@ -370,6 +392,9 @@ class Coordinator:
         self._refresh: _Refresh | None = None
         self._executor: Executor | None = None
         self._labels: dict[Any, int] = {}
+        self._rebuilt: dict[str, Any] | None = None  # the store's service record a rebuilt log starts from
+        self._adopted = False
+        self._abandonable = False  # inside a computation a stop signal may abandon (nothing written yet)
 
     # ------------------------------------------------------------------ start / stop
     def start(self) -> Coordinator:
@@ -386,19 +411,85 @@ class Coordinator:
             if self._store.center:
                 raise ValueError(f"{self.path} centres its covariance (every class changes when one is added); "
                                  "serve needs an uncentred project")
+            record = self._store.service_record
+            self._check_log(record)
             self._project = Project(self.path)
+            if self._rebuilt:
+                self._project.continue_log(str(self._rebuilt["log"]))
             self._queue = open_queue(self.path, self.options.queue)
             with self._store.writing():
                 settled = self._project.recover(self._store.generation)
                 if settled:
                     self.log(f"recovered: the generation a crash left pending was {settled}")
+                self._check_log_is_current(record)
+                self._check_queue(record)
                 self._catch_up()
-            warm_up_kernels(self._order())
+            with self._abandonable_step():
+                warm_up_kernels(self._order())
             self._project.record_event("start", f"pid {os.getpid()} serving with queue {self._queue.url}")
+            self.log(f"ready: serving {self.path} (pid {os.getpid()}, {self._store.size} classes, generation "
+                     f"{self._project.current().number}, queue {self._queue_url()})")
         except BaseException:
             self.close()
             raise
         return self
+
+    def _check_log(self, record: dict[str, Any] | None) -> None:
+        """Refuse a project whose commit log is missing or is another log than the one the class store
+        was last served with (it would re-apply the queue from an old position); with ``rebuild_log``,
+        keep the old log beside and start a new one at the store's recorded position."""
+        log_id = read_log_id(self.path)
+        if record is None:  # the service never changed these classes: any readable log (or none) is consistent
+            if log_id is None and has_log(self.path) and self.options.rebuild_log:
+                kept = set_log_aside(self.path)
+                self.log(f"rebuilding the unreadable commit log (the old one is kept as {kept.name})")
+                self._rebuilt = {}
+            return
+        if log_id == record.get("log"):
+            return
+        problem = "is missing" if not has_log(self.path) else \
+            "is empty or unreadable" if log_id is None else "is not the log this class store was served with"
+        if not self.options.rebuild_log:
+            raise ProjectMismatch(
+                f"{log_path(self.path)} {problem} (the store's last service commit was at queue position "
+                f"{record.get('position')!r}); restore it from a backup, or run 'mmf-stream serve {self.path} "
+                "--rebuild-log' to start a new log at that position (docs/service.md)")
+        kept = set_log_aside(self.path)
+        self.log(f"rebuilding the commit log at queue position {record.get('position')!r}"
+                 + (f" (the old one is kept as {kept.name})" if kept else ""))
+        self._rebuilt = record
+
+    def _check_log_is_current(self, record: dict[str, Any] | None) -> None:
+        """Refuse a log older than the class store (e.g. restored from an old backup)."""
+        current = self._project.current()
+        if record is None or self._rebuilt is not None:
+            return
+        if current is None or current.store_generation < int(record.get("store_generation", 0)):
+            raise ProjectMismatch(
+                f"{log_path(self.path)} is older than the class store (it ends at store generation "
+                f"{None if current is None else current.store_generation}, the store's last service commit is "
+                f"{record.get('store_generation')}): its queue position would apply classes twice; restore a newer "
+                f"log, or run 'mmf-stream serve {self.path} --rebuild-log' (docs/service.md)")
+
+    def _check_queue(self, record: dict[str, Any] | None) -> None:
+        """Refuse a queue that is not the one the committed position refers to (deleted and created
+        again, or another one): its messages would be skipped. ``adopt_queue`` reads it from its start."""
+        current = self._project.current()
+        recorded = current.queue_identity if current is not None else (self._rebuilt or {}).get("queue_identity")
+        identity = self._queue_identity()
+        if recorded is None or identity is None or identity == recorded:
+            return
+        if not self.options.adopt_queue:
+            raise ProjectMismatch(
+                f"the queue {self._queue_url()} is not the one {self.path}'s queue position "
+                f"{None if current is None else current.position!r} refers to (it was deleted, replaced or is "
+                f"another queue); its messages would be skipped. Run 'mmf-stream serve {self.path} --adopt-queue' "
+                "to read it from its beginning (docs/service.md)")
+        self.log(f"adopting the queue {self._queue_url()}: reading it from its beginning")
+        self._adopted = True
+
+    def _queue_identity(self) -> str | None:
+        return getattr(self._queue, "identity", None)
 
     def _catch_up(self) -> None:
         """Under the store lock: make sure the committed factorization describes the store."""
@@ -410,17 +501,33 @@ class Coordinator:
 
             self.factorization = project_factorization(self.path)
             self._check_order()
+            f = self.factorization
+            if f is not None and (f.size != store.size or not np.array_equal(f.labels, store.labels)):
+                raise ValueError(f"{self.path} is corrupt: its class store shows {store.size} classes at generation "
+                                 f"{store.generation}, but the factorization committed for that generation has "
+                                 f"{f.size} (other labels): was its zarr.json edited? Restore it from a backup")
+            if self._adopted:  # the position of another queue means nothing here: read this one from its start
+                number = self._project.prepare(self.factorization, store_generation=store.generation, position=None,
+                                               queue=self._queue_url(), counters=dict(current.counters),
+                                               reason="queue adopted", queue_identity=self._queue_identity())
+                self._project.commit(number)
             return
         position = None if current is None else current.position
         counters = {} if current is None else dict(current.counters)
         reason = "factorize" if current is None else "store changed outside the service"
+        if current is None and self._rebuilt is not None:
+            position, reason = self._rebuilt.get("position"), "log rebuilt"
+        if self._adopted:
+            position = None
         self.factorization = None
         if store.size >= self._order():
             self.log(f"factorizing {store.size} classes ({reason})")
-            self.factorization = self._batch(store.factor(), store.labels)
+            with self._abandonable_step():
+                self.factorization = self._batch(store.factor(), store.labels)
             counters = self._after_batch_run(counters, self.factorization)
         number = self._project.prepare(self.factorization, store_generation=store.generation, position=position,
-                                       queue=self._queue_url(), counters=counters, reason=reason)
+                                       queue=self._queue_url(), counters=counters, reason=reason,
+                                       queue_identity=self._queue_identity())
         self._project.commit(number)
 
     def _order(self) -> int:
@@ -458,11 +565,27 @@ class Coordinator:
         self._lock.release()
 
     def install_signal_handlers(self) -> None:
-        """SIGTERM and SIGINT: finish the batch in progress, commit, stop."""
+        """SIGTERM and SIGINT, from before :meth:`start` on: a computation that has written nothing yet
+        (the start-up factorization, a batch's fold-in) is abandoned (:class:`StopRequested`); a commit in
+        progress is finished; then the coordinator stops."""
         def stop(signum, frame):  # noqa: ARG001
             self.stopping = True
+            if self._abandonable:
+                self._abandonable = False
+                raise StopRequested(signal.Signals(signum).name)
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
+
+    @contextmanager
+    def _abandonable_step(self) -> Iterator[None]:
+        """A computation that a stop signal may abandon: it writes nothing."""
+        if self.stopping:
+            raise StopRequested("stop requested")
+        self._abandonable = True
+        try:
+            yield
+        finally:
+            self._abandonable = False
 
     # ------------------------------------------------------------------ the loop
     def run(self, *, idle_exit: float | None = None) -> None:
@@ -476,6 +599,7 @@ class Coordinator:
             elif idle_exit is not None and self._refresh is None and time.monotonic() - idle_since >= idle_exit:
                 break
         self._project.record_event("stop", f"pid {os.getpid()} stopped")
+        self.log(f"stopped (pid {os.getpid()})")
 
     def step(self) -> int:
         """Read and apply one batch (if any message waits); returns the number of messages handled."""
@@ -483,6 +607,12 @@ class Coordinator:
         position = self._project.current().position
         messages = self._queue.read(after=position, limit=self.options.batch_max, wait=IDLE_WAIT)
         if not messages:
+            if self._store_changed_outside():  # e.g. covariance --append while idle: factorize them now
+                with self._store.writing():
+                    if self._project.current().store_generation != self._store.generation:
+                        self.log("the project's classes changed outside the service: factorizing again")
+                        self._catch_up()
+                return 0
             self._maybe_refresh()  # a discarded refresh is retried when the queue is idle too
             return 0
         deadline = time.monotonic() + self.options.batch_wait
@@ -501,6 +631,17 @@ class Coordinator:
         self._queue.acknowledge(messages)
         self._maybe_refresh()
         return len(messages)
+
+    def _store_changed_outside(self) -> bool:
+        """Whether another writer committed to the class store since the last generation (reads only
+        the store's metadata file)."""
+        from mmf_stream.store.class_store import read_metadata
+
+        try:
+            generation = read_metadata(self.path).get("generation")
+        except ValueError:
+            return False  # mid-write or damaged: the next batch's locked check tells
+        return generation != self._project.current().store_generation
 
     def _catch_up_backlog(self, messages: list, position: Any) -> bool:
         """If the backlog (the batch read, or with a full batch the whole queue after ``position``) is
@@ -522,6 +663,7 @@ class Coordinator:
     # ------------------------------------------------------------------ one batch
     def _apply(self, messages: list, *, read_after: Any, catch_up: bool = False) -> None:
         """Apply ``messages`` (read after the committed position ``read_after``) as one generation."""
+        began = time.monotonic()
         store = self._store
         dim = store.dim
         good: list[NewClass] = []
@@ -555,16 +697,20 @@ class Coordinator:
             counters["applied"] = int(counters.get("applied", 0)) + len(records)
             counters["dead_letters"] = int(counters.get("dead_letters", 0)) + len(dead)
             if not changes.empty:
-                factorization, reason, counters = self._fold_in(changes, counters, catch_up=catch_up)
+                with self._abandonable_step():
+                    factorization, reason, counters = self._fold_in(changes, counters, catch_up=catch_up)
                 number = self._project.prepare(factorization, store_generation=store.generation + 1,
                                                position=messages[-1].seq, queue=self._queue_url(),
-                                               counters=counters, reason=reason, applied=records, dead=dead)
+                                               counters=counters, reason=reason, applied=records, dead=dead,
+                                               queue_identity=self._queue_identity())
                 crash_point("service-prepared")
                 _test_pause()
                 appended = {"sums": changes.sums, "labels": changes.labels, "counts": changes.counts} \
                     if changes.labels.size else {}
                 placement = swap_last_placement(store.size, [self._labels[label] for label in changes.knocked_out])
-                report = store.replace_classes(remove=changes.knocked_out, **appended)
+                report = store.replace_classes(remove=changes.knocked_out, **appended, service={
+                    "log": self._project.log_id, "position": messages[-1].seq, "queue": self._queue_url(),
+                    "queue_identity": self._queue_identity(), "store_generation": store.generation + 1})
                 crash_point("service-store-committed")
                 if store.generation != self._project.pending().store_generation:
                     raise RuntimeError("the class store did not commit the generation expected")
@@ -576,9 +722,13 @@ class Coordinator:
                 factorization, reason = self.factorization, "dead letters" if dead else "no net change"
                 number = self._project.prepare(factorization, store_generation=store.generation,
                                                position=messages[-1].seq, queue=self._queue_url(),
-                                               counters=counters, reason=reason, applied=records, dead=dead)
+                                               counters=counters, reason=reason, applied=records, dead=dead,
+                                               queue_identity=self._queue_identity())
             self._project.commit(number)
             self.factorization = factorization
+        kinds = Counter(record.change for record in records)
+        self.log(f"batch: {len(records)} applied ({', '.join(f'{n} {k}' for k, n in sorted(kinds.items())) or 'none'}), "
+                 f"{len(dead)} dead letter(s), {time.monotonic() - began:.2f} s, generation {number} ({reason})")
         crash_point("service-committed")
         reasons = {(position, mid): reason for position, mid, reason in dead}
         for message in messages:  # the queue's own dead-letter area, after the commit (Redis acknowledges there)
@@ -759,7 +909,8 @@ class Coordinator:
                 result, reason = self.factorization, "refresh discarded"
                 counters["refreshes"] -= 1
             number = self._project.prepare(result, store_generation=store.generation, position=current.position,
-                                           queue=self._queue_url(), counters=counters, reason=reason)
+                                           queue=self._queue_url(), counters=counters, reason=reason,
+                                       queue_identity=self._queue_identity())
             self._project.commit(number)
             self.factorization = result
         if reason != "refresh":
@@ -786,7 +937,7 @@ def serve(project: str | os.PathLike, *, order: int | None = None, queue: str | 
           scheduler: str | None = None, batch_max: int = DEFAULT_BATCH_MAX, batch_wait: float = DEFAULT_BATCH_WAIT,
           refresh_drift: float = DEFAULT_REFRESH_DRIFT, refresh_growth: float = DEFAULT_REFRESH_GROWTH,
           catch_up_fraction: float = DEFAULT_CATCH_UP_FRACTION, inline_repair: bool = False, idle_exit: float | None = None,
-          log: Callable[[str], None] | None = None) -> None:
+          log: Callable[[str], None] | None = None, rebuild_log: bool = False, adopt_queue: bool = False) -> None:
     """Serve ``project`` until SIGTERM/SIGINT (or ``idle_exit`` seconds without messages).
 
     Parameters
@@ -820,16 +971,30 @@ def serve(project: str | os.PathLike, *, order: int | None = None, queue: str | 
     idle_exit : float, optional
         Stop after this many seconds with an empty queue (tests, one-off catch-up runs).
     log : callable, optional
-        One line per notable event (default: stderr).
+        One line per notable event (default: the ``mmf_stream.service`` logger at INFO).
+    rebuild_log : bool
+        When the commit log is missing or is not the one the class store was
+        served with, keep it aside and start a new one at the store's recorded
+        queue position (the project is factorized again) instead of refusing.
+    adopt_queue : bool
+        When the queue is not the one the committed position refers to (it was
+        deleted or replaced), read it from its beginning instead of refusing.
     """
     options = ServeOptions(order=order, queue=queue, scheduler=scheduler, batch_max=batch_max, batch_wait=batch_wait,
                            refresh_drift=refresh_drift, refresh_growth=refresh_growth,
-                           catch_up_fraction=catch_up_fraction, inline_repair=inline_repair)
+                           catch_up_fraction=catch_up_fraction, inline_repair=inline_repair, rebuild_log=rebuild_log,
+                           adopt_queue=adopt_queue)
     coordinator = Coordinator(project, options, log=log)
-    coordinator.start()
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGINT)} if in_main else {}
+    if in_main:  # from before start-up on: a pod's SIGTERM during the first factorization stops it cleanly
+        coordinator.install_signal_handlers()
     try:
-        if threading.current_thread() is threading.main_thread():
-            coordinator.install_signal_handlers()
+        coordinator.start()
         coordinator.run(idle_exit=idle_exit)
+    except StopRequested as stop:
+        coordinator.log(f"stopped by {stop}: the step in progress was abandoned before it wrote anything")
     finally:
         coordinator.close()
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)

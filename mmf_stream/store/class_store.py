@@ -782,6 +782,13 @@ class Store:
         return int(self._meta["generation"])
 
     @property
+    def service_record(self) -> dict[str, Any] | None:
+        """What the streaming service committed with its last change of the classes (its commit
+        log's id, queue position and queue identity), or None if it never changed them."""
+        record = self._meta.get("service")
+        return dict(record) if isinstance(record, dict) else None
+
+    @property
     def label_kind(self) -> str | None:
         """``"int"`` or ``"str"``: the kind of the store's labels (None before the first class)."""
         return self._meta.get("label_kind")
@@ -1159,7 +1166,7 @@ class Store:
         return self.replace_classes(remove=labels)
 
     def replace_classes(self, remove: Any = (), means: Any = None, labels: Any = None,
-                        counts: Any = 1, *, sums: Any = None) -> dict[str, list]:
+                        counts: Any = 1, *, sums: Any = None, service: dict[str, Any] | None = None) -> dict[str, list]:
         """Remove classes, then append classes, in one commit (the coordinator's updates).
 
         Parameters
@@ -1177,6 +1184,10 @@ class Store:
         sums : array-like of shape (k, D), optional
             The appended classes' running sums instead of ``means`` (the store
             keeps them as given: ``means = sums / counts``).
+        service : dict, optional
+            A JSON-ready record committed atomically with the classes
+            (:attr:`service_record`): the coordinator's commit log id and queue
+            position, so that a lost or replaced log is detected.
 
         Returns
         -------
@@ -1221,11 +1232,12 @@ class Store:
             given = array * count_array[:, None] if sums is None else np.asarray(sums, dtype=np.float64)
             sums, added_counts = given[order], count_array[order].copy()
             _check_magnitude(array)
+        record = None if service is None else json.dumps(service)
         with self._locked():
-            return self._replace_locked(removed, added_labels, sums, added_counts)
+            return self._replace_locked(removed, added_labels, sums, added_counts, record)
 
     def _replace_locked(self, removed: np.ndarray, added: np.ndarray, sums: np.ndarray,
-                        counts: np.ndarray) -> dict[str, Any]:
+                        counts: np.ndarray, service: str | None = None) -> dict[str, Any]:
         index = self._index()
         size = self.size
         labels_removed = removed.tolist()
@@ -1270,7 +1282,7 @@ class Store:
         all_sums = np.concatenate([moved_sums, sums])
         all_counts = np.concatenate([moved_counts, counts]).astype(np.int64)
         new_size = remaining + added.shape[0]
-        if slots.size == 0 and new_size == size:
+        if slots.size == 0 and new_size == size and service is None:
             return {"removed": [], "added": [], "moved": {}}
         means = all_sums / np.maximum(all_counts, 1)[:, None]
         buffer = self._means_buffer(max(new_size, 1), dim)
@@ -1278,7 +1290,7 @@ class Store:
         buffer[slots] = means
         try:
             self._commit(slots, all_labels, all_sums, all_counts, means, buffer[:new_size], new_size, kind,
-                         np.concatenate([moved_counts, gone_counts]))
+                         np.concatenate([moved_counts, gone_counts]), service=service)
         except BaseException:
             buffer[slots] = previous  # the cache must keep describing the committed store
             raise
@@ -1365,7 +1377,8 @@ class Store:
         self._check_unchanged()
         return means
 
-    def _commit(self, slots, labels, sums, counts, means, all_means, new_size, kind, old_counts) -> None:
+    def _commit(self, slots, labels, sums, counts, means, all_means, new_size, kind, old_counts,
+                service: str | None = None) -> None:
         generation = int(self._meta["generation"]) + 1
         journal = {
             "slots": slots,
@@ -1378,6 +1391,8 @@ class Store:
             "n_instances": np.int64(self.n_instances + int(counts.sum() - old_counts.sum())),
             "label_kind": np.array(kind),
         }
+        if service is not None:
+            journal["service"] = np.array(service)
         journal_path = self.path / "journal" / f"{generation}.npz"
         staging = journal_path.with_name(f".{generation}-{uuid.uuid4().hex[:8]}.npz")
         with open(staging, "wb") as handle:
@@ -1459,7 +1474,9 @@ class Store:
                     all_means = np.asarray(group["means"][:new_size])
                 _write_covariance(group["covariance"], slots, old_size, new_size, all_means)
         rewritten = generation if np.any(slots < old_size) else int(self._meta.get("rewritten") or 0)
+        service = {"service": json.loads(str(journal["service"]))} if "service" in journal else {}
         self._set_meta(
+            **service,
             size=new_size,
             n_instances=int(journal["n_instances"]),
             generation=generation,

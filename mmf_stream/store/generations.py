@@ -42,11 +42,13 @@ store's commit), and dropped otherwise.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import sqlite3
 import time
 import uuid
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -88,7 +90,8 @@ CREATE TABLE IF NOT EXISTS generations (
     store_generation INTEGER NOT NULL,
     position TEXT NOT NULL,            -- JSON: the last applied queue position (null: none)
     queue TEXT NOT NULL,
-    layout TEXT NOT NULL,              -- JSON: {array: {"shape", "dtype", "layers": [file, ...], "counts": [rows, ...]}}
+    layout TEXT NOT NULL,              -- JSON: {array: {"shape", "dtype", "layers": [file, ...], "counts": [rows, ...],
+                                       --         "checksums": [CRC-32 of each file, ...]}}
     attrs TEXT NOT NULL,               -- JSON: the factorization's attributes (docs/format.md)
     counters TEXT NOT NULL,            -- JSON: applied, dead_letters, refreshes, batch_error, ...
     reason TEXT NOT NULL,              -- 'factorize', 'batch', 'catch-up', 'refresh', ...
@@ -110,6 +113,10 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     id TEXT NOT NULL,
     reason TEXT NOT NULL,
     at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,              -- 'log_id': this log's identity (the class store records it)
+    value TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS events (
     at REAL NOT NULL,
@@ -133,6 +140,8 @@ class Generation:
     counters: dict[str, Any]
     reason: str
     created: float
+    #: the identity of the queue ``position`` refers to (None: not recorded, a log older than identities)
+    queue_identity: str | None = None
 
 
 @dataclass
@@ -164,6 +173,47 @@ def has_log(project: str | os.PathLike) -> bool:
     return log_path(project).is_file()
 
 
+def layer_checksum(content: bytes) -> int:
+    """The checksum a layer file's bytes must have (CRC-32: catches truncation, bit flips and rewrites)."""
+    return zlib.crc32(content)
+
+
+def read_log_id(project: str | os.PathLike) -> str | None:
+    """The identity of the project's commit log, read without writing anything: ``""`` for a log older
+    than log identities, None when the log is missing, empty or unreadable."""
+    path = log_path(project)
+    if not path.is_file() or path.stat().st_size == 0:
+        return None
+    try:
+        db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=BUSY_TIMEOUT)
+        try:
+            tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            if "generations" not in tables:
+                return None
+            row = db.execute("SELECT value FROM meta WHERE key = 'log_id'").fetchone() if "meta" in tables else None
+        finally:
+            db.close()
+    except sqlite3.Error:
+        return None
+    return "" if row is None else str(row[0])
+
+
+def set_log_aside(project: str | os.PathLike) -> Path | None:
+    """Rename the project's commit log (and its SQLite side files) to ``log.sqlite.replaced-<time>``,
+    so that a new one can be started; returns the new name, or None if there was no log."""
+    path = log_path(project)
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    kept = None
+    for suffix in ("", "-wal", "-shm"):
+        source = path.with_name(path.name + suffix)
+        if source.exists():
+            target = path.with_name(f"{path.name}.replaced-{stamp}{suffix}")
+            os.replace(source, target)
+            kept = kept or target
+    fsync_path(path.parent)
+    return kept
+
+
 class Project:
     """The service side of a project: its commit log and factorization layers.
 
@@ -180,10 +230,33 @@ class Project:
         (folder / LAYERS_DIR).mkdir(exist_ok=True)
         self._layers = folder / LAYERS_DIR
         self._db = sqlite3.connect(str(folder / LOG_FILE), timeout=BUSY_TIMEOUT, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(_SCHEMA)
+        try:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.executescript(_SCHEMA)
+            self._db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('log_id', ?)", (uuid.uuid4().hex,))
+            columns = {row[1] for row in self._db.execute("PRAGMA table_info(generations)")}
+            if "queue_identity" not in columns:  # a log written before queue identities
+                self._db.execute("ALTER TABLE generations ADD COLUMN queue_identity TEXT")
+            self._db.execute("SELECT COUNT(*) FROM generations").fetchone()
+        except sqlite3.DatabaseError as error:
+            self._db.close()
+            raise ValueError(f"{folder / LOG_FILE} is not a readable commit log ({error}); restore it from a "
+                             f"backup, or set it aside and run 'mmf-stream serve {self.path} --rebuild-log' "
+                             "(docs/service.md)") from None
         self._cache = _Cached()
+
+    def continue_log(self, log_id: str) -> None:
+        """Give a new, empty log the identity of the lost one it replaces (``serve --rebuild-log``)."""
+        if self.current() is not None or self.pending() is not None:
+            raise RuntimeError("only a new, empty commit log continues another one")
+        self._db.execute("UPDATE meta SET value = ? WHERE key = 'log_id'", (str(log_id),))
+
+    @property
+    def log_id(self) -> str:
+        """This commit log's identity (created with it; the class store records it with each service commit)."""
+        row = self._db.execute("SELECT value FROM meta WHERE key = 'log_id'").fetchone()
+        return "" if row is None else str(row[0])
 
     # ------------------------------------------------------------------ reading
     def current(self) -> Generation | None:
@@ -196,13 +269,14 @@ class Project:
 
     def _generation(self, where: str) -> Generation | None:
         row = self._db.execute(
-            "SELECT number, state, store_generation, position, queue, layout, attrs, counters, reason, created "
-            f"FROM generations {where}").fetchone()
+            "SELECT number, state, store_generation, position, queue, layout, attrs, counters, reason, created, "
+            f"queue_identity FROM generations {where}").fetchone()
         if row is None:
             return None
-        number, state, store_generation, position, queue, layout, attrs, counters, reason, created = row
+        number, state, store_generation, position, queue, layout, attrs, counters, reason, created, identity = row
         return Generation(int(number), str(state), int(store_generation), json.loads(position), str(queue),
-                          json.loads(layout), json.loads(attrs), json.loads(counters), str(reason), float(created))
+                          json.loads(layout), json.loads(attrs), json.loads(counters), str(reason), float(created),
+                          None if identity is None else str(identity))
 
     def load_parts(self) -> FactorizationParts | None:
         """The last committed factorization's parts, as :func:`mmf_stream.store.result_format.load_parts` returns
@@ -213,10 +287,12 @@ class Project:
                 return None
             try:
                 arrays = {name: self._read_array(name, spec) for name, spec in generation.layout.items()}
-            except FileNotFoundError:
-                if attempt + 1 == READ_ATTEMPTS:
-                    raise
-                continue  # a commit removed this generation's files meanwhile: read the newer one
+            except FileNotFoundError as error:
+                newest = self.current()
+                if newest is not None and newest.number != generation.number and attempt + 1 < READ_ATTEMPTS:
+                    continue  # a commit removed this generation's files meanwhile: read the newer one
+                raise ValueError(f"{self.path} is corrupt: layer file {Path(error.filename).name} of "
+                                 f"generation {generation.number} is missing") from None
 
             def read(name: str) -> np.ndarray:
                 if name not in arrays:
@@ -233,17 +309,34 @@ class Project:
         shape = tuple(spec["shape"])
         out = np.empty(shape, dtype=np.dtype(spec["dtype"]))
         covered = np.zeros(shape[0], dtype=bool)
-        for layer in spec["layers"]:
-            with np.load(self._layers / layer, allow_pickle=False) as data:
-                rows, values = data["rows"], data["values"]
-                if values.shape[1:] != shape[1:] or rows.shape[0] != values.shape[0] or \
-                        (rows.size and (rows.min() < 0 or rows.max() >= shape[0])):
-                    raise ValueError(f"{self.path} is corrupt: layer {layer} does not fit array {name!r}")
-                out[rows] = values
-                covered[rows] = True
+        checksums = spec.get("checksums") or [None] * len(spec["layers"])
+        for layer, checksum in zip(spec["layers"], checksums):
+            content = (self._layers / layer).read_bytes()  # FileNotFoundError: see load_parts
+            if checksum is not None and layer_checksum(content) != int(checksum):
+                raise ValueError(f"{self.path} is corrupt: layer file {layer} does not match its checksum "
+                                 "(changed since it was written)")
+            try:
+                with np.load(io.BytesIO(content), allow_pickle=False) as data:
+                    rows, values = data["rows"], data["values"]
+            except Exception as error:  # noqa: BLE001 - any unreadable layer is one line
+                raise ValueError(f"{self.path} is corrupt: layer file {layer} is unreadable "
+                                 f"({type(error).__name__})") from None
+            if values.shape[1:] != shape[1:] or rows.shape[0] != values.shape[0] or \
+                    (rows.size and (rows.min() < 0 or rows.max() >= shape[0])):
+                raise ValueError(f"{self.path} is corrupt: layer {layer} does not fit array {name!r}")
+            out[rows] = values
+            covered[rows] = True
         if not covered.all():
             raise ValueError(f"{self.path} is corrupt: array {name!r} has rows no layer holds")
         return out
+
+    def missing_layers(self) -> list[str]:
+        """The layer files the current generation names that are not on disk (a cheap check: no reads)."""
+        generation = self.current()
+        if generation is None:
+            return []
+        return [layer for spec in generation.layout.values() for layer in spec["layers"]
+                if not (self._layers / layer).is_file()]
 
     def counters(self) -> dict[str, Any]:
         """The last committed generation's counters (empty before the first commit)."""
@@ -282,7 +375,7 @@ class Project:
     # ------------------------------------------------------------------ writing
     def prepare(self, factorization: Any, *, store_generation: int, position: Any, queue: str,
                 counters: dict[str, Any], reason: str, applied: list[IngestRecord] = (),
-                dead: list[tuple[Any, str, str]] = ()) -> int:
+                dead: list[tuple[Any, str, str]] = (), queue_identity: str | None = None) -> int:
         """Write the new generation's layers (durably) and record it as pending; returns its number.
 
         ``factorization`` None records a generation without one (a project with too few classes).
@@ -306,10 +399,10 @@ class Project:
         try:
             self._db.execute(
                 "INSERT INTO generations (number, state, store_generation, position, queue, layout, attrs, counters, "
-                "reason, created) VALUES (?, 'pending', ?, ?, ?, ?, ?, ?, ?, ?)",
+                "reason, created, queue_identity) VALUES (?, 'pending', ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (number, int(store_generation), json.dumps(position), queue, json.dumps(layout),
                  json.dumps({} if factorization is None else factorization_attrs(factorization)),
-                 json.dumps(counters), reason, now))
+                 json.dumps(counters), reason, now, queue_identity))
             self._db.executemany(
                 "INSERT INTO applied (generation, position, id, label, change, submitted, committed) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -380,33 +473,38 @@ class Project:
             rows = np.concatenate([changed, np.arange(n_old, data.shape[0])]).astype(np.int64)
             layers = list(old["layers"])
             counts = list(old.get("counts") or [None] * len(layers))  # None: a layout written before tiers
+            checksums = list(old.get("checksums") or [None] * len(layers))  # None: written before checksums
             if rows.size == 0:
-                return {**spec, "layers": layers, "counts": counts}
+                return {**spec, "layers": layers, "counts": counts, "checksums": checksums}
             keep = len(layers)  # layers[:keep] stay; the newer ones merge into the new overlay
             while keep > 1 and counts[keep - 1] is not None and counts[keep - 1] < MERGE_RATIO * rows.size:
                 keep -= 1
                 rows = np.union1d(rows, self._layer_rows(layers[keep]))
             overlay_rows = rows.size + sum(c if c is not None else data.shape[0] for c in counts[1:keep])
             if keep < MAX_LAYERS and overlay_rows <= MAX_OVERLAY_FRACTION * max(1, data.shape[0]):
-                return {**spec, "layers": [*layers[:keep], self._write_layer(number, name, rows, data[rows])],
-                        "counts": [*counts[:keep], int(rows.size)]}
+                layer, checksum = self._write_layer(number, name, rows, data[rows])
+                return {**spec, "layers": [*layers[:keep], layer], "counts": [*counts[:keep], int(rows.size)],
+                        "checksums": [*checksums[:keep], checksum]}
         rows = np.arange(data.shape[0], dtype=np.int64)
-        return {**spec, "layers": [self._write_layer(number, name, rows, data)], "counts": [int(rows.size)]}
+        layer, checksum = self._write_layer(number, name, rows, data)
+        return {**spec, "layers": [layer], "counts": [int(rows.size)], "checksums": [checksum]}
 
     def _layer_rows(self, layer: str) -> np.ndarray:
         """The row numbers a layer file holds."""
         with np.load(self._layers / layer, allow_pickle=False) as data:
             return np.asarray(data["rows"], dtype=np.int64)
 
-    def _write_layer(self, number: int, name: str, rows: np.ndarray, values: np.ndarray) -> str:
+    def _write_layer(self, number: int, name: str, rows: np.ndarray, values: np.ndarray) -> tuple[str, int]:
+        """Write one layer file durably; returns its name and its checksum (:func:`layer_checksum`)."""
         file_name = f"g{number:08d}-{name}-{uuid.uuid4().hex[:6]}.npz"
         staging = self._layers / f".{file_name}"
         with open(staging, "wb") as handle:
             np.savez(handle, rows=rows, values=values)
             handle.flush()
             os.fsync(handle.fileno())
+        checksum = layer_checksum(staging.read_bytes())
         os.replace(staging, self._layers / file_name)
-        return file_name
+        return file_name, checksum
 
     def collect_garbage(self) -> None:
         """Delete layer files that neither a pending generation nor the last
