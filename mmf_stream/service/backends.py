@@ -6,7 +6,10 @@
 by default the stream ``mmf_stream:<project id>``, so producers and the
 coordinator of one project agree on it wherever the project is mounted.
 
-Every backend offers the same consumer interface:
+Every backend offers the same interface,
+:class:`~mmf_stream.service.queue_protocol.QueueBackend` (its docstrings say
+what each member guarantees; ``tests/queue_contract.py`` tests both backends
+against it):
 
 * ``put(label, kind, payload, *, message_id=None, extra=None) -> id`` (a
   message id that was already queued is not queued again);
@@ -15,7 +18,7 @@ Every backend offers the same consumer interface:
   entry id for Redis; ``None`` or ``0`` before the first), in arrival order;
 * ``acknowledge(messages)``: called only after their batch is committed;
 * ``depth(after)``, ``dead_letter(message, reason)``, ``dead_letters()``,
-  ``close()``, and ``url``.
+  ``check()``, ``close()``, ``url`` and the context manager.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from mmf_stream.service.queue import EmbeddedQueue
+from mmf_stream.service.queue_protocol import QueueBackend
 from mmf_stream.store.generations import SERVICE_DIR
 
 #: the service's folder inside a project
@@ -70,7 +74,7 @@ def check_queue_url(url: Any) -> str | None:
     raise ValueError(f"unknown queue {url!r}: use 'embedded' (the default) or a redis:// URL")
 
 
-def open_queue(project: str | os.PathLike, url: str | None = None):
+def open_queue(project: str | os.PathLike, url: str | None = None) -> QueueBackend:
     """The queue ``url`` names for ``project`` (see the module docstring)."""
     url = check_queue_url(url)
     if url is None:
