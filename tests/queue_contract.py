@@ -163,3 +163,39 @@ class QueueContract:
         with open_queue(project, queue_url) as queue:
             (message,) = queue.read()
         assert message.id == first and np.array_equal(decode(message, D, "str").mean, np.arange(D))
+
+    # -- identity ----------------------------------------------------------------------------------
+
+    def test_the_identity_is_stable_across_opens_and_new_after_the_queue_is_recreated(self, project, queue_url):
+        with open_queue(project, queue_url) as queue:
+            put_numbered(queue, 2)
+            first = queue.identity()
+            assert isinstance(first, str) and first
+            assert queue.identity() == first
+        with open_queue(project, queue_url) as again:
+            assert again.identity() == first
+        self.delete_queue(project, queue_url)  # the reproduction: the queue deleted, then submitted to again
+        ms.submit(project, "after", mean=np.zeros(D), queue=queue_url)
+        with open_queue(project, queue_url) as recreated:
+            assert [m.label for m in recreated.read()] == [b"after"]  # sequence numbers start again...
+            assert recreated.identity() not in (None, first)  # ...in a queue that says it is another one
+
+    def test_producers_racing_to_create_the_queue_agree_on_its_identity(self, project, queue_url):
+        for _ in range(2):
+            self.delete_queue(project, queue_url)
+            start = time.time() + 2.0  # every worker is up by then: they open at once
+            with multiprocessing.get_context("spawn").Pool(4) as pool:
+                seen = pool.starmap(_identity_at, [(str(project), queue_url, start)] * 4)
+            with open_queue(project, queue_url) as queue:
+                assert set(seen) == {queue.identity()} and None not in seen
+                assert queue.depth() == 4
+
+
+def _identity_at(project: str, url: str, start: float) -> str | None:
+    """At ``start`` (Unix time), open the queue as a producer, put one message, and say its identity."""
+    import os
+
+    time.sleep(max(0.0, start - time.time()))
+    with open_queue(project, url) as queue:
+        queue.put("x", "mean", encode_array(np.zeros(D)), message_id=f"racer-{os.getpid()}")
+        return queue.identity()

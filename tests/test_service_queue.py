@@ -35,7 +35,7 @@ class TestEmbeddedQueueContract(QueueContract):
         return "embedded"
 
     def delete_queue(self, project, queue_url: str) -> None:
-        shutil.rmtree(project / "queue")
+        shutil.rmtree(project / "queue", ignore_errors=True)  # absent: nothing to delete
 
 
 def test_submit_queues_in_arrival_order_with_the_payload(project):
@@ -248,3 +248,29 @@ def test_bad_removal_messages_are_dead_lettered(project):
         with pytest.raises(BadMessage, match=reason):
             decode(message, D, "str")
     assert decode(good, D, "str").removal
+
+
+#: the embedded queue's schema before it had a meta table (identity)
+OLD_SCHEMA = """
+CREATE TABLE messages (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE, label BLOB NOT NULL,
+                       kind TEXT NOT NULL, payload BLOB NOT NULL, extra TEXT NOT NULL DEFAULT '{}',
+                       submitted REAL NOT NULL);
+CREATE TABLE dead_letters (seq INTEGER PRIMARY KEY, id TEXT NOT NULL, reason TEXT NOT NULL, at REAL NOT NULL);
+"""
+
+
+def test_a_queue_made_before_identities_gets_one_from_its_next_writer(project):
+    import sqlite3
+
+    path = project / "queue" / "messages.sqlite"
+    path.parent.mkdir()
+    old = sqlite3.connect(path)
+    old.executescript(OLD_SCHEMA)
+    old.execute("INSERT INTO messages (id, label, kind, payload, submitted) VALUES ('m0', x'61', 'mean', x'', 0)")
+    old.commit()
+    old.close()
+    with EmbeddedQueue.of_project(project) as queue:
+        identity = queue.identity()
+        assert identity and [m.id for m in queue.read()] == ["m0"]
+    with EmbeddedQueue.of_project(project) as queue:
+        assert queue.identity() == identity

@@ -54,7 +54,13 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     reason TEXT NOT NULL,
     at REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
 """
+#: the ``meta`` row holding the queue's identity
+IDENTITY_KEY = "identity"
 
 
 @dataclass(frozen=True)
@@ -90,7 +96,22 @@ class EmbeddedQueue:
         self._db = sqlite3.connect(str(self.path), timeout=BUSY_TIMEOUT, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")  # a put is on disk when it returns
-        self._db.executescript(_SCHEMA)
+        self._create_schema()
+
+    def _create_schema(self) -> None:
+        """The tables and the queue's identity, in one transaction: a queue has both or neither
+        (a queue made before identities gets one here; racing writers agree on the first)."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    self._db.execute(statement)
+            self._db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)", (IDENTITY_KEY, uuid.uuid4().hex))
+            self._db.execute("COMMIT")
+        except BaseException:
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            raise
 
     @classmethod
     def of_project(cls, project: str | Path) -> EmbeddedQueue:
@@ -150,6 +171,12 @@ class EmbeddedQueue:
         """``(seq, id, reason)`` of every dead letter, in arrival order."""
         rows = self._db.execute("SELECT seq, id, reason FROM dead_letters ORDER BY seq").fetchall()
         return [(int(seq), str(mid), str(reason)) for seq, mid, reason in rows]
+
+    def identity(self) -> str | None:
+        """The queue's identity: a UUID created with its database (see
+        :meth:`QueueBackend.identity <mmf_stream.service.queue_protocol.QueueBackend.identity>`)."""
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (IDENTITY_KEY,)).fetchone()
+        return None if row is None else str(row[0])
 
     def check(self) -> str:
         """SQLite's integrity check of the database ("ok" when intact)."""

@@ -59,6 +59,13 @@ class QueueBackend(Protocol):
         """``(seq, id, reason)`` of every dead letter, in the order they were recorded."""
         ...
 
+    def identity(self) -> str | None:
+        """The queue's identity: a string created with the queue, the same for every process
+        that opens it and different once it is deleted and created again (a position is
+        only meaningful in the queue it came from). None when a reader opens a queue that
+        has none yet (readers never create one)."""
+        ...
+
     def check(self) -> str:
         """``"ok"`` when the queue is intact and reachable, else why not (one line)."""
         ...

@@ -15,7 +15,10 @@ Keys, for a stream key ``K``:
 * ``K:ids:<message id>``: the message ids already queued (a put of a queued id
   adds nothing: the check and the append are one server-side script);
 * ``K:dead``: the dead letters (fields ``seq``, ``id``, ``reason``, ``at``), and
-  ``K:dead:seen:<entry id>``, the entries already dead-lettered.
+  ``K:dead:seen:<entry id>``, the entries already dead-lettered;
+* ``K:identity``: the queue's identity (a UUID), set if absent by the first
+  put (in the same script) or the first writer that asks for it; a server that
+  lost its data (or a deleted stream and identity) gets a new one.
 
 The coordinator's committed position is the id of the last entry it applied
 (``"<ms>-<seq>"``, compared numerically). :meth:`RedisQueue.read` first takes
@@ -49,12 +52,15 @@ CONNECT_TIMEOUT = 5.0
 #: entries fetched per round trip while scanning (claiming, counting)
 SCAN_COUNT = 500
 
+#: the identity key's suffix (after the stream key)
+IDENTITY_SUFFIX = ":identity"
 #: the fields a producer writes
 FIELDS = ("id", "label", "kind", "payload", "extra", "submitted")
 
-# KEYS: stream, id guard. ARGV: id, label, kind, payload, extra, submitted.
-# The guard and the entry are written together or not at all.
+# KEYS: stream, id guard, identity. ARGV: id, label, kind, payload, extra, submitted, new identity.
+# The guard and the entry are written together or not at all; the queue has an identity once it has an entry.
 _PUT = """
+redis.call('SET', KEYS[3], ARGV[7], 'NX')
 if redis.call('SET', KEYS[2], '1', 'NX') then
     return redis.call('XADD', KEYS[1], '*', 'id', ARGV[1], 'label', ARGV[2], 'kind', ARGV[3],
                       'payload', ARGV[4], 'extra', ARGV[5], 'submitted', ARGV[6])
@@ -235,6 +241,7 @@ class RedisQueue:
         client_url, stream = split_url(url)
         self.stream = stream or f"{STREAM_PREFIX}{project_id}"
         self.dead_stream = f"{self.stream}:dead"
+        self.identity_key = f"{self.stream}{IDENTITY_SUFFIX}"
         self.group = group
         self.consumer = consumer or default_consumer()
         try:
@@ -283,8 +290,8 @@ class RedisQueue:
         message_id = message_id or uuid.uuid4().hex
         if isinstance(label, str):
             label = label.encode("utf-8")
-        keys = [self.stream, f"{self.stream}:ids:{message_id}"]
-        values = [message_id, label, kind, payload, json.dumps(extra or {}), repr(time.time())]
+        keys = [self.stream, f"{self.stream}:ids:{message_id}", self.identity_key]
+        values = [message_id, label, kind, payload, json.dumps(extra or {}), repr(time.time()), uuid.uuid4().hex]
         self._call(self._put, keys=keys, args=values)
         return message_id
 
@@ -534,6 +541,17 @@ class RedisQueue:
         return [(_text(f.get(b"seq")), _text(f.get(b"id")), _text(f.get(b"reason"))) for _, f in entries]
 
     # -- the rest ----------------------------------------------------------------------------------
+
+    def identity(self) -> str | None:
+        """The queue's identity, the key ``<stream>:identity`` (created here, ``SET NX``, if absent;
+        see :meth:`QueueBackend.identity <mmf_stream.service.queue_protocol.QueueBackend.identity>`).
+        One or two round trips."""
+        def work() -> str | None:
+            self._client.set(self.identity_key, uuid.uuid4().hex, nx=True)
+            value = self._client.get(self.identity_key)
+            return None if value is None else _text(value)
+
+        return self._call(work)
 
     def check(self) -> str:
         """``"ok"`` when the server answers PING, else why not (one line)."""
