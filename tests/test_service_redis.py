@@ -257,3 +257,23 @@ def test_without_redis_py_the_error_says_how_to_install_it(monkeypatch):
     monkeypatch.setitem(sys.modules, "redis", None)
     with pytest.raises(ValueError, match="pip install redis"):
         RedisQueue("redis://127.0.0.1:1/0", "p1")
+
+
+def test_status_on_redis_writes_nothing_in_the_project_or_on_the_server(project, redis_url):
+    from mmf_stream.service.status import project_status
+
+    from service_helpers import file_tree as tree
+
+    before = tree(project)
+    assert project_status(project, queue=redis_url)["queue_depth"] == 0
+    assert tree(project) == before  # no service/project.json
+    ms.submit(project, "x", mean=np.zeros(D), queue=redis_url)
+    _client(redis_url).delete(f"mmf_stream:{project_id(project)}:identity")  # as a queue made before identities
+    keys = sorted(_client(redis_url).keys())
+    before = tree(project)
+    assert project_status(project, queue=redis_url)["queue_depth"] == 1
+    with open_queue(project, redis_url, readonly=True) as reader:
+        assert reader.identity() is None and reader.depth() == 1
+        with pytest.raises(ValueError, match="opened read-only"):
+            reader.read()
+    assert sorted(_client(redis_url).keys()) == keys and tree(project) == before

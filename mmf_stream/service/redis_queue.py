@@ -220,12 +220,18 @@ class RedisQueue:
         ``redis://[[USER]:PASSWORD@]HOST:PORT/DB``, ``rediss://...`` (TLS) or
         ``unix:///PATH/redis.sock?db=DB``; an optional query parameter
         ``stream=KEY`` names the stream (default ``mmf_stream:<project_id>``).
-    project_id : str
-        The project's stable id (:func:`~mmf_stream.service.backends.project_id`).
+    project_id : str or None
+        The project's stable id (:func:`~mmf_stream.service.backends.project_id`);
+        None only for a reader of a project that has none yet (nothing was
+        queued on the default stream: it reads as empty).
     group : str, optional
         The consumer group (default ``"coordinator"``).
     consumer : str, optional
         This consumer's name in the group (default ``<hostname>-<pid>``).
+    readonly : bool
+        A reader (``status``): writes nothing to the server (no identity is
+        created); ``put``, ``read``, ``acknowledge`` and ``dead_letter`` raise
+        ValueError.
 
     Raises
     ------
@@ -233,13 +239,17 @@ class RedisQueue:
         redis-py is not installed, or the URL is not a Redis URL.
     """
 
-    def __init__(self, url: str, project_id: str, *, group: str = DEFAULT_GROUP,
-                 consumer: str | None = None) -> None:
+    def __init__(self, url: str, project_id: str | None, *, group: str = DEFAULT_GROUP,
+                 consumer: str | None = None, readonly: bool = False) -> None:
         self.url = url
+        self.readonly = bool(readonly)
         redis = _redis_module()
         self._errors = redis.exceptions
         client_url, stream = split_url(url)
-        self.stream = stream or f"{STREAM_PREFIX}{project_id}"
+        if not stream and not project_id and not self.readonly:
+            raise ValueError(f"queue URL {redact(url)}: a writer needs the project id or a stream= key")
+        # no stream for a reader of a project without an id: nothing was ever queued for it
+        self.stream = stream or (f"{STREAM_PREFIX}{project_id}" if project_id else "")
         self.dead_stream = f"{self.stream}:dead"
         self.identity_key = f"{self.stream}{IDENTITY_SUFFIX}"
         self.group = group
@@ -253,6 +263,10 @@ class RedisQueue:
         self._claimed = False  # whether the first read took over the group's pending entries
 
     # -- errors ------------------------------------------------------------------------------------
+
+    def _check_writable(self) -> None:
+        if self.readonly:
+            raise ValueError(f"the queue {redact(self.url)} was opened read-only")
 
     def _call(self, function, *args: Any, **kwargs: Any) -> Any:
         """``function(*args, **kwargs)``, with redis-py's errors turned into one-line errors naming the URL."""
@@ -287,6 +301,7 @@ class RedisQueue:
         str
             The message id.
         """
+        self._check_writable()
         message_id = message_id or uuid.uuid4().hex
         if isinstance(label, str):
             label = label.encode("utf-8")
@@ -451,6 +466,7 @@ class RedisQueue:
         be the last message of a batch still being gathered; :meth:`acknowledge`
         follows its commit) and expect it to move only forward.
         """
+        self._check_writable()  # a group read moves the group
         position = parse_position(after)
         if limit < 1:
             return []
@@ -464,6 +480,7 @@ class RedisQueue:
 
     def acknowledge(self, messages: list[Message]) -> None:
         """Acknowledge ``messages`` (after their batch is committed): they leave the pending list."""
+        self._check_writable()
         ids = [m.seq for m in messages if isinstance(m.seq, (str, bytes))]
         for start in range(0, len(ids), SCAN_COUNT):
             self._call(self._client.xack, self.stream, self.group, *ids[start:start + SCAN_COUNT])
@@ -525,18 +542,23 @@ class RedisQueue:
         pages of 500, payloads included).
         """
         position = parse_position(after)
+        if not self.stream:
+            return 0
         return int(self._call(self._depth, position))
 
     # -- dead letters ------------------------------------------------------------------------------
 
     def dead_letter(self, message: Message, reason: str) -> None:
         """Record that ``message`` cannot be applied, and why (once per entry), and acknowledge it."""
+        self._check_writable()
         seq = _text(message.seq)
         keys = [self.stream, self.dead_stream, f"{self.dead_stream}:seen:{seq}"]
         self._call(self._dead, keys=keys, args=[self.group, seq, message.id, str(reason), repr(time.time())])
 
     def dead_letters(self) -> list[tuple[str, str, str]]:
         """``(seq, id, reason)`` of every dead letter, in the order they were recorded."""
+        if not self.stream:
+            return []
         entries = self._call(self._client.xrange, self.dead_stream, "-", "+")
         return [(_text(f.get(b"seq")), _text(f.get(b"id")), _text(f.get(b"reason"))) for _, f in entries]
 
@@ -545,9 +567,13 @@ class RedisQueue:
     def identity(self) -> str | None:
         """The queue's identity, the key ``<stream>:identity`` (created here, ``SET NX``, if absent;
         see :meth:`QueueBackend.identity <mmf_stream.service.queue_protocol.QueueBackend.identity>`).
-        One or two round trips."""
+        One or two round trips. A reader creates none: None when there is none."""
+        if not self.stream:
+            return None
+
         def work() -> str | None:
-            self._client.set(self.identity_key, uuid.uuid4().hex, nx=True)
+            if not self.readonly:
+                self._client.set(self.identity_key, uuid.uuid4().hex, nx=True)
             value = self._client.get(self.identity_key)
             return None if value is None else _text(value)
 

@@ -42,13 +42,13 @@ def project_status(project: str | os.PathLike, *, queue: str | None = None) -> d
     store = Store.open(path, mode="r")
     status: dict[str, Any] = {"project": str(path), "serving": serving_pid(path), "classes": store.size}
     if not has_log(path):
-        with open_queue(path, queue) as waiting:
+        with open_queue(path, queue, readonly=True) as waiting:
             depth = waiting.depth(None if queue else 0)
         return {**status, "generation": None, "factorized": 0, "queue": queue or "embedded", "position": None,
                 "queue_depth": depth, "applied": 0, "ingest_rate": 0.0, "latency_p50": None, "latency_p99": None,
                 "error": None, "batch_error": None, "error_vs_batch": None, "drift": 0.0, "growth": 0.0,
                 "refreshes": 0, "dead_letters": 0, "recent_dead_letters": [], "last_error": None}
-    with Project(path) as log:
+    with Project(path, readonly=True) as log:
         current = log.current()
         counters = current.counters if current else {}
         attrs = current.attrs if current else {}
@@ -59,7 +59,7 @@ def project_status(project: str | os.PathLike, *, queue: str | None = None) -> d
         last_start = log.events("start", limit=1)
     queue_url = queue or (current.queue if current else "embedded")
     position = current.position if current else None
-    with open_queue(path, queue_url) as waiting:
+    with open_queue(path, queue_url, readonly=True) as waiting:
         depth = waiting.depth(position if position is not None else 0)
     latencies = np.array([committed - submitted for _, _, _, submitted, committed in recent])
     window = min(INGEST_WINDOW, now - last_start[0][0]) if last_start else INGEST_WINDOW
