@@ -359,6 +359,9 @@ class Coordinator:
                                  "serve needs an uncentred project")
             self._project = Project(self.path)
             self._queue = open_queue(self.path, self.options.queue)
+            warning = self._queue.persistence_warning()
+            if warning:
+                self.log(warning)
             with self._store.writing():
                 settled = self._project.recover(self._store.generation)
                 if settled:

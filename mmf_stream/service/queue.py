@@ -229,6 +229,10 @@ class EmbeddedQueue:
         rows = self._query("SELECT value FROM meta WHERE key = ?", (IDENTITY_KEY,))
         return str(rows[0][0]) if rows else None
 
+    def persistence_warning(self) -> str | None:
+        """None: every put is on the project's disk (``synchronous=FULL``) when it returns."""
+        return None
+
     def check(self) -> str:
         """SQLite's integrity check of the database ("ok" when intact, or when a reader finds no queue)."""
         rows = self._query("PRAGMA integrity_check")

@@ -70,6 +70,10 @@ class QueueBackend(Protocol):
         """``"ok"`` when the queue is intact and reachable, else why not (one line)."""
         ...
 
+    def persistence_warning(self) -> str | None:
+        """One line when the queue's storage keeps nothing across a restart, else None."""
+        ...
+
     def close(self) -> None:
         """Release the connection (the queue stays)."""
         ...
