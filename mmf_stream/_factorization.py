@@ -1010,7 +1010,7 @@ def project_factorization(path: str | os.PathLike) -> Factorization | None:
 
     if not has_log(path):
         return None
-    with Project(path) as project:
+    with Project(path, readonly=True) as project:  # a reader writes nothing (a read-only project works)
         parts = project.load_parts()
     if parts is None:
         return None

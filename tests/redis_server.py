@@ -77,10 +77,11 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child before e
 
 
 def _pings(port: int) -> bool:
+    """Whether the server answers (a PONG, or a demand for the password of a ``--requirepass`` server)."""
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=0.5) as connection:
             connection.sendall(b"PING\r\n")
-            return connection.recv(64).startswith(b"+PONG")
+            return connection.recv(64).startswith((b"+PONG", b"-NOAUTH"))
     except OSError:
         return False
 
@@ -94,9 +95,13 @@ class RedisServer:
         The server's data folder (created).
     binary : str, optional
         ``redis-server`` (default: found on PATH, else skip / fail).
+    options : sequence of str
+        More command-line options, after the defaults (so they override them), e.g.
+        ``["--requirepass", "pw"]`` or ``["--appendonly", "no"]``.
     """
 
-    def __init__(self, directory: str | os.PathLike, binary: str | None = None) -> None:
+    def __init__(self, directory: str | os.PathLike, binary: str | None = None, options: tuple[str, ...] = ()) -> None:
+        self.options = tuple(options)
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self.binary = binary or redis_server_binary()
@@ -116,7 +121,8 @@ class RedisServer:
     def _command(self) -> list[str]:
         return [self.binary, "--bind", "127.0.0.1", "--port", str(self.port), "--dir", str(self.directory),
                 "--appendonly", "yes", "--appendfsync", "always", "--save", "", "--protected-mode", "yes",
-                "--daemonize", "no", "--logfile", str(self.directory / "redis.log")] + self._unix_options()
+                "--daemonize", "no", "--logfile", str(self.directory / "redis.log")] + self._unix_options() + \
+            list(self.options)
 
     def _unix_options(self) -> list[str]:
         """A Unix socket too, where its path fits (about 100 bytes)."""
@@ -173,9 +179,10 @@ class RedisServer:
 
 
 @contextmanager
-def running_redis(directory: str | os.PathLike) -> Iterator[RedisServer]:
-    """A started :class:`RedisServer` in ``directory``, killed on exit (also on failure)."""
-    server = RedisServer(directory)
+def running_redis(directory: str | os.PathLike, options: tuple[str, ...] = ()) -> Iterator[RedisServer]:
+    """A started :class:`RedisServer` in ``directory`` (more ``options``: see the class), killed on exit
+    (also on failure)."""
+    server = RedisServer(directory, options=options)
     try:
         yield server.start()
     finally:

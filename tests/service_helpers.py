@@ -107,3 +107,13 @@ def check_applied_once(project: Path, producers: dict[str, int], initial: int = 
             assert mine == sorted(mine)
         assert log.counters()["applied"] == len(ids)
         assert log.pending() is None
+
+
+def file_tree(root: Path) -> dict[str, tuple[int, int]]:
+    """Every file and folder under ``root``: its (size, mtime in ns); equal before and after a reader
+    means it wrote nothing (also as root, whom chmod stops from nothing)."""
+    found = {}
+    for path in sorted(root.rglob("*")):
+        info = path.lstat()
+        found[str(path.relative_to(root))] = (0 if path.is_dir() else info.st_size, info.st_mtime_ns)
+    return found

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import multiprocessing
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,6 +16,7 @@ import mmf_stream as ms
 from mmf_stream import cli
 from mmf_stream.service.queue import EmbeddedQueue, encode_array
 
+from queue_contract import QueueContract  # noqa: E402
 from service_helpers import small_project  # noqa: E402
 
 D = 6
@@ -24,6 +25,17 @@ D = 6
 @pytest.fixture
 def project(tmp_path):
     return small_project(tmp_path / "project.zarr", D)
+
+
+class TestEmbeddedQueueContract(QueueContract):
+    """The queue contract (tests/queue_contract.py) on the project's embedded queue."""
+
+    @pytest.fixture
+    def queue_url(self) -> str:
+        return "embedded"
+
+    def delete_queue(self, project, queue_url: str) -> None:
+        shutil.rmtree(project / "queue", ignore_errors=True)  # absent: nothing to delete
 
 
 def test_submit_queues_in_arrival_order_with_the_payload(project):
@@ -40,14 +52,6 @@ def test_submit_queues_in_arrival_order_with_the_payload(project):
         assert np.array_equal(messages[1].array(), features)
         assert queue.depth() == 2 and queue.depth(after=messages[0].seq) == 1
         assert queue.read(after=messages[1].seq) == []
-
-
-def test_a_message_id_submitted_twice_is_queued_once(project):
-    ms.submit(project, "x", mean=np.zeros(D), message_id="m-1")
-    ms.submit(project, "x", mean=np.ones(D), message_id="m-1")  # a retry after a lost answer
-    with EmbeddedQueue.of_project(project) as queue:
-        messages = queue.read()
-    assert len(messages) == 1 and np.array_equal(messages[0].array(), np.zeros(D))
 
 
 @pytest.mark.parametrize(
@@ -75,25 +79,6 @@ def test_bad_submissions_are_refused_and_queue_nothing(project, kwargs, error, m
 def test_submit_to_something_that_is_not_a_project(tmp_path):
     with pytest.raises(ValueError, match="is not a project"):
         ms.submit(tmp_path, "x", mean=np.zeros(3))
-
-
-def _produce(project: str, producer: int, count: int) -> list[str]:
-    import mmf_stream as ms
-
-    return [ms.submit(project, f"p{producer}-{i}", mean=np.full(D, producer + i / 100.0)) for i in range(count)]
-
-
-def test_concurrent_producers_lose_nothing(project):
-    with multiprocessing.get_context("spawn").Pool(4) as pool:
-        ids = pool.starmap(_produce, [(str(project), producer, 25) for producer in range(4)])
-    with EmbeddedQueue.of_project(project) as queue:
-        messages = queue.read(limit=10_000)
-        assert queue.check() == "ok"
-    assert sorted(m.id for m in messages) == sorted(i for batch in ids for i in batch)
-    # each producer's messages arrive in the order it sent them
-    for producer in range(4):
-        labels = [m.label.decode() for m in messages if m.label.startswith(f"p{producer}-".encode())]
-        assert labels == [f"p{producer}-{i}" for i in range(25)]
 
 
 def test_a_producer_killed_mid_stream_leaves_whole_messages(project):
@@ -263,3 +248,29 @@ def test_bad_removal_messages_are_dead_lettered(project):
         with pytest.raises(BadMessage, match=reason):
             decode(message, D, "str")
     assert decode(good, D, "str").removal
+
+
+#: the embedded queue's schema before it had a meta table (identity)
+OLD_SCHEMA = """
+CREATE TABLE messages (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE, label BLOB NOT NULL,
+                       kind TEXT NOT NULL, payload BLOB NOT NULL, extra TEXT NOT NULL DEFAULT '{}',
+                       submitted REAL NOT NULL);
+CREATE TABLE dead_letters (seq INTEGER PRIMARY KEY, id TEXT NOT NULL, reason TEXT NOT NULL, at REAL NOT NULL);
+"""
+
+
+def test_a_queue_made_before_identities_gets_one_from_its_next_writer(project):
+    import sqlite3
+
+    path = project / "queue" / "messages.sqlite"
+    path.parent.mkdir()
+    old = sqlite3.connect(path)
+    old.executescript(OLD_SCHEMA)
+    old.execute("INSERT INTO messages (id, label, kind, payload, submitted) VALUES ('m0', x'61', 'mean', x'', 0)")
+    old.commit()
+    old.close()
+    with EmbeddedQueue.of_project(project) as queue:
+        identity = queue.identity()
+        assert identity and [m.id for m in queue.read()] == ["m0"]
+    with EmbeddedQueue.of_project(project) as queue:
+        assert queue.identity() == identity

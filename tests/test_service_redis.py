@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import multiprocessing
-import threading
-import time
 
 import numpy as np
 import pytest
@@ -16,6 +13,7 @@ from mmf_stream.service.messages import BadMessage, decode
 from mmf_stream.service.queue import encode_array
 from mmf_stream.service.redis_queue import RedisQueue, parse_entry_id, parse_position
 
+from queue_contract import QueueContract  # noqa: E402
 from service_helpers import small_project  # noqa: E402
 
 D = 6
@@ -47,19 +45,33 @@ def _pending(url: str, stream: str = "mmf_stream:p1") -> int:
     return int(_client(url).xpending(stream, "coordinator")["pending"])
 
 
-def test_put_then_read_in_order_with_every_field(queue, redis_url):
-    first = queue.put("ketchup", "mean", encode_array(np.arange(D, dtype=float)), extra={"count": 3})
+class TestRedisQueueContract(QueueContract):
+    """The queue contract (tests/queue_contract.py) on a real redis-server."""
+
+    @pytest.fixture
+    def queue_url(self, redis_url) -> str:
+        return redis_url
+
+    def delete_queue(self, project, queue_url: str) -> None:
+        _client(queue_url).flushdb()
+
+
+def test_entries_are_stream_entries_under_the_default_key(queue, redis_url):
+    first = queue.put("ketchup", "mean", encode_array(np.arange(D, dtype=float)))
     second = queue.put(b"17", "features", encode_array(np.ones((2, D))))
     messages = queue.read()
     assert [m.id for m in messages] == [first, second]
     assert all(isinstance(m.seq, str) for m in messages)
     assert parse_entry_id(messages[0].seq) < parse_entry_id(messages[1].seq)
-    assert messages[0].label == b"ketchup" and messages[0].kind == "mean" and messages[0].extra == '{"count": 3}'
-    assert np.array_equal(messages[0].array(), np.arange(D))
-    assert messages[1].label == b"17" and np.array_equal(messages[1].array(), np.ones((2, D)))
-    assert abs(messages[0].submitted - time.time()) < 60
     assert _client(redis_url).xlen("mmf_stream:p1") == 2  # the default stream key
-    assert queue.url == redis_url and queue.check() == "ok"
+    assert queue.url == redis_url
+
+
+def test_dead_letters_are_acknowledged(queue, redis_url):
+    _put(queue, 2)
+    bad, good = queue.read()
+    queue.dead_letter(bad, "bad")
+    assert _pending(redis_url) == 1  # the bad one acknowledged; the good one waits for its commit
 
 
 def test_the_stream_query_parameter_names_the_stream(redis_url):
@@ -68,22 +80,6 @@ def test_the_stream_query_parameter_names_the_stream(redis_url):
         assert [m.label for m in custom.read()] == [b"x"]
     client = _client(redis_url)
     assert client.xlen("custom:key") == 1 and not client.exists("mmf_stream:p1")
-
-
-def test_a_message_id_put_twice_is_stored_once(queue):
-    queue.put("x", "mean", encode_array(np.zeros(D)), message_id="m-1")
-    queue.put("x", "mean", encode_array(np.ones(D)), message_id="m-1")  # a retry after a lost answer
-    messages = queue.read()
-    assert len(messages) == 1 and np.array_equal(messages[0].array(), np.zeros(D))
-    assert queue.depth() == 1
-
-
-def test_read_after_a_position_skips_what_was_applied(queue):
-    _put(queue, 5)
-    messages = queue.read()
-    queue.acknowledge(messages[:2])
-    assert [m.id for m in queue.read(after=messages[1].seq)] == ["m2", "m3", "m4"]
-    assert queue.read(after=messages[4].seq) == []
 
 
 def test_gathering_a_batch_reads_only_later_entries_and_acknowledges_nothing(queue, redis_url):
@@ -107,17 +103,6 @@ def test_a_restarted_coordinator_behind_the_group_gets_every_later_entry_again(q
         assert restored.depth(after=messages[1].seq) == 3
     with RedisQueue(redis_url, "p1", consumer="from-scratch") as fresh:
         assert [m.id for m in fresh.read()] == ["m0", "m1", "m2", "m3", "m4"]
-
-
-def test_reading_again_before_the_acknowledgement_returns_the_same_messages_then_new_ones(queue, redis_url):
-    _put(queue, 3)
-    first = queue.read()
-    _put(queue, 2, prefix="n")
-    again = queue.read()
-    assert [m.id for m in again] == ["m0", "m1", "m2", "n0", "n1"] and again[:3] == first
-    queue.acknowledge(again)
-    assert _pending(redis_url) == 0
-    assert queue.read(after=again[-1].seq) == []
 
 
 def test_a_dead_consumers_unacknowledged_entries_come_back(redis_url):
@@ -185,20 +170,6 @@ def test_depth_is_exact_with_hundreds_of_messages(queue, monkeypatch):
     assert queue.depth() == 350 and queue.depth(after=batch[9].seq) == 340  # behind the group: counted
 
 
-def test_dead_letters_are_recorded_once_with_the_reason_and_acknowledged(queue, redis_url):
-    queue.put("x", "median", encode_array(np.zeros(D)))
-    queue.put("good", "features", encode_array(np.ones((4, D))))
-    bad, good = queue.read()
-    with pytest.raises(BadMessage) as raised:
-        decode(bad, D, "str")
-    queue.dead_letter(bad, str(raised.value))
-    queue.dead_letter(bad, "again")  # recorded once
-    assert queue.dead_letters() == [(bad.seq, bad.id, "unknown kind 'median' (known: mean, features, remove)")]
-    assert _pending(redis_url) == 1  # the bad one acknowledged; the good one waits for its commit
-    decoded = decode(good, D, "str")
-    assert decoded.label == "good" and decoded.count == 4 and decoded.seq == good.seq
-
-
 def test_malformed_entries_become_messages_that_decode_dead_letters(queue, redis_url):
     client = _client(redis_url)
     client.xadd("mmf_stream:p1", {"label": b"x"})  # a raw producer: no kind, no payload, no id
@@ -217,20 +188,6 @@ def test_malformed_entries_become_messages_that_decode_dead_letters(queue, redis
     assert gone.seq == good.seq and gone.kind == ""
 
 
-def test_read_waits_for_a_message(queue):
-    start = time.monotonic()
-    assert queue.read(wait=0.3) == []
-    assert 0.25 <= time.monotonic() - start < 3
-    timer = threading.Timer(0.2, lambda: _put(RedisQueue(queue.url, "p1"), 1))
-    timer.start()
-    try:
-        start = time.monotonic()
-        messages = queue.read(wait=5)
-    finally:
-        timer.join()
-    assert [m.id for m in messages] == ["m0"] and time.monotonic() - start < 4
-
-
 def test_messages_survive_a_killed_server(redis_server):
     with RedisQueue(redis_server.url, "p1") as queue:
         _put(queue, 3)
@@ -245,25 +202,6 @@ def test_a_unix_socket_url(redis_server):
     with RedisQueue(f"unix://{redis_server.unix_socket}?db=0", "p1") as queue:
         _put(queue, 1)
         assert [m.id for m in queue.read()] == ["m0"]
-
-
-def _produce(project: str, url: str, producer: int, count: int) -> list[str]:
-    import mmf_stream as ms
-
-    return [ms.submit(project, f"p{producer}-{i}", mean=np.full(D, producer + i / 100.0), queue=url)
-            for i in range(count)]
-
-
-def test_concurrent_producers_lose_nothing_and_keep_their_order(project, redis_url):
-    with multiprocessing.get_context("spawn").Pool(4) as pool:
-        ids = pool.starmap(_produce, [(str(project), redis_url, producer, 50) for producer in range(4)])
-    with open_queue(project, redis_url) as queue:
-        messages = queue.read(limit=10_000)
-        assert queue.depth() == 200
-    assert sorted(m.id for m in messages) == sorted(i for batch in ids for i in batch)
-    for producer in range(4):
-        labels = [m.label.decode() for m in messages if m.label.startswith(f"p{producer}-".encode())]
-        assert labels == [f"p{producer}-{i}" for i in range(50)]
 
 
 def test_submit_and_the_cli_queue_on_redis(project, redis_url, tmp_path, capsys):
@@ -319,3 +257,23 @@ def test_without_redis_py_the_error_says_how_to_install_it(monkeypatch):
     monkeypatch.setitem(sys.modules, "redis", None)
     with pytest.raises(ValueError, match="pip install redis"):
         RedisQueue("redis://127.0.0.1:1/0", "p1")
+
+
+def test_status_on_redis_writes_nothing_in_the_project_or_on_the_server(project, redis_url):
+    from mmf_stream.service.status import project_status
+
+    from service_helpers import file_tree as tree
+
+    before = tree(project)
+    assert project_status(project, queue=redis_url)["queue_depth"] == 0
+    assert tree(project) == before  # no service/project.json
+    ms.submit(project, "x", mean=np.zeros(D), queue=redis_url)
+    _client(redis_url).delete(f"mmf_stream:{project_id(project)}:identity")  # as a queue made before identities
+    keys = sorted(_client(redis_url).keys())
+    before = tree(project)
+    assert project_status(project, queue=redis_url)["queue_depth"] == 1
+    with open_queue(project, redis_url, readonly=True) as reader:
+        assert reader.identity() is None and reader.depth() == 1
+        with pytest.raises(ValueError, match="opened read-only"):
+            reader.read()
+    assert sorted(_client(redis_url).keys()) == keys and tree(project) == before

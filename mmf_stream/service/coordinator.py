@@ -417,6 +417,9 @@ class Coordinator:
             if self._rebuilt:
                 self._project.continue_log(str(self._rebuilt["log"]))
             self._queue = open_queue(self.path, self.options.queue)
+            warning = self._queue.persistence_warning()
+            if warning:
+                self.log(warning)
             with self._store.writing():
                 settled = self._project.recover(self._store.generation)
                 if settled:
@@ -489,7 +492,8 @@ class Coordinator:
         self._adopted = True
 
     def _queue_identity(self) -> str | None:
-        return getattr(self._queue, "identity", None)
+        """The identity of the queue this coordinator reads (created by its first writer)."""
+        return None if self._queue is None else self._queue.identity()
 
     def _catch_up(self) -> None:
         """Under the store lock: make sure the committed factorization describes the store."""

@@ -30,6 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
+from mmf_stream.store.readonly import ReadOnlyDatabase
+
 #: the queue's folder inside a project, and its database file there
 QUEUE_DIR = "queue"
 QUEUE_FILE = "messages.sqlite"
@@ -54,7 +56,13 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     reason TEXT NOT NULL,
     at REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
 """
+#: the ``meta`` row holding the queue's identity
+IDENTITY_KEY = "identity"
 
 
 @dataclass(frozen=True)
@@ -82,25 +90,87 @@ def encode_array(array: np.ndarray) -> bytes:
 
 
 class EmbeddedQueue:
-    """The project's SQLite queue (see the module docstring). Use as a context manager or ``close()``."""
+    """The project's SQLite queue (see the module docstring). Use as a context manager or ``close()``.
 
-    def __init__(self, path: str | Path) -> None:
+    Parameters
+    ----------
+    path : path
+        The database file (created, with its folder, unless ``readonly``).
+    readonly : bool
+        A reader (``status``, depth queries): creates and modifies no file
+        (:class:`~mmf_stream.store.readonly.ReadOnlyDatabase`); a queue that
+        does not exist reads as empty, with identity None; ``put`` and
+        ``dead_letter`` raise ValueError.
+    """
+
+    def __init__(self, path: str | Path, *, readonly: bool = False) -> None:
         self.path = Path(path)
+        self.readonly = bool(readonly)
+        self._db: sqlite3.Connection | ReadOnlyDatabase | None = None
+        if self.readonly:
+            if self.path.is_file():
+                self._db = ReadOnlyDatabase(self.path, timeout=BUSY_TIMEOUT)
+            return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(str(self.path), timeout=BUSY_TIMEOUT, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
+        self._use_wal()
         self._db.execute("PRAGMA synchronous=FULL")  # a put is on disk when it returns
-        self._db.executescript(_SCHEMA)
+        self._create_schema()
+
+    def _use_wal(self) -> None:
+        """Switch the database to WAL. SQLite answers "database is locked" at once, without waiting,
+        while another process creates the database: try again until :data:`BUSY_TIMEOUT`."""
+        deadline = time.monotonic() + BUSY_TIMEOUT
+        while True:
+            try:
+                self._db.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as error:
+                if "locked" not in str(error) or time.monotonic() >= deadline:
+                    raise
+                time.sleep(self.POLL_INTERVAL)
+
+    def _create_schema(self) -> None:
+        """The tables and the queue's identity, in one transaction: a queue has both or neither
+        (a queue made before identities gets one here; racing writers agree on the first)."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    self._db.execute(statement)
+            self._db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)", (IDENTITY_KEY, uuid.uuid4().hex))
+            self._db.execute("COMMIT")
+        except BaseException:
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            raise
 
     @classmethod
-    def of_project(cls, project: str | Path) -> EmbeddedQueue:
-        """The embedded queue of the project at ``project``."""
-        return cls(Path(project) / QUEUE_DIR / QUEUE_FILE)
+    def of_project(cls, project: str | Path, *, readonly: bool = False) -> EmbeddedQueue:
+        """The embedded queue of the project at ``project`` (``readonly``: see the class)."""
+        return cls(Path(project) / QUEUE_DIR / QUEUE_FILE, readonly=readonly)
+
+    def _check_writable(self) -> None:
+        if self.readonly:
+            raise ValueError(f"{self.path}: the queue was opened read-only")
+
+    def _query(self, sql: str, parameters: tuple = ()) -> list[tuple]:
+        """The rows of a read; none when a reader finds no queue (or a queue whose writer has not
+        created the tables yet)."""
+        if self._db is None:
+            return []
+        try:
+            return self._db.execute(sql, parameters).fetchall()
+        except sqlite3.OperationalError as error:
+            if self.readonly and "no such table" in str(error):
+                return []
+            raise
 
     def put(self, label: bytes | str, kind: str, payload: bytes, *, message_id: str | None = None,
             extra: dict | None = None) -> str:
         """Append a message (durable when this returns); returns its id. An id already queued is
         not queued again (the earlier message stands)."""
+        self._check_writable()
         message_id = message_id or uuid.uuid4().hex
         if isinstance(label, str):
             label = label.encode("utf-8")
@@ -130,33 +200,48 @@ class EmbeddedQueue:
         """Nothing to do: the consumer's committed position is the acknowledgement."""
 
     def _read(self, after: int, limit: int) -> list[Message]:
-        rows = self._db.execute(
+        rows = self._query(
             "SELECT seq, id, label, kind, payload, extra, submitted FROM messages WHERE seq > ? ORDER BY seq LIMIT ?",
             (int(after or 0), int(limit)),
-        ).fetchall()
+        )
         return [Message(int(seq), str(mid), bytes(label), str(kind), bytes(payload), str(extra), float(at))
                 for seq, mid, label, kind, payload, extra, at in rows]
 
     def depth(self, after: int = 0) -> int:
         """Messages with sequence numbers above ``after`` (waiting for a consumer at ``after``)."""
-        return int(self._db.execute("SELECT COUNT(*) FROM messages WHERE seq > ?", (int(after or 0),)).fetchone()[0])
+        rows = self._query("SELECT COUNT(*) FROM messages WHERE seq > ?", (int(after or 0),))
+        return int(rows[0][0]) if rows else 0
 
     def dead_letter(self, message: Message, reason: str) -> None:
         """Record that ``message`` cannot be applied, and why (once per message)."""
+        self._check_writable()
         self._db.execute("INSERT OR IGNORE INTO dead_letters (seq, id, reason, at) VALUES (?, ?, ?, ?)",
                          (message.seq, message.id, str(reason), time.time()))
 
     def dead_letters(self) -> list[tuple[int, str, str]]:
         """``(seq, id, reason)`` of every dead letter, in arrival order."""
-        rows = self._db.execute("SELECT seq, id, reason FROM dead_letters ORDER BY seq").fetchall()
+        rows = self._query("SELECT seq, id, reason FROM dead_letters ORDER BY seq")
         return [(int(seq), str(mid), str(reason)) for seq, mid, reason in rows]
 
+    def identity(self) -> str | None:
+        """The queue's identity: a UUID created with its database (see
+        :meth:`QueueBackend.identity <mmf_stream.service.queue_protocol.QueueBackend.identity>`)."""
+        rows = self._query("SELECT value FROM meta WHERE key = ?", (IDENTITY_KEY,))
+        return str(rows[0][0]) if rows else None
+
+    def persistence_warning(self) -> str | None:
+        """None: every put is on the project's disk (``synchronous=FULL``) when it returns."""
+        return None
+
     def check(self) -> str:
-        """SQLite's integrity check of the database ("ok" when intact)."""
-        return str(self._db.execute("PRAGMA integrity_check").fetchone()[0])
+        """SQLite's integrity check of the database ("ok" when intact, or when a reader finds no queue)."""
+        rows = self._query("PRAGMA integrity_check")
+        return str(rows[0][0]) if rows else "ok"
 
     def close(self) -> None:
-        self._db.close()
+        """Close the database."""
+        if self._db is not None:
+            self._db.close()
 
     def __enter__(self) -> EmbeddedQueue:
         return self

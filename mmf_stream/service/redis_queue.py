@@ -15,7 +15,10 @@ Keys, for a stream key ``K``:
 * ``K:ids:<message id>``: the message ids already queued (a put of a queued id
   adds nothing: the check and the append are one server-side script);
 * ``K:dead``: the dead letters (fields ``seq``, ``id``, ``reason``, ``at``), and
-  ``K:dead:seen:<entry id>``, the entries already dead-lettered.
+  ``K:dead:seen:<entry id>``, the entries already dead-lettered;
+* ``K:identity``: the queue's identity (a UUID), set if absent by the first
+  put (in the same script) or the first writer that asks for it; a server that
+  lost its data (or a deleted stream and identity) gets a new one.
 
 The coordinator's committed position is the id of the last entry it applied
 (``"<ms>-<seq>"``, compared numerically). :meth:`RedisQueue.read` first takes
@@ -31,11 +34,13 @@ group, so every entry after it comes again.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 import time
 import uuid
-from typing import Any
+from typing import Any, Callable
+from pathlib import Path
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from mmf_stream.service.queue import Message
@@ -49,12 +54,29 @@ CONNECT_TIMEOUT = 5.0
 #: entries fetched per round trip while scanning (claiming, counting)
 SCAN_COUNT = 500
 
+#: seconds a lost connection is retried before an operation fails ("cannot reach Redis")
+RECONNECT_SECONDS = 60.0
+#: the environment variable that overrides :data:`RECONNECT_SECONDS` (seconds; 0: never retry)
+RECONNECT_ENV = "MMF_STREAM_REDIS_RECONNECT_SECONDS"
+#: the first wait before retrying a lost connection; each next wait doubles, up to the maximum
+RECONNECT_FIRST_DELAY = 0.1
+#: the longest wait between two retries of a lost connection
+RECONNECT_MAX_DELAY = 5.0
+#: the environment variables holding the password (used when the URL has none), in order
+PASSWORD_ENV = "REDIS_PASSWORD"
+PASSWORD_FILE_ENV = "REDIS_PASSWORD_FILE"
+#: the logger of the connection's lines (lost, regained)
+LOGGER_NAME = "mmf_stream.service"
+
+#: the identity key's suffix (after the stream key)
+IDENTITY_SUFFIX = ":identity"
 #: the fields a producer writes
 FIELDS = ("id", "label", "kind", "payload", "extra", "submitted")
 
-# KEYS: stream, id guard. ARGV: id, label, kind, payload, extra, submitted.
-# The guard and the entry are written together or not at all.
+# KEYS: stream, id guard, identity. ARGV: id, label, kind, payload, extra, submitted, new identity.
+# The guard and the entry are written together or not at all; the queue has an identity once it has an entry.
 _PUT = """
+redis.call('SET', KEYS[3], ARGV[7], 'NX')
 if redis.call('SET', KEYS[2], '1', 'NX') then
     return redis.call('XADD', KEYS[1], '*', 'id', ARGV[1], 'label', ARGV[2], 'kind', ARGV[3],
                       'payload', ARGV[4], 'extra', ARGV[5], 'submitted', ARGV[6])
@@ -117,6 +139,54 @@ def redact(url: str) -> str:
     user = parts.username or ""
     host = parts.netloc.rpartition("@")[2]
     return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
+def public_url(url: str) -> str:
+    """``url`` without its password (the user name stays): what may be printed and stored."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    user = f"{parts.username}@" if parts.username else ""
+    return urlunsplit(parts._replace(netloc=f"{user}{host}"))
+
+
+def password_from_environment() -> str | None:
+    """The password in ``REDIS_PASSWORD``, else in the file ``REDIS_PASSWORD_FILE`` names, else None.
+
+    Raises
+    ------
+    ValueError
+        ``REDIS_PASSWORD_FILE`` names a file that cannot be read, or an empty one.
+    """
+    password = os.environ.get(PASSWORD_ENV)
+    if password:
+        return password
+    name = os.environ.get(PASSWORD_FILE_ENV)
+    if not name:
+        return None
+    try:
+        password = Path(name).read_text(encoding="utf-8").rstrip("\r\n")
+    except (OSError, UnicodeDecodeError) as error:
+        reason = getattr(error, "strerror", None) or error
+        raise ValueError(f"{PASSWORD_FILE_ENV}={name}: cannot read the password ({reason})") from None
+    if not password:
+        raise ValueError(f"{PASSWORD_FILE_ENV}={name}: the file is empty")
+    return password
+
+
+def reconnect_seconds_from_environment() -> float:
+    """:data:`RECONNECT_SECONDS`, or the seconds in :data:`RECONNECT_ENV` (a one-line ValueError if bad)."""
+    text = os.environ.get(RECONNECT_ENV, "").strip()
+    if not text:
+        return RECONNECT_SECONDS
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = -1.0
+    if not seconds >= 0 or seconds == float("inf"):
+        raise ValueError(f"{RECONNECT_ENV}={text!r}: give seconds, a finite number >= 0")
+    return seconds
 
 
 def split_url(url: str) -> tuple[str, str | None]:
@@ -214,12 +284,24 @@ class RedisQueue:
         ``redis://[[USER]:PASSWORD@]HOST:PORT/DB``, ``rediss://...`` (TLS) or
         ``unix:///PATH/redis.sock?db=DB``; an optional query parameter
         ``stream=KEY`` names the stream (default ``mmf_stream:<project_id>``).
-    project_id : str
-        The project's stable id (:func:`~mmf_stream.service.backends.project_id`).
+    project_id : str or None
+        The project's stable id (:func:`~mmf_stream.service.backends.project_id`);
+        None only for a reader of a project that has none yet (nothing was
+        queued on the default stream: it reads as empty).
     group : str, optional
         The consumer group (default ``"coordinator"``).
     consumer : str, optional
         This consumer's name in the group (default ``<hostname>-<pid>``).
+    readonly : bool
+        A reader (``status``): writes nothing to the server (no identity is
+        created), and does not retry a lost connection; ``put``, ``read``,
+        ``acknowledge`` and ``dead_letter`` raise ValueError.
+    reconnect_seconds : float, optional
+        How long a lost connection is retried (default: :data:`RECONNECT_ENV`,
+        else :data:`RECONNECT_SECONDS`; 0: not at all).
+    log : callable, optional
+        Called with the line saying the connection was lost, and the one saying
+        it is back (default: warnings of the ``mmf_stream.service`` logger).
 
     Raises
     ------
@@ -227,34 +309,80 @@ class RedisQueue:
         redis-py is not installed, or the URL is not a Redis URL.
     """
 
-    def __init__(self, url: str, project_id: str, *, group: str = DEFAULT_GROUP,
-                 consumer: str | None = None) -> None:
-        self.url = url
+    def __init__(self, url: str, project_id: str | None, *, group: str = DEFAULT_GROUP,
+                 consumer: str | None = None, readonly: bool = False, reconnect_seconds: float | None = None,
+                 log: Callable[[str], None] | None = None) -> None:
+        #: the URL without its password: what the coordinator records and status prints
+        self.url = public_url(url)
+        self._shown = redact(url)  # for messages: "***" where the password is
+        self.readonly = bool(readonly)
+        if self.readonly:
+            self.reconnect_seconds = 0.0
+        elif reconnect_seconds is None:
+            self.reconnect_seconds = reconnect_seconds_from_environment()
+        else:
+            self.reconnect_seconds = max(0.0, float(reconnect_seconds))
+        self._log = log or logging.getLogger(LOGGER_NAME).warning
+        self._reached = False  # whether a call has succeeded: only a connection once made is retried
         redis = _redis_module()
         self._errors = redis.exceptions
         client_url, stream = split_url(url)
-        self.stream = stream or f"{STREAM_PREFIX}{project_id}"
+        if not stream and not project_id and not self.readonly:
+            raise ValueError(f"queue URL {self._shown}: a writer needs the project id or a stream= key")
+        # no stream for a reader of a project without an id: nothing was ever queued for it
+        self.stream = stream or (f"{STREAM_PREFIX}{project_id}" if project_id else "")
         self.dead_stream = f"{self.stream}:dead"
+        self.identity_key = f"{self.stream}{IDENTITY_SUFFIX}"
         self.group = group
         self.consumer = consumer or default_consumer()
+        options: dict[str, Any] = {"socket_connect_timeout": CONNECT_TIMEOUT}
+        if urlsplit(client_url).password is None:
+            password = password_from_environment()
+            if password is not None:
+                options["password"] = password
         try:
-            self._client = redis.Redis.from_url(client_url, socket_connect_timeout=CONNECT_TIMEOUT)
+            self._client = redis.Redis.from_url(client_url, **options)
         except ValueError as error:
-            raise ValueError(f"bad Redis URL {redact(url)}: {error}") from None
+            raise ValueError(f"bad Redis URL {self._shown}: {error}") from None
         self._put = self._client.register_script(_PUT)
         self._dead = self._client.register_script(_DEAD_LETTER)
         self._claimed = False  # whether the first read took over the group's pending entries
 
     # -- errors ------------------------------------------------------------------------------------
 
+    def _check_writable(self) -> None:
+        if self.readonly:
+            raise ValueError(f"the queue {self._shown} was opened read-only")
+
     def _call(self, function, *args: Any, **kwargs: Any) -> Any:
-        """``function(*args, **kwargs)``, with redis-py's errors turned into one-line errors naming the URL."""
-        try:
-            return function(*args, **kwargs)
-        except (self._errors.ConnectionError, self._errors.TimeoutError) as error:
-            raise ConnectionError(f"cannot reach Redis at {redact(self.url)}: {error}") from None
-        except self._errors.RedisError as error:
-            raise ValueError(f"Redis at {redact(self.url)}: {error}") from None
+        """``function(*args, **kwargs)``, with redis-py's errors turned into one-line errors naming the URL,
+        and a lost connection retried (exponential backoff) for :attr:`reconnect_seconds`."""
+        lost_at: float | None = None
+        delay = RECONNECT_FIRST_DELAY
+        while True:
+            try:
+                result = function(*args, **kwargs)
+            except (self._errors.ConnectionError, self._errors.TimeoutError) as error:
+                now = time.monotonic()
+                if not self._reached or self.reconnect_seconds <= 0:
+                    raise ConnectionError(f"cannot reach Redis at {self._shown}: {error}") from None
+                if lost_at is None:
+                    lost_at = now
+                    self._log(f"lost the connection to Redis at {self._shown} ({error}); retrying for up to "
+                              f"{self.reconnect_seconds:g} s")
+                left = lost_at + self.reconnect_seconds - now
+                if left <= 0:
+                    raise ConnectionError(f"cannot reach Redis at {self._shown}: {error} (retried for "
+                                          f"{self.reconnect_seconds:g} s)") from None
+                time.sleep(min(delay, left))
+                delay = min(2 * delay, RECONNECT_MAX_DELAY)
+                continue
+            except self._errors.RedisError as error:
+                raise ValueError(f"Redis at {self._shown}: {error}") from None
+            if lost_at is not None:
+                self._log(f"reconnected to Redis at {self._shown} after {time.monotonic() - lost_at:.1f} s")
+            self._reached = True
+            return result
 
     # -- producers ---------------------------------------------------------------------------------
 
@@ -280,11 +408,12 @@ class RedisQueue:
         str
             The message id.
         """
+        self._check_writable()
         message_id = message_id or uuid.uuid4().hex
         if isinstance(label, str):
             label = label.encode("utf-8")
-        keys = [self.stream, f"{self.stream}:ids:{message_id}"]
-        values = [message_id, label, kind, payload, json.dumps(extra or {}), repr(time.time())]
+        keys = [self.stream, f"{self.stream}:ids:{message_id}", self.identity_key]
+        values = [message_id, label, kind, payload, json.dumps(extra or {}), repr(time.time()), uuid.uuid4().hex]
         self._call(self._put, keys=keys, args=values)
         return message_id
 
@@ -444,6 +573,7 @@ class RedisQueue:
         be the last message of a batch still being gathered; :meth:`acknowledge`
         follows its commit) and expect it to move only forward.
         """
+        self._check_writable()  # a group read moves the group
         position = parse_position(after)
         if limit < 1:
             return []
@@ -457,6 +587,7 @@ class RedisQueue:
 
     def acknowledge(self, messages: list[Message]) -> None:
         """Acknowledge ``messages`` (after their batch is committed): they leave the pending list."""
+        self._check_writable()
         ids = [m.seq for m in messages if isinstance(m.seq, (str, bytes))]
         for start in range(0, len(ids), SCAN_COUNT):
             self._call(self._client.xack, self.stream, self.group, *ids[start:start + SCAN_COUNT])
@@ -518,22 +649,43 @@ class RedisQueue:
         pages of 500, payloads included).
         """
         position = parse_position(after)
+        if not self.stream:  # a reader of a project without an id: nothing queued, if the server answers
+            self._call(self._client.ping)
+            return 0
         return int(self._call(self._depth, position))
 
     # -- dead letters ------------------------------------------------------------------------------
 
     def dead_letter(self, message: Message, reason: str) -> None:
         """Record that ``message`` cannot be applied, and why (once per entry), and acknowledge it."""
+        self._check_writable()
         seq = _text(message.seq)
         keys = [self.stream, self.dead_stream, f"{self.dead_stream}:seen:{seq}"]
         self._call(self._dead, keys=keys, args=[self.group, seq, message.id, str(reason), repr(time.time())])
 
     def dead_letters(self) -> list[tuple[str, str, str]]:
         """``(seq, id, reason)`` of every dead letter, in the order they were recorded."""
+        if not self.stream:
+            return []
         entries = self._call(self._client.xrange, self.dead_stream, "-", "+")
         return [(_text(f.get(b"seq")), _text(f.get(b"id")), _text(f.get(b"reason"))) for _, f in entries]
 
     # -- the rest ----------------------------------------------------------------------------------
+
+    def identity(self) -> str | None:
+        """The queue's identity, the key ``<stream>:identity`` (created here, ``SET NX``, if absent;
+        see :meth:`QueueBackend.identity <mmf_stream.service.queue_protocol.QueueBackend.identity>`).
+        One or two round trips. A reader creates none: None when there is none."""
+        if not self.stream:
+            return None
+
+        def work() -> str | None:
+            if not self.readonly:
+                self._client.set(self.identity_key, uuid.uuid4().hex, nx=True)
+            value = self._client.get(self.identity_key)
+            return None if value is None else _text(value)
+
+        return self._call(work)
 
     def check(self) -> str:
         """``"ok"`` when the server answers PING, else why not (one line)."""
@@ -542,6 +694,22 @@ class RedisQueue:
         except (ConnectionError, ValueError) as error:
             return str(error)
         return "ok"
+
+    def persistence_warning(self) -> str | None:
+        """One line when the server persists nothing (``appendonly no`` and no ``save`` points: a
+        restart loses every queued message), else None; None too when the server refuses ``CONFIG``
+        (an ACL, a renamed command)."""
+        try:
+            settings = {**self._call(self._client.config_get, "appendonly"),
+                        **self._call(self._client.config_get, "save")}
+        except ValueError:
+            return None
+        settings = {_text(name): _text(value) for name, value in settings.items()}
+        if settings.get("appendonly") != "no" or settings.get("save", "").strip():
+            return None
+        return (f"warning: Redis at {self._shown} persists nothing (appendonly no, no save points): a restart of "
+                "the server loses every queued message; run it with --appendonly yes (and --appendfsync always "
+                "to lose none)")
 
     def close(self) -> None:
         """Close the connections."""
@@ -554,4 +722,4 @@ class RedisQueue:
         self.close()
 
     def __repr__(self) -> str:
-        return f"RedisQueue({redact(self.url)!r}, stream={self.stream!r}, group={self.group!r})"
+        return f"RedisQueue({self._shown!r}, stream={self.stream!r}, group={self.group!r})"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 import time
 from pathlib import Path
 from typing import Any
@@ -30,8 +31,14 @@ def project_status(project: str | os.PathLike, *, queue: str | None = None) -> d
     ``error`` (current relative error), ``batch_error`` (relative error of
     the last batch run), ``error_vs_batch`` (their ratio), ``drift``,
     ``growth``, ``refreshes``, ``dead_letters`` (count),
-    ``recent_dead_letters`` ([{position, id, reason}], newest last) and
-    ``last_error`` (the latest error message, or None).
+    ``recent_dead_letters`` ([{position, id, reason}], newest last),
+    ``last_error`` (the latest error message, or None) and ``queue_error``
+    (None, or why the queue could not be measured: then ``queue_depth`` is
+    None and the rest, what the project itself records, is still given).
+
+    A reader: nothing is written to the project or the queue
+    (docs/service.md, "Readers write nothing"). ``queue`` never appears with
+    its password (``queue`` is the queue's :attr:`url`).
     """
     from mmf_stream.store.class_store import Store
     from mmf_stream.store.durability import own_format
@@ -42,13 +49,12 @@ def project_status(project: str | os.PathLike, *, queue: str | None = None) -> d
     store = Store.open(path, mode="r")
     status: dict[str, Any] = {"project": str(path), "serving": serving_pid(path), "classes": store.size}
     if not has_log(path):
-        with open_queue(path, queue) as waiting:
-            depth = waiting.depth(None if queue else 0)
-        return {**status, "generation": None, "factorized": 0, "queue": queue or "embedded", "position": None,
-                "queue_depth": depth, "applied": 0, "ingest_rate": 0.0, "latency_p50": None, "latency_p99": None,
+        queue_url, depth, queue_error = measure_queue(path, queue, None if queue else 0)
+        return {**status, "generation": None, "factorized": 0, "queue": queue_url, "position": None,
+                "queue_depth": depth, "queue_error": queue_error, "applied": 0, "ingest_rate": 0.0, "latency_p50": None, "latency_p99": None,
                 "error": None, "batch_error": None, "error_vs_batch": None, "drift": 0.0, "growth": 0.0,
                 "refreshes": 0, "dead_letters": 0, "recent_dead_letters": [], "last_error": None}
-    with Project(path) as log:
+    with Project(path, readonly=True) as log:
         current = log.current()
         counters = current.counters if current else {}
         attrs = current.attrs if current else {}
@@ -57,10 +63,9 @@ def project_status(project: str | os.PathLike, *, queue: str | None = None) -> d
         dead = log.dead_letters()
         errors = log.events("error", limit=1)
         last_start = log.events("start", limit=1)
-    queue_url = queue or (current.queue if current else "embedded")
     position = current.position if current else None
-    with open_queue(path, queue_url) as waiting:
-        depth = waiting.depth(position if position is not None else 0)
+    queue_url, depth, queue_error = measure_queue(path, queue or (current.queue if current else "embedded"),
+                                                  position if position is not None else 0)
     latencies = np.array([committed - submitted for _, _, _, submitted, committed in recent])
     window = min(INGEST_WINDOW, now - last_start[0][0]) if last_start else INGEST_WINDOW
     size, error = int(attrs.get("size", 0)), attrs.get("error")
@@ -72,7 +77,8 @@ def project_status(project: str | os.PathLike, *, queue: str | None = None) -> d
         "factorized": size,
         "queue": queue_url,
         "position": position,
-        "queue_depth": int(depth),
+        "queue_depth": depth,
+        "queue_error": queue_error,
         "applied": int(counters.get("applied", 0)),
         "ingest_rate": float(len(recent) / max(window, 1e-9)),
         "latency_p50": float(np.percentile(latencies, 50)) if latencies.size else None,
@@ -89,6 +95,19 @@ def project_status(project: str | os.PathLike, *, queue: str | None = None) -> d
     }
 
 
+def measure_queue(project: Path, url: str | None, position: Any) -> tuple[str, int | None, str | None]:
+    """The queue's printable URL, its depth after ``position`` and None; or, when it cannot be
+    measured (Redis down or refusing, a damaged database), the URL, None and why (one line).
+
+    A URL that names no queue is still a ValueError (bad input).
+    """
+    with open_queue(project, url, readonly=True) as waiting:
+        try:
+            return waiting.url, int(waiting.depth(position)), None
+        except (ConnectionError, ValueError, sqlite3.DatabaseError) as error:
+            return waiting.url, None, str(error).splitlines()[0] if str(error) else type(error).__name__
+
+
 def format_status(status: dict[str, Any]) -> str:
     """``status`` as a few readable lines."""
     def number(value: Any, digits: int = 4) -> str:
@@ -97,7 +116,9 @@ def format_status(status: dict[str, Any]) -> str:
     lines = [
         f"project      {status['project']} ({'served by pid ' + str(status['serving']) if status['serving'] else 'not served'})",
         f"classes      {status['classes']} in the store, {status['factorized']} factorized (generation {status['generation']})",
-        f"queue        {status['queue']}: {status['queue_depth']} waiting after position {status['position']}",
+        f"queue        {status['queue']}: {status['queue_depth']} waiting after position {status['position']}"
+        if status.get("queue_depth") is not None else
+        f"queue        {status['queue']}: unreachable ({status.get('queue_error')}); position {status['position']}",
         f"applied      {status['applied']}; ingest rate {number(status['ingest_rate'], 3)} classes/s; latency "
         f"p50 {number(status['latency_p50'], 3)} s, p99 {number(status['latency_p99'], 3)} s",
         f"error        {number(status['error'])} relative; last batch run {number(status['batch_error'])} "

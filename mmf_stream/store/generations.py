@@ -34,6 +34,8 @@ among the last :data:`KEEP_GENERATIONS` uses are deleted after a commit.
 **Readers** read the last committed generation (SQLite WAL: they never wait
 for, or see part of, a commit). If a reader is so slow that its generation's
 files were deleted meanwhile, it starts again on the newest generation.
+``Project(path, readonly=True)`` (``ms.load``, ``status``) creates and modifies
+no file (:mod:`mmf_stream.store.readonly`), so a read-only project can be read.
 
 **Recovery** (:meth:`Project.recover`): a pending generation is committed if
 the class store reached the generation it names (the crash came after the
@@ -56,6 +58,7 @@ from typing import Any
 import numpy as np
 
 from mmf_stream.store.durability import fsync_path
+from mmf_stream.store.readonly import ReadOnlyDatabase
 from mmf_stream.store.result_format import (
     FactorizationParts,
     factorization_arrays,
@@ -221,14 +224,38 @@ class Project:
     ----------
     path : path
         The project (a class store).
+    readonly : bool
+        Read only (``status``, ``ms.load``): create and modify no file (a
+        read-only project works; :mod:`mmf_stream.store.readonly`); the
+        writing methods raise ValueError. The log must exist
+        (:func:`has_log`), else ValueError.
     """
 
-    def __init__(self, path: str | os.PathLike) -> None:
+    def __init__(self, path: str | os.PathLike, *, readonly: bool = False) -> None:
         self.path = Path(path)  # ms.load(PROJECT) reads its factorization
+        self.readonly = bool(readonly)
         folder = self.path / SERVICE_DIR
+        self._layers = folder / LAYERS_DIR
+        self._cache = _Cached()
+        if self.readonly:
+            if not has_log(self.path):
+                raise ValueError(f"{self.path} has no commit log (the service never committed there)")
+            self._db = ReadOnlyDatabase(folder / LOG_FILE, timeout=BUSY_TIMEOUT)
+            try:
+                columns = {row[1] for row in self._db.execute("PRAGMA table_info(generations)").fetchall()}
+            except sqlite3.DatabaseError as error:
+                self._db.close()
+                raise ValueError(f"{folder / LOG_FILE} is not a readable commit log ({error}); restore it from a "
+                                 "backup (docs/service.md)") from None
+            if "number" not in columns:
+                self._db.close()
+                raise ValueError(f"{folder / LOG_FILE} is not a readable commit log (no generations); restore it "
+                                 "from a backup (docs/service.md)")
+            # a log written before queue identities has no such column: read it as unknown
+            self._identity_column = "queue_identity" if "queue_identity" in columns else "NULL"
+            return
         folder.mkdir(exist_ok=True)
         (folder / LAYERS_DIR).mkdir(exist_ok=True)
-        self._layers = folder / LAYERS_DIR
         self._db = sqlite3.connect(str(folder / LOG_FILE), timeout=BUSY_TIMEOUT, isolation_level=None)
         try:
             self._db.execute("PRAGMA journal_mode=WAL")
@@ -244,7 +271,11 @@ class Project:
             raise ValueError(f"{folder / LOG_FILE} is not a readable commit log ({error}); restore it from a "
                              f"backup, or set it aside and run 'mmf-stream serve {self.path} --rebuild-log' "
                              "(docs/service.md)") from None
-        self._cache = _Cached()
+        self._identity_column = "queue_identity"
+
+    def _check_writable(self) -> None:
+        if self.readonly:
+            raise ValueError(f"{self.path}: the project's log was opened read-only")
 
     def continue_log(self, log_id: str) -> None:
         """Give a new, empty log the identity of the lost one it replaces (``serve --rebuild-log``)."""
@@ -270,7 +301,7 @@ class Project:
     def _generation(self, where: str) -> Generation | None:
         row = self._db.execute(
             "SELECT number, state, store_generation, position, queue, layout, attrs, counters, reason, created, "
-            f"queue_identity FROM generations {where}").fetchone()
+            f"{self._identity_column} FROM generations {where}").fetchone()
         if row is None:
             return None
         number, state, store_generation, position, queue, layout, attrs, counters, reason, created, identity = row
@@ -370,6 +401,7 @@ class Project:
 
     def record_event(self, kind: str, message: str) -> None:
         """Note an event (an error, a refresh, a start) for ``status``."""
+        self._check_writable()
         self._db.execute("INSERT INTO events (at, kind, message) VALUES (?, ?, ?)", (time.time(), kind, message))
 
     # ------------------------------------------------------------------ writing
@@ -382,6 +414,7 @@ class Project:
 
         Nothing a reader sees changes until :meth:`commit`.
         """
+        self._check_writable()
         if self.pending() is not None:
             raise RuntimeError("a pending generation must be committed or dropped first")
         last = self._db.execute("SELECT MAX(number) FROM generations").fetchone()[0]
@@ -419,6 +452,7 @@ class Project:
 
     def commit(self, number: int) -> None:
         """Make pending generation ``number`` the current one (one atomic transaction), then drop old files."""
+        self._check_writable()
         now = time.time()
         self._db.execute("BEGIN IMMEDIATE")
         try:
@@ -433,6 +467,7 @@ class Project:
 
     def drop(self, number: int) -> None:
         """Forget pending generation ``number`` and its ingest rows (its files go with the next collection)."""
+        self._check_writable()
         self._db.execute("BEGIN IMMEDIATE")
         try:
             for table in ("applied", "dead_letters"):
@@ -452,6 +487,7 @@ class Project:
         reached the pending generation's store generation, the pending one is
         the truth and is committed; otherwise it never happened and is dropped.
         """
+        self._check_writable()
         pending = self.pending()
         if pending is None:
             return None
@@ -509,6 +545,7 @@ class Project:
     def collect_garbage(self) -> None:
         """Delete layer files that neither a pending generation nor the last
         :data:`KEEP_GENERATIONS` committed ones use (and staging files of dead writers)."""
+        self._check_writable()
         rows = self._db.execute(
             "SELECT layout FROM generations WHERE state = 'pending' UNION ALL "
             "SELECT layout FROM (SELECT layout FROM generations WHERE state = 'committed' "
