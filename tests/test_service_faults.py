@@ -236,6 +236,9 @@ def test_a_damaged_layer_file_is_refused_in_one_line(tmp_path, capsys, damage):
     assert main(["serve", str(project), "--idle-exit", "0"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "layer file" in err
+    if damage == "delete":  # status sees it without reading the layers
+        assert main(["status", str(project)]) == 2
+        assert "is missing" in capsys.readouterr().err
     assert good.size == INITIAL + 6
 
 
@@ -271,4 +274,50 @@ def test_a_store_whose_metadata_was_edited_is_refused(tmp_path, capsys):
     assert main(["serve", str(project), "--idle-exit", "0"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "is corrupt" in err and "zarr.json" in err
+    assert main(["status", str(project), "--json"]) == 2
+    assert "zarr.json" in capsys.readouterr().err
     assert json.loads(meta_file.read_text()) == meta  # untouched
+
+
+def test_a_queue_deleted_and_created_again_is_refused_then_adopted(tmp_path, capsys):
+    import shutil
+
+    from mmf_stream.cli import main
+
+    project = _served(tmp_path)  # position 6 in the first queue
+    shutil.rmtree(project / "queue")
+    for i, mean in enumerate(_means(3, seed=7)):
+        ms.submit(project, f"after{i}", mean=mean)  # sequence numbers 1..3 again: at or below the position
+    capsys.readouterr()
+    assert main(["serve", str(project), "--idle-exit", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "is not the one" in err and "--adopt-queue" in err
+    assert main(["status", str(project), "--json"]) == 2  # status says so too
+    captured = capsys.readouterr()
+    assert "is not the one" in captured.err
+    assert main(["serve", str(project), "--idle-exit", "0", "--adopt-queue"]) == 0
+    store, f = check_exact(project)
+    assert store.size == f.size == INITIAL + 9 and store.counts.max() == 1
+    assert main(["serve", str(project), "--idle-exit", "0"]) == 0  # adopted for good
+
+
+def test_a_garbage_embedded_queue_is_refused_in_one_line(tmp_path, capsys):
+    from mmf_stream.cli import main
+
+    project = _served(tmp_path)
+    queue = project / "queue" / "messages.sqlite"
+    for side in queue.parent.glob("messages.sqlite-*"):
+        side.unlink()
+    queue.write_bytes(b"not a database" * 300)
+    mean = tmp_path / "m.npy"
+    np.save(mean, _means(1)[0])
+    capsys.readouterr()
+    for command in (["serve", str(project), "--idle-exit", "0"], ["submit", str(project), "--label", "y",
+                                                                   "--mean", str(mean)]):
+        assert main(command) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "is not a readable queue" in err, err
+    with pytest.raises(ValueError, match="not a readable queue"):
+        ms.submit(project, "z", mean=_means(1)[0])
+    assert main(["status", str(project), "--json"]) == 0  # the project's own state, the queue's error beside it
+    assert "queue_error" in capsys.readouterr().out

@@ -64,6 +64,9 @@ def _status(args: argparse.Namespace) -> int:
 
     status = project_status(args.project, queue=args.queue)
     print(json.dumps(status, indent=2) if args.json else format_status(status))
+    if status["problems"]:  # printed above; the exit status and one line on stderr say so too
+        print(f"mmf-stream: error: {status['problems'][0]}", file=sys.stderr)
+        return 2
     return 0
 
 

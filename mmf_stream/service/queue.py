@@ -113,9 +113,15 @@ class EmbeddedQueue:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(str(self.path), timeout=BUSY_TIMEOUT, isolation_level=None)
-        self._use_wal()
-        self._db.execute("PRAGMA synchronous=FULL")  # a put is on disk when it returns
-        self._create_schema()
+        try:
+            self._use_wal()
+            self._db.execute("PRAGMA synchronous=FULL")  # a put is on disk when it returns
+            self._create_schema()
+        except sqlite3.DatabaseError as error:
+            self._db.close()
+            raise ValueError(f"{self.path} is not a readable queue ({error}); set it aside (its messages are "
+                             "lost to the service) and submit again, then 'mmf-stream serve --adopt-queue' "
+                             "(docs/service.md)") from None
 
     def _use_wal(self) -> None:
         """Switch the database to WAL. SQLite answers "database is locked" at once, without waiting,

@@ -12,7 +12,7 @@ import numpy as np
 
 from mmf_stream.service.backends import open_queue
 from mmf_stream.service.coordinator import drift, growth, serving_pid
-from mmf_stream.store.generations import Project, has_log
+from mmf_stream.store.generations import Project, has_log, log_path, read_log_id
 
 #: seconds of recent commits the ingest rate and latencies are measured over
 INGEST_WINDOW = 60.0
@@ -32,7 +32,9 @@ def project_status(project: str | os.PathLike, *, queue: str | None = None) -> d
     the last batch run), ``error_vs_batch`` (their ratio), ``drift``,
     ``growth``, ``refreshes``, ``dead_letters`` (count),
     ``recent_dead_letters`` ([{position, id, reason}], newest last),
-    ``last_error`` (the latest error message, or None) and ``queue_error``
+    ``last_error`` (the latest error message, or None), ``problems`` (one
+    line each: what would make ``serve`` refuse the project; empty when all
+    is well) and ``queue_error``
     (None, or why the queue could not be measured: then ``queue_depth`` is
     None and the rest, what the project itself records, is still given).
 
@@ -53,7 +55,8 @@ def project_status(project: str | os.PathLike, *, queue: str | None = None) -> d
         return {**status, "generation": None, "factorized": 0, "queue": queue_url, "position": None,
                 "queue_depth": depth, "queue_error": queue_error, "applied": 0, "ingest_rate": 0.0, "latency_p50": None, "latency_p99": None,
                 "error": None, "batch_error": None, "error_vs_batch": None, "drift": 0.0, "growth": 0.0,
-                "refreshes": 0, "dead_letters": 0, "recent_dead_letters": [], "last_error": None}
+                "refreshes": 0, "dead_letters": 0, "recent_dead_letters": [], "last_error": None,
+                "problems": project_problems(path, store, None, queue)}
     with Project(path, readonly=True) as log:
         current = log.current()
         counters = current.counters if current else {}
@@ -63,6 +66,8 @@ def project_status(project: str | os.PathLike, *, queue: str | None = None) -> d
         dead = log.dead_letters()
         errors = log.events("error", limit=1)
         last_start = log.events("start", limit=1)
+        problems = [f"layer file {name} of generation {current.number} is missing" for name in log.missing_layers()]
+    problems += project_problems(path, store, current, queue)
     position = current.position if current else None
     queue_url, depth, queue_error = measure_queue(path, queue or (current.queue if current else "embedded"),
                                                   position if position is not None else 0)
@@ -92,7 +97,35 @@ def project_status(project: str | os.PathLike, *, queue: str | None = None) -> d
         "dead_letters": len(dead),
         "recent_dead_letters": [{"position": p, "id": i, "reason": r} for p, i, r in dead[-DEAD_LETTERS_SHOWN:]],
         "last_error": errors[0][2] if errors else None,
+        "problems": problems,
     }
+
+
+def project_problems(path: Path, store: Any, current: Any, queue: str | None) -> list[str]:
+    """What would make ``serve`` refuse the project (docs/service.md, "Operator faults"), one line each:
+    a commit log that is not the class store's, a store that does not match the factorization committed
+    for its generation, a queue that is not the one the committed position refers to."""
+    problems = []
+    record = store.service_record
+    if record is not None and read_log_id(path) != record.get("log"):
+        problems.append(f"{log_path(path)} is not the log this class store was served with (run 'mmf-stream "
+                        "serve --rebuild-log', docs/service.md)")
+    if current is None:
+        return problems
+    factorized = int(current.attrs.get("size", 0)) if current.layout else None
+    if current.store_generation == store.generation and factorized is not None and factorized != store.size:
+        problems.append(f"the class store shows {store.size} classes at generation {store.generation}, the "
+                        f"factorization committed for it {factorized}: was zarr.json edited?")
+    if current.queue_identity is not None:
+        try:
+            with open_queue(path, queue or current.queue, readonly=True) as waiting:
+                identity = waiting.identity()
+        except (ConnectionError, ValueError, sqlite3.DatabaseError):
+            identity = None  # unreachable: queue_error says so
+        if identity is not None and identity != current.queue_identity:
+            problems.append(f"the queue {current.queue} is not the one the committed position {current.position!r} "
+                            "refers to (deleted and created again?): run 'mmf-stream serve --adopt-queue'")
+    return problems
 
 
 def measure_queue(project: Path, url: str | None, position: Any) -> tuple[str, int | None, str | None]:
@@ -129,4 +162,5 @@ def format_status(status: dict[str, Any]) -> str:
     ]
     lines += [f"  {d['id']} at {d['position']}: {d['reason']}" for d in status["recent_dead_letters"]]
     lines.append(f"last error   {status['last_error'] or '-'}")
+    lines += [f"PROBLEM      {problem}" for problem in status.get("problems", [])]
     return "\n".join(lines)
