@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from mmf_stream._fingerprint import Fingerprint, probe_vector
-from mmf_stream._validation import MAX_ABS_ENTRY
+from mmf_stream._limits import MAX_ABS_ENTRY, means_overflow
 from mmf_stream.engine.dask_stages import DaskCompression
 from mmf_stream.engine.options import EngineOptions
 from mmf_stream.engine.raw import InsertionState, RawFactorization
@@ -237,7 +237,7 @@ def _check_summaries(summaries: list[dict], *, dense: bool, width: int, symmetry
     if dense and largest > MAX_ABS_ENTRY:
         raise ValueError(f"matrix entries reach {largest:.3g}: beyond {MAX_ABS_ENTRY:g} their squares overflow in "
                          "the error; rescale the matrix (for example divide it by its largest entry)")
-    if not dense and largest * largest * width > MAX_ABS_ENTRY:
+    if not dense and means_overflow(largest, width):
         raise ValueError(f"means entries reach {largest:.3g}: the covariance entries would overflow in the error; "
                          "rescale the means")
     if dense:

@@ -9,10 +9,8 @@ import numpy as np
 
 from mmf_stream.engine import kernels as K
 from mmf_stream._formats import as_str_array
-
-
-#: largest accepted |C_ij|: MMF sums squared entries, and float64 overflows near 1e308
-MAX_ABS_ENTRY = 1e150
+# MAX_ABS_ENTRY is defined in mmf_stream._limits (one bound for every check) and still importable from here
+from mmf_stream._limits import MAX_ABS_ENTRY, means_overflow
 
 
 def _as_2d_array(matrix: Any) -> np.ndarray:
@@ -97,7 +95,7 @@ def means_matrix(means: Any) -> np.ndarray:
         bad = np.argwhere(~finite)[0]
         raise ValueError(f"means has non-finite entries (NaN or Inf), first at ({bad[0]}, {bad[1]})")
     largest = float(np.max(np.abs(out))) if out.size else 0.0
-    if largest * largest * out.shape[1] > MAX_ABS_ENTRY:
+    if means_overflow(largest, out.shape[1]):
         raise ValueError(
             f"means entries reach {largest:.3g}: the covariance entries would overflow in the error; "
             "rescale the means"

@@ -14,6 +14,14 @@ letter). The net effect on the store and on the factorization is
   counts, in sorted label order (the store appends them so), inserted into the
   factorization from their means.
 
+A message whose class the store would refuse once the message is added to it
+(the class's count beyond :data:`~mmf_stream._limits.MAX_CLASS_COUNT`, the
+project's instances beyond :data:`~mmf_stream._limits.MAX_INSTANCES`, a mean
+the store refuses, or, on a cosine-normalised project, a mean of zero length)
+is a dead letter, and the class stays as it was before that message: the same
+limits as the store's, checked before anything is written, so that a message
+never stops the batch (nor every batch after it).
+
 Pure bookkeeping: no I/O beyond the ``read_classes`` callback for the old sums
 of updated classes.
 """
@@ -26,7 +34,8 @@ from typing import Any
 
 import numpy as np
 
-from mmf_stream.service.messages import NewClass
+from mmf_stream._limits import MAX_INSTANCES, count_problem
+from mmf_stream.service.messages import NewClass, mean_problem
 
 
 @dataclass
@@ -57,10 +66,43 @@ class BatchChanges:
         return not self.knocked_out and not self.labels.size
 
 
+def class_problem(sums: np.ndarray, count: int, *, normalized: bool = False) -> str | None:
+    """Why the store would refuse a class of these sums and count (see the module docstring), or None."""
+    problem = count_problem(count)
+    if problem:
+        return f"the class would have {count} instances: {problem}"
+    with np.errstate(over="ignore", invalid="ignore"):
+        mean = sums / count
+        problem = mean_problem(mean, "the class's mean")
+        if problem is None and normalized and not float(np.dot(mean, mean)) > 0.0:
+            problem = "the class's mean is the zero vector; the project's classes are cosine-normalised"
+    return problem
+
+
 def plan_batch(messages: list[NewClass], slots: dict[Any, int], dim: int,
-               read_classes: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]) -> BatchChanges:
+               read_classes: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]], *,
+               instances: int = 0, normalized: bool = False) -> BatchChanges:
     """The net change of ``messages`` (checked, in arrival order) on a project whose classes are ``slots``
-    (label -> slot); ``read_classes(slots)`` gives ``(sums, counts)`` of stored classes."""
+    (label -> slot).
+
+    Parameters
+    ----------
+    messages : list of NewClass
+        The batch's checked messages, in arrival order.
+    slots : dict
+        The project's classes: label -> slot.
+    dim : int
+        The project's feature dimension.
+    read_classes : callable
+        ``read_classes(slots)`` gives ``(sums, counts)`` of stored classes.
+    instances : int
+        The project's instances before the batch (``Store.n_instances``): a message that takes the
+        total beyond :data:`~mmf_stream._limits.MAX_INSTANCES` is a dead letter (removals in the
+        batch are not subtracted: the bound is checked conservatively).
+    normalized : bool
+        Whether the project cosine-normalises its classes (``Store.normalize``): a class whose mean
+        ends up of zero length is then a dead letter.
+    """
     touched = [m.label for m in messages if not m.removal and m.label in slots]
     first_seen = list(dict.fromkeys(touched))
     old_sums, old_counts = read_classes(np.array([slots[label] for label in first_seen], dtype=np.int64))
@@ -68,6 +110,7 @@ def plan_batch(messages: list[NewClass], slots: dict[Any, int], dim: int,
     state: dict[Any, tuple[np.ndarray, int] | None] = {}  # label -> (sums, counts), or None once removed
     change: dict[str, str] = {}
     dead: list[tuple[Any, str, str]] = []
+    total = int(instances)  # the project's instances, plus every message applied so far
     for message in messages:
         label = message.label
         if label in state:
@@ -83,13 +126,19 @@ def plan_batch(messages: list[NewClass], slots: dict[Any, int], dim: int,
             state[label] = None
             change[message.id] = "removed"
             continue
-        contribution = message.mean * message.count
-        if current is None:
-            state[label] = (contribution, message.count)
-            change[message.id] = "added" if label not in slots else "updated"
-        else:
-            state[label] = (current[0] + contribution, current[1] + message.count)
-            change[message.id] = "updated"
+        with np.errstate(over="ignore", invalid="ignore"):
+            contribution = message.mean * message.count
+            after = (contribution, message.count) if current is None else \
+                (current[0] + contribution, current[1] + message.count)
+        problem = class_problem(*after, normalized=normalized)
+        if problem is None and total + message.count > MAX_INSTANCES:
+            problem = f"the project would hold more than {MAX_INSTANCES} instances (int64)"
+        if problem:
+            dead.append((message.seq, message.id, f"class {label!r}: {problem}"))
+            continue
+        total += message.count
+        state[label] = after
+        change[message.id] = "added" if current is None and label not in slots else "updated"
     knocked_out = [label for label in state if label in slots]
     # sorted as the store sorts the classes it appends (np.unique's order)
     kept = sorted(label for label, value in state.items() if value is not None)

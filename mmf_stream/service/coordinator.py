@@ -689,7 +689,8 @@ class Coordinator:
                 self.log("the project's classes changed outside the service: factorizing again")
                 self._catch_up()
                 current = self._project.current()
-            changes = plan_batch(good, self._labels, dim or 0, store.read_classes)
+            changes = plan_batch(good, self._labels, dim or 0, store.read_classes, instances=store.n_instances,
+                                 normalized=store.normalize)
             arrival = {m.id: i for i, m in enumerate(messages)}
             dead = sorted(dead + changes.dead, key=lambda d: arrival[d[1]])
             for position, mid, reason in dead:

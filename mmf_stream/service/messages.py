@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from mmf_stream._limits import count_problem, int_label_problem, means_overflow
 from mmf_stream.service.queue import KINDS, Message
 
 #: largest payload a message may carry (bytes); larger ones are dead-lettered
@@ -54,10 +55,26 @@ def _label(raw: bytes, label_kind: str | None) -> str | int:
         raise BadMessage("label is empty")
     if label_kind == "int":
         try:
-            return int(text)
+            value = int(text)
         except ValueError:
             raise BadMessage(f"label {text!r} is not an integer; the project's labels are integers") from None
+        problem = int_label_problem(value)
+        if problem:
+            raise BadMessage(problem)
+        return value
     return text
+
+
+def mean_problem(mean: np.ndarray, what: str = "mean") -> str | None:
+    """Why the store would refuse a class of this mean (non-finite, or entries whose products overflow:
+    :func:`mmf_stream._limits.means_overflow`), or None."""
+    if not np.isfinite(mean).all():
+        return f"{what} has non-finite entries (NaN or Inf)"
+    largest = float(np.max(np.abs(mean))) if mean.size else 0.0
+    if means_overflow(largest, mean.shape[-1]):
+        return (f"{what} entries reach {largest:.3g}: the covariance entries (products of means) would overflow; "
+                "rescale the features")
+    return None
 
 
 def _array(message: Message) -> np.ndarray:
@@ -80,9 +97,11 @@ def decode(message: Message, dim: int, label_kind: str | None) -> NewClass:
     Raises
     ------
     BadMessage
-        With the reason: unknown kind or fields, non-UTF-8 or empty label, a
-        payload that is too large, unreadable, of the wrong shape or dimension,
-        or not finite.
+        With the reason: unknown kind or fields, non-UTF-8 or empty label, an
+        integer label outside int64, a payload that is too large, unreadable,
+        of the wrong shape or dimension, or not finite, a count beyond
+        :data:`~mmf_stream._limits.MAX_CLASS_COUNT`, or a mean whose entries
+        the store refuses (:func:`mean_problem`).
     """
     if message.kind not in KINDS:
         raise BadMessage(f"unknown kind {message.kind!r} (known: {', '.join(KINDS)})")
@@ -113,5 +132,12 @@ def decode(message: Message, dim: int, label_kind: str | None) -> NewClass:
     count = extra.get("count", 1 if message.kind == "mean" else array.shape[0])
     if isinstance(count, bool) or not isinstance(count, int) or count < 1:
         raise BadMessage(f"count must be a positive integer, got {count!r}")
-    mean = array if message.kind == "mean" else array.mean(axis=0)
+    problem = count_problem(count)
+    if problem:
+        raise BadMessage(problem)
+    with np.errstate(over="ignore", invalid="ignore"):
+        mean = array if message.kind == "mean" else array.mean(axis=0)
+    problem = mean_problem(mean, "mean" if message.kind == "mean" else "the features' mean")
+    if problem:
+        raise BadMessage(problem)
     return NewClass(seq=message.seq, id=message.id, label=label, mean=mean, count=int(count))

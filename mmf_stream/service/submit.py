@@ -13,12 +13,13 @@ from typing import Any
 import numpy as np
 
 from mmf_stream.service.backends import check_queue_url, open_queue
-from mmf_stream.service.messages import MAX_PAYLOAD_BYTES
+from mmf_stream._limits import int_label_problem
+from mmf_stream.service.messages import MAX_PAYLOAD_BYTES, mean_problem
 from mmf_stream.service.queue import encode_array
 
 
-def _project(project: str | os.PathLike) -> tuple[Path, int | None]:
-    """The project's path and feature dimension, from its metadata file alone, or a one-line error.
+def _project(project: str | os.PathLike) -> tuple[Path, int | None, str | None]:
+    """The project's path, feature dimension and label kind, from its metadata file alone, or a one-line error.
 
     A producer reads nothing that grows with the project (no array, no chunk
     check, no lock): the coordinator checks every message again anyway.
@@ -34,16 +35,26 @@ def _project(project: str | os.PathLike) -> tuple[Path, int | None]:
     if meta.get("center"):
         raise ValueError(f"{path} is centred (center=True): the service does not serve centred projects, whose "
                          "every class changes when one is added; submit to a project made without --center")
-    dim = meta.get("dim")
-    return path, dim if isinstance(dim, int) and not isinstance(dim, bool) else None
+    dim, kind = meta.get("dim"), meta.get("label_kind")
+    return (path, dim if isinstance(dim, int) and not isinstance(dim, bool) else None,
+            kind if kind in ("int", "str") else None)
 
 
-def _label(label: Any) -> str:
+def _label(label: Any, label_kind: str | None = None) -> str:
+    """The label as the message carries it (text), refused as the coordinator would refuse it."""
     if isinstance(label, (bool, np.bool_)) or not isinstance(label, (str, int, np.integer)):
         raise TypeError(f"label must be a string or an integer, got {type(label).__name__}")
     text = str(label)
     if not text.strip():
         raise ValueError("label is empty")
+    if label_kind == "int":
+        try:
+            value = int(text)
+        except ValueError:
+            raise ValueError(f"label {text!r} is not an integer; the project's labels are integers") from None
+        problem = int_label_problem(value)
+        if problem:
+            raise ValueError(problem)
     return text
 
 
@@ -63,6 +74,11 @@ def _payload(mean: Any, features: Any, dim: int | None) -> tuple[str, np.ndarray
         raise ValueError(f"{kind} has {array.shape[-1]} features; the project's classes have D = {dim}")
     if not np.isfinite(array).all():
         raise ValueError(f"{kind} has non-finite entries (NaN or Inf)")
+    with np.errstate(over="ignore", invalid="ignore"):
+        mean = array if kind == "mean" else array.mean(axis=0)
+    problem = mean_problem(mean, "mean" if kind == "mean" else "the features' mean")
+    if problem:  # the coordinator would dead-letter it: the store refuses such a class
+        raise ValueError(problem)
     if array.nbytes > MAX_PAYLOAD_BYTES:
         raise ValueError(f"{kind} is {array.nbytes} bytes; a message carries at most {MAX_PAYLOAD_BYTES}")
     return kind, array
@@ -109,13 +125,15 @@ def submit(project: str | os.PathLike, label: Any, mean: Any = None, features: A
     ------
     ValueError, TypeError
         A project that is not a class store, a label or array that is not
-        valid for it (shape, dimension, NaN/Inf, size), an unknown queue, or
-        a Redis queue without the ``redis`` package.
+        valid for it (shape, dimension, NaN/Inf, size, a mean whose entries
+        the store refuses, an integer project's label that is not an int64
+        integer), an unknown queue, or a Redis queue without the ``redis``
+        package.
     ConnectionError
         The Redis server cannot be reached (the message names the URL).
     """
-    path, dim = _project(project)
-    text = _label(label)
+    path, dim, label_kind = _project(project)
+    text = _label(label, label_kind)
     if not isinstance(remove, (bool, np.bool_)):
         raise TypeError(f"remove must be True or False, got {type(remove).__name__}")
     if remove:

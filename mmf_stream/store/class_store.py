@@ -87,6 +87,7 @@ from mmf_stream.store.durability import (
     writing_every_chunk,
 )
 from mmf_stream._formats import as_str_array, one_line, open_tagged_group
+from mmf_stream._limits import MAX_ABS_ENTRY, MAX_CLASS_COUNT, MAX_INSTANCES, counts_problem, means_overflow
 from mmf_stream._progress import progress
 
 FORMAT = "class-store"
@@ -207,17 +208,32 @@ class _WriterLock:
 
 
 def _check_magnitude(means: np.ndarray) -> None:
-    """Refuse means whose products (the covariance entries) would overflow float64."""
-    from mmf_stream._validation import MAX_ABS_ENTRY
-
+    """Refuse means whose products (the covariance entries) would overflow float64
+    (:func:`mmf_stream._limits.means_overflow`)."""
     if not means.size:
         return
+    if not np.all(np.isfinite(means)):
+        raise ValueError("means have non-finite values (NaN or Inf)")
     largest = float(np.max(np.abs(means)))
-    if largest * np.sqrt(means.shape[1]) > np.sqrt(MAX_ABS_ENTRY):
+    if means_overflow(largest, means.shape[1]):
         raise ValueError(
             f"feature values reach {largest:.3g}: the covariance entries (products of means) would "
             f"pass {MAX_ABS_ENTRY:g} and overflow; rescale the features"
         )
+
+
+def _count_array(counts: Any, k: int) -> np.ndarray:
+    """``counts`` (an int or k ints) as k int64 counts, each within 1..MAX_CLASS_COUNT, or a ValueError."""
+    try:
+        array = np.broadcast_to(np.asarray(counts, dtype=np.int64), (k,))
+    except OverflowError:
+        raise ValueError(f"counts must be at most {MAX_CLASS_COUNT} (2**53), got a larger one") from None
+    if np.any(array < 1):
+        raise ValueError("counts must be at least 1")
+    problem = counts_problem(array)
+    if problem:
+        raise ValueError(problem)
+    return array
 
 
 def swap_last_placement(size: int, removed: Any) -> np.ndarray:
@@ -1131,9 +1147,7 @@ class Store:
         unique, codes = encode_labels(labels if np.ndim(labels) else [labels], array.shape[0])
         if unique.shape[0] != array.shape[0]:
             raise ValueError("labels given to add_means must be unique")
-        count_array = np.broadcast_to(np.asarray(counts, dtype=np.int64), (array.shape[0],))
-        if np.any(count_array < 1):
-            raise ValueError("counts must be at least 1")
+        count_array = _count_array(counts, array.shape[0])
         if not np.all(np.isfinite(array)):
             raise ValueError("means have non-finite values (NaN or Inf)")
         order = np.argsort(codes)
@@ -1209,8 +1223,8 @@ class Store:
         if sums is not None:
             if means is not None:
                 raise ValueError("give means= or sums=, not both")
-            count_array = np.broadcast_to(np.asarray(counts, dtype=np.int64), (np.shape(sums)[0],))
-            means = np.asarray(sums, dtype=np.float64) / np.maximum(count_array, 1)[:, None]
+            count_array = _count_array(counts, np.shape(sums)[0])
+            means = np.asarray(sums, dtype=np.float64) / count_array[:, None]
         if means is None:
             if labels is not None:
                 raise ValueError("labels to append need their means")
@@ -1223,9 +1237,7 @@ class Store:
             added_labels, codes = encode_labels(labels if np.ndim(labels) else [labels], array.shape[0])
             if added_labels.shape[0] != array.shape[0]:
                 raise ValueError("labels to append must be unique")
-            count_array = np.broadcast_to(np.asarray(counts, dtype=np.int64), (array.shape[0],))
-            if np.any(count_array < 1):
-                raise ValueError("counts must be at least 1")
+            count_array = _count_array(counts, array.shape[0])
             if not np.all(np.isfinite(array)):
                 raise ValueError("means have non-finite values (NaN or Inf)")
             order = np.argsort(codes)
@@ -1345,7 +1357,11 @@ class Store:
         counts = counts.copy()
         sums[old] += old_sums
         counts[old] += old_counts
+        problem = counts_problem(counts)
+        if problem:  # the class's instances with the ones it had
+            raise ValueError(problem)
         means = sums / counts[:, None]
+        _check_magnitude(means)
         buffer = self._means_buffer(new_size, sums.shape[1])
         previous = buffer[slots[old]].copy()
         buffer[slots] = means
@@ -1379,6 +1395,9 @@ class Store:
 
     def _commit(self, slots, labels, sums, counts, means, all_means, new_size, kind, old_counts,
                 service: str | None = None) -> None:
+        instances = self.n_instances + int(counts.sum(dtype=object)) - int(old_counts.sum(dtype=object))
+        if instances > MAX_INSTANCES:
+            raise ValueError(f"the store would hold {instances} instances; at most {MAX_INSTANCES} (int64)")
         generation = int(self._meta["generation"]) + 1
         journal = {
             "slots": slots,
@@ -1388,7 +1407,7 @@ class Store:
             "means": means,
             "new_size": np.int64(new_size),
             "dim": np.int64(sums.shape[1]),
-            "n_instances": np.int64(self.n_instances + int(counts.sum() - old_counts.sum())),
+            "n_instances": np.int64(instances),
             "label_kind": np.array(kind),
         }
         if service is not None:
