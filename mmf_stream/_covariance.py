@@ -17,6 +17,8 @@ from typing import Any
 import numpy as np
 from numba import njit
 
+from mmf_stream._limits import INT_LABEL_MAX, int_label_problem, normalize_labels
+
 #: target bytes per row block read from a chunked array
 _BLOCK_BYTES = 128 * 2**20
 
@@ -115,15 +117,30 @@ def encode_labels(labels: Any, n_rows: int) -> tuple[np.ndarray, np.ndarray]:
     if array.shape[0] != n_rows:
         raise ValueError(f"got {array.shape[0]} labels for {n_rows} feature rows")
     if array.dtype.kind in "OT":
-        if not all(isinstance(x, str) for x in array.tolist()):
+        items = array.tolist()
+        if items and all(isinstance(x, int) and not isinstance(x, bool) for x in items):  # beyond int64
+            raise ValueError(next(filter(None, map(int_label_problem, items)), "labels are not int64 integers"))
+        if not all(isinstance(x, str) for x in items):
             raise TypeError("labels must be all integers or all strings")
-        array = np.array(array.tolist(), dtype=str)
-    if array.dtype.kind not in "iuUSb":
+        array = np.array(items, dtype=str)
+    if array.dtype.kind == "S":  # ASCII bytes: the policy checks them as text
+        array = array.astype(str)
+    if array.dtype.kind not in "iuUb":
         raise TypeError(f"labels must be integers or strings, got dtype {array.dtype}")
-    if array.dtype.kind == "b":
+    if array.dtype.kind == "u" and array.size and int(array.max()) > INT_LABEL_MAX:
+        raise ValueError(int_label_problem(int(array.max())))
+    if array.dtype.kind in "bu":
         array = array.astype(np.int64)
     unique, codes = np.unique(array, return_inverse=True)
-    return unique, codes.astype(np.int64)
+    codes = codes.astype(np.int64)
+    if unique.dtype.kind == "U":  # the label policy: one spelling (NFC), printable, bounded length
+        normal, index, reason = normalize_labels(unique)
+        if reason:
+            raise ValueError(reason)
+        if normal is not unique:  # two spellings of one label are one class
+            unique, remap = np.unique(normal, return_inverse=True)
+            codes = remap.astype(np.int64)[codes]
+    return unique, codes
 
 
 def sample_mask(codes: np.ndarray, n_classes: int, max_per_class: int | None, seed: int) -> np.ndarray:

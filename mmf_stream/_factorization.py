@@ -916,7 +916,8 @@ def factorize(
         if resolve_schedule(schedule, int(source.shape[0]), factored, opts) == "staged":
             return _factorize_on_cluster(client, source, factored=factored, order=order, core_size=core_size,
                                          seed=int(seed), labels=labels if labels is not None else store_labels,
-                                         options=opts, symmetry_tolerance=symmetry_tolerance, progress=progress,
+                                         label_policy=labels is not None, options=opts,
+                                         symmetry_tolerance=symmetry_tolerance, progress=progress,
                                          incremental=incremental, candidates=candidates,
                                          connect_timeout=connect_timeout)
     if factored:
@@ -925,7 +926,8 @@ def factorize(
         work = V.symmetric_matrix(C, tolerance=symmetry_tolerance)
     size = work.shape[0]
     order, core_size = V.order_and_core(order, core_size, size)
-    labels_array = V.labels_for(labels if labels is not None else store_labels, size)
+    labels_array = V.labels_for(labels, size) if labels is not None else \
+        V.labels_for(store_labels, size, policy=False)  # a store's labels stay usable as they were stored
     n_levels = size - core_size
     if candidates == "exhaustive":
         _check_exhaustive_cost(size, order, n_levels)
@@ -967,13 +969,13 @@ def _zarr_array(path: Any) -> Any:
 def _factorize_on_cluster(client: Any, source: Any, *, factored: bool, order: Any, core_size: Any, seed: int,
                           labels: Any, options: EngineOptions, symmetry_tolerance: float,
                           progress: Callable[[int], None] | None, incremental: bool, candidates: str,
-                          connect_timeout: float | None = None) -> Factorization:
+                          connect_timeout: float | None = None, label_policy: bool = True) -> Factorization:
     """:func:`factorize` with the staged levels on a Dask cluster (:mod:`mmf_stream._cluster`)."""
     from mmf_stream._cluster import cluster_client, cluster_failures, factor_on_cluster
 
     size = int(source.shape[0])
     order, core_size = V.order_and_core(order, core_size, size)
-    labels_array = V.labels_for(labels, size)
+    labels_array = V.labels_for(labels, size, policy=label_policy)
     with cluster_client(client, connect_timeout=connect_timeout) as dask_client, \
             cluster_failures(_scheduler_address(dask_client)):
         raw, state, norm, fingerprint, compression = factor_on_cluster(

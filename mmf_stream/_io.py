@@ -10,6 +10,7 @@ import numpy as np
 
 from mmf_stream.store.class_store import Store
 from mmf_stream._formats import existing_path, one_line
+from mmf_stream._limits import normalize_labels
 
 __all__ = ["read_features", "read_labels", "read_matrix"]
 
@@ -105,25 +106,44 @@ def read_labels(path: str | os.PathLike) -> np.ndarray:
     """Read labels: ``.npy`` (1-D), or ``.txt``/``.csv`` with one label per line.
 
     Text labels are kept as strings (first column for ``.csv``); blank lines
-    are an error, except at the end of the file.
+    are an error, except at the end of the file. String labels follow the
+    label policy (:func:`mmf_stream._limits.normalize_label`): they come back
+    in Unicode NFC, and one with a control character or more than
+    ``MAX_LABEL_LENGTH`` characters is an error naming its line (``.npy``:
+    its row).
     """
     source = existing_path(path)
     suffix = source.suffix.lower()
     try:
         if suffix == ".npy":
-            return load_npy(source, mmap=False)
+            labels = load_npy(source, mmap=False)
+            if labels.dtype.kind in "US" and labels.ndim == 1:
+                labels = labels.astype(str)
+                normal, index, reason = normalize_labels(labels)
+                if reason:
+                    raise ValueError(f"{source}: row {index}: {reason}")
+                return normal
+            return labels
         if suffix in (".txt", ".csv", ""):
             # utf-8-sig: a byte-order mark (as some editors write) is not part of the first label
             with open(source, newline="", encoding="utf-8-sig") as handle:
                 if suffix == ".csv":
-                    rows = [row[0].strip() if row else "" for row in csv.reader(handle)]
+                    reader = csv.reader(handle)
+                    rows, lines = [], []
+                    for row in reader:  # a quoted field may span lines: name the line its row ends on
+                        rows.append(row[0].strip() if row else "")
+                        lines.append(reader.line_num)
                 else:
                     rows = [line.rstrip("\r\n").strip() for line in handle]
+                    lines = list(range(1, len(rows) + 1))
             while rows and rows[-1] == "":
                 rows.pop()
             if "" in rows:
-                raise ValueError(f"{source}: line {rows.index('') + 1} is empty")
-            return np.array(rows, dtype=str)
+                raise ValueError(f"{source}: line {lines[rows.index('')]} is empty")
+            normal, index, reason = normalize_labels(rows)
+            if reason:
+                raise ValueError(f"{source}: line {lines[index]}: {reason}")
+            return normal
     except ValueError as exc:
         if str(exc).startswith(str(source)):
             raise

@@ -10,7 +10,7 @@ import numpy as np
 from mmf_stream.engine import kernels as K
 from mmf_stream._formats import as_str_array
 # MAX_ABS_ENTRY is defined in mmf_stream._limits (one bound for every check) and still importable from here
-from mmf_stream._limits import MAX_ABS_ENTRY, means_overflow
+from mmf_stream._limits import INT_LABEL_MAX, MAX_ABS_ENTRY, int_label_problem, means_overflow, normalize_labels
 
 
 def _as_2d_array(matrix: Any) -> np.ndarray:
@@ -125,18 +125,28 @@ def order_and_core(order: Any, core_size: Any, size: int) -> tuple[int, int]:
     return order, core_size
 
 
-def labels_for(labels: Any, size: int) -> np.ndarray | None:
-    """Validate class labels: one per row, unique, integers or strings."""
+def labels_for(labels: Any, size: int, *, policy: bool = True) -> np.ndarray | None:
+    """Validate class labels: one per row, unique, integers (int64) or strings.
+
+    With ``policy`` (labels a caller gives), string labels follow the label policy of
+    :func:`mmf_stream._limits.normalize_label` (NFC, printable, at most ``MAX_LABEL_LENGTH``
+    characters; two spellings of one label are then not unique); ``policy=False`` is for labels
+    read from a store, which stay usable as they were stored.
+    """
     if labels is None:
         return None
     if isinstance(labels, (str, bytes)):
         raise TypeError("labels must be a sequence of labels, not a single string")
     if not isinstance(labels, np.ndarray):
         items = list(labels)
-        kinds = {str if isinstance(x, (str, np.str_)) else int if isinstance(x, (int, np.integer)) else type(x)
-                 for x in items}
+        kinds = {str if isinstance(x, (str, np.str_)) else int if isinstance(x, (int, np.integer)) and
+                 not isinstance(x, (bool, np.bool_)) else type(x) for x in items}
         if len(kinds) > 1 or not kinds <= {str, int}:
             raise TypeError("labels must be all integers or all strings")
+        if kinds == {int}:
+            problem = next(filter(None, (int_label_problem(int(x)) for x in items)), None)
+            if problem:
+                raise ValueError(problem)
         labels = np.array(items, dtype=str if kinds == {str} else np.int64) if items else np.array([])
     array = np.asarray(labels)
     if array.ndim != 1:
@@ -144,6 +154,8 @@ def labels_for(labels: Any, size: int) -> np.ndarray | None:
     if array.shape[0] != size:
         raise ValueError(f"got {array.shape[0]} labels for a matrix of size {size}")
     if np.issubdtype(array.dtype, np.integer) or array.dtype == np.bool_:
+        if array.dtype.kind == "u" and array.size and int(array.max()) > INT_LABEL_MAX:
+            raise ValueError(int_label_problem(int(array.max())))
         array = array.astype(np.int64)
     elif array.dtype.kind in "UST":
         array = as_str_array(array)
@@ -153,6 +165,10 @@ def labels_for(labels: Any, size: int) -> np.ndarray | None:
         array = array.astype(str)
     else:
         raise TypeError(f"labels must be integers or strings, got dtype {array.dtype}")
+    if policy and array.dtype.kind == "U":
+        array, index, reason = normalize_labels(array)
+        if reason:
+            raise ValueError(f"labels[{index}]: {reason}")
     unique, counts = np.unique(array, return_counts=True)
     if unique.shape[0] != size:
         raise ValueError(f"labels must be unique; {unique[counts > 1][0].item()!r} appears {counts.max()} times")

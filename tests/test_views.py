@@ -248,7 +248,9 @@ def test_large_result_draws_an_overview_and_one_page(food, monkeypatch, tmp_path
 
 
 def test_long_labels_are_shortened_with_the_full_text_in_the_svg_title(tmp_path):
-    long_names = [f"{i}-" + "x" * 10_000 for i in range(12)]
+    from mmf_stream._limits import MAX_LABEL_LENGTH
+
+    long_names = [f"{i}-" + "x" * (MAX_LABEL_LENGTH - 3) for i in range(12)]  # the longest labels accepted
     f = ms.factorize(ms.hierarchical_covariance(12, seed=0), order=3, labels=long_names)
     fig = ms.views.plot(f)
     drawn = [t.get_text() for t in fig.axes[0].texts if "x" in t.get_text()]

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mmf_stream._limits import count_problem, int_label_problem, means_overflow
+from mmf_stream._limits import count_problem, means_overflow, normalize_label, parse_int_label
 from mmf_stream.service.queue import KINDS, Message
 
 #: largest payload a message may carry (bytes); larger ones are dead-lettered
@@ -53,16 +53,10 @@ def _label(raw: bytes, label_kind: str | None) -> str | int:
         raise BadMessage("label is not UTF-8 text") from None
     if not text.strip():
         raise BadMessage("label is empty")
-    if label_kind == "int":
-        try:
-            value = int(text)
-        except ValueError:
-            raise BadMessage(f"label {text!r} is not an integer; the project's labels are integers") from None
-        problem = int_label_problem(value)
-        if problem:
-            raise BadMessage(problem)
-        return value
-    return text
+    try:  # the label policy of mmf_stream._limits: strict integers; NFC, printable, bounded text
+        return parse_int_label(text) if label_kind == "int" else normalize_label(text)
+    except ValueError as error:
+        raise BadMessage(str(error)) from None
 
 
 def mean_problem(mean: np.ndarray, what: str = "mean") -> str | None:
@@ -97,8 +91,10 @@ def decode(message: Message, dim: int, label_kind: str | None) -> NewClass:
     Raises
     ------
     BadMessage
-        With the reason: unknown kind or fields, non-UTF-8 or empty label, an
-        integer label outside int64, a payload that is too large, unreadable,
+        With the reason: unknown kind or fields, a label that is not UTF-8,
+        empty, or not accepted by the label policy (an integer project's label
+        not ``-?[0-9]+`` within int64; a control character or more than
+        ``MAX_LABEL_LENGTH`` characters; the label is returned in NFC), a payload that is too large, unreadable,
         of the wrong shape or dimension, or not finite, a count beyond
         :data:`~mmf_stream._limits.MAX_CLASS_COUNT`, or a mean whose entries
         the store refuses (:func:`mean_problem`).

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from mmf_stream.service.backends import check_queue_url, open_queue
-from mmf_stream._limits import int_label_problem
+from mmf_stream._limits import normalize_label, parse_int_label
 from mmf_stream.service.messages import MAX_PAYLOAD_BYTES, mean_problem
 from mmf_stream.service.queue import encode_array
 
@@ -48,14 +48,8 @@ def _label(label: Any, label_kind: str | None = None) -> str:
     if not text.strip():
         raise ValueError("label is empty")
     if label_kind == "int":
-        try:
-            value = int(text)
-        except ValueError:
-            raise ValueError(f"label {text!r} is not an integer; the project's labels are integers") from None
-        problem = int_label_problem(value)
-        if problem:
-            raise ValueError(problem)
-    return text
+        return str(parse_int_label(text))
+    return normalize_label(text)  # the label policy: NFC, printable, bounded length
 
 
 def _payload(mean: Any, features: Any, dim: int | None) -> tuple[str, np.ndarray]:
@@ -93,7 +87,10 @@ def submit(project: str | os.PathLike, label: Any, mean: Any = None, features: A
     project : path
         The project: a class store (``mmf-stream covariance ... --out PROJECT``).
     label : str or int
-        The class's label. A label the project already has updates that class
+        The class's label (the label policy, docs/service.md: at most
+        ``MAX_LABEL_LENGTH`` characters, no control characters, queued in
+        Unicode NFC; on an integer-labelled project ``-?[0-9]+`` within
+        int64). A label the project already has updates that class
         (its instances are added to the class's; the coordinator knocks the
         class out of the factorization and inserts it again).
     mean : array of shape (D,), optional
