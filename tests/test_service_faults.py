@@ -85,6 +85,13 @@ def _served(tmp_path, count=6):
     return project
 
 
+def _log_without_side_files(project):
+    """The stopped project's commit log, its SQLite -wal/-shm files removed (all is in the main file)."""
+    for side in ("-wal", "-shm"):
+        (project / "service" / f"log.sqlite{side}").unlink(missing_ok=True)
+    return project / "service" / "log.sqlite"
+
+
 def _log_files(project):
     return sorted(p.name for p in (project / "service").iterdir() if p.name.startswith("log.sqlite"))
 
@@ -94,9 +101,7 @@ def test_a_lost_commit_log_is_refused_and_can_be_rebuilt_without_applying_twice(
     from mmf_stream.cli import main
 
     project = _served(tmp_path)
-    log = project / "service" / "log.sqlite"
-    for side in ("-wal", "-shm"):
-        (project / "service" / f"log.sqlite{side}").unlink(missing_ok=True)
+    log = _log_without_side_files(project)
     if damage == "delete":
         log.unlink()
     else:
@@ -247,9 +252,7 @@ def test_a_garbage_commit_log_is_refused_in_one_line(tmp_path, capsys, damage):
     from mmf_stream.cli import main
 
     project = _served(tmp_path)
-    log = project / "service" / "log.sqlite"
-    for side in ("-wal", "-shm"):
-        (project / "service" / f"log.sqlite{side}").unlink(missing_ok=True)
+    log = _log_without_side_files(project)
     content = log.read_bytes()
     log.write_bytes(b"this is not a database" * 100 if damage == "garbage" else content[:1000])
     for command in (["serve", str(project), "--idle-exit", "0"], ["status", str(project)]):

@@ -51,12 +51,12 @@ def project_status(project: str | os.PathLike, *, queue: str | None = None) -> d
     store = Store.open(path, mode="r")
     status: dict[str, Any] = {"project": str(path), "serving": serving_pid(path), "classes": store.size}
     if not has_log(path):
-        queue_url, depth, queue_error = measure_queue(path, queue, None if queue else 0)
+        queue_url, depth, queue_error, _ = measure_queue(path, queue, None if queue else 0)
         return {**status, "generation": None, "factorized": 0, "queue": queue_url, "position": None,
                 "queue_depth": depth, "queue_error": queue_error, "applied": 0, "ingest_rate": 0.0, "latency_p50": None, "latency_p99": None,
                 "error": None, "batch_error": None, "error_vs_batch": None, "drift": 0.0, "growth": 0.0,
                 "refreshes": 0, "dead_letters": 0, "recent_dead_letters": [], "last_error": None,
-                "problems": project_problems(path, store, None, queue)}
+                "problems": project_problems(path, store, None, None)}
     with Project(path, readonly=True) as log:
         current = log.current()
         counters = current.counters if current else {}
@@ -67,10 +67,10 @@ def project_status(project: str | os.PathLike, *, queue: str | None = None) -> d
         errors = log.events("error", limit=1)
         last_start = log.events("start", limit=1)
         problems = [f"layer file {name} of generation {current.number} is missing" for name in log.missing_layers()]
-    problems += project_problems(path, store, current, queue)
     position = current.position if current else None
-    queue_url, depth, queue_error = measure_queue(path, queue or (current.queue if current else "embedded"),
-                                                  position if position is not None else 0)
+    queue_url, depth, queue_error, identity = measure_queue(
+        path, queue or (current.queue if current else "embedded"), position if position is not None else 0)
+    problems += project_problems(path, store, current, identity)
     latencies = np.array([committed - submitted for _, _, _, submitted, committed in recent])
     window = min(INGEST_WINDOW, now - last_start[0][0]) if last_start else INGEST_WINDOW
     size, error = int(attrs.get("size", 0)), attrs.get("error")
@@ -101,10 +101,11 @@ def project_status(project: str | os.PathLike, *, queue: str | None = None) -> d
     }
 
 
-def project_problems(path: Path, store: Any, current: Any, queue: str | None) -> list[str]:
+def project_problems(path: Path, store: Any, current: Any, identity: str | None) -> list[str]:
     """What would make ``serve`` refuse the project (docs/service.md, "Operator faults"), one line each:
     a commit log that is not the class store's, a store that does not match the factorization committed
-    for its generation, a queue that is not the one the committed position refers to."""
+    for its generation, a queue (of identity ``identity``; None: unknown) that is not the one the committed
+    position refers to."""
     problems = []
     record = store.service_record
     if record is not None and read_log_id(path) != record.get("log"):
@@ -116,29 +117,25 @@ def project_problems(path: Path, store: Any, current: Any, queue: str | None) ->
     if current.store_generation == store.generation and factorized is not None and factorized != store.size:
         problems.append(f"the class store shows {store.size} classes at generation {store.generation}, the "
                         f"factorization committed for it {factorized}: was zarr.json edited?")
-    if current.queue_identity is not None:
-        try:
-            with open_queue(path, queue or current.queue, readonly=True) as waiting:
-                identity = waiting.identity()
-        except (ConnectionError, ValueError, sqlite3.DatabaseError):
-            identity = None  # unreachable: queue_error says so
-        if identity is not None and identity != current.queue_identity:
-            problems.append(f"the queue {current.queue} is not the one the committed position {current.position!r} "
-                            "refers to (deleted and created again?): run 'mmf-stream serve --adopt-queue'")
+    if identity is not None and current.queue_identity is not None and identity != current.queue_identity:
+        problems.append(f"the queue {current.queue} is not the one the committed position {current.position!r} "
+                        "refers to (deleted and created again?): run 'mmf-stream serve --adopt-queue'")
     return problems
 
 
-def measure_queue(project: Path, url: str | None, position: Any) -> tuple[str, int | None, str | None]:
-    """The queue's printable URL, its depth after ``position`` and None; or, when it cannot be
-    measured (Redis down or refusing, a damaged database), the URL, None and why (one line).
+def measure_queue(project: Path, url: str | None, position: Any
+                  ) -> tuple[str, int | None, str | None, str | None]:
+    """The queue's printable URL, its depth after ``position``, None and its identity; or, when it
+    cannot be measured (Redis down or refusing, a damaged database), the URL, None, why (one line)
+    and None.
 
     A URL that names no queue is still a ValueError (bad input).
     """
     with open_queue(project, url, readonly=True) as waiting:
         try:
-            return waiting.url, int(waiting.depth(position)), None
+            return waiting.url, int(waiting.depth(position)), None, waiting.identity()
         except (ConnectionError, ValueError, sqlite3.DatabaseError) as error:
-            return waiting.url, None, str(error).splitlines()[0] if str(error) else type(error).__name__
+            return waiting.url, None, str(error).splitlines()[0] if str(error) else type(error).__name__, None
 
 
 def format_status(status: dict[str, Any]) -> str:
