@@ -324,3 +324,35 @@ def test_a_garbage_embedded_queue_is_refused_in_one_line(tmp_path, capsys):
         ms.submit(project, "z", mean=_means(1)[0])
     assert main(["status", str(project), "--json"]) == 0  # the project's own state, the queue's error beside it
     assert "queue_error" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("library", ["wraps", "swallows"])
+def test_a_stop_signal_that_a_library_wraps_or_swallows_still_abandons_the_step(tmp_path, library):
+    # CI saw "SystemError: CPUDispatcher(...) returned a result with an exception set": the handler's
+    # StopRequested was raised while a numba dispatcher was in C, and came out as a SystemError.
+    import os
+    import signal
+    import time
+
+    from mmf_stream.service.coordinator import StopRequested
+
+    def computation():
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)  # the handler runs here
+        except StopRequested as stop:
+            if library == "wraps":
+                raise SystemError("returned a result with an exception set") from stop
+        return "finished"
+
+    coordinator = _coordinator(make_project(tmp_path / "p"))
+    previous = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGINT)}
+    coordinator.install_signal_handlers()
+    try:
+        with pytest.raises(StopRequested, match="SIGTERM"):
+            with coordinator._abandonable_step():
+                computation()
+        assert coordinator.stopping
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)

@@ -395,6 +395,7 @@ class Coordinator:
         self._rebuilt: dict[str, Any] | None = None  # the store's service record a rebuilt log starts from
         self._adopted = False
         self._abandonable = False  # inside a computation a stop signal may abandon (nothing written yet)
+        self._abandoned_by: str | None = None  # the signal that abandoned the current step
 
     # ------------------------------------------------------------------ start / stop
     def start(self) -> Coordinator:
@@ -576,7 +577,8 @@ class Coordinator:
             self.stopping = True
             if self._abandonable:
                 self._abandonable = False
-                raise StopRequested(signal.Signals(signum).name)
+                self._abandoned_by = signal.Signals(signum).name
+                raise StopRequested(self._abandoned_by)
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
 
@@ -585,11 +587,22 @@ class Coordinator:
         """A computation that a stop signal may abandon: it writes nothing."""
         if self.stopping:
             raise StopRequested("stop requested")
+        self._abandoned_by = None
         self._abandonable = True
         try:
             yield
+        except StopRequested:
+            raise
+        except BaseException as error:
+            # The handler's StopRequested can surface wrapped: raised while a numba dispatcher is in C,
+            # it comes out as "SystemError: ... returned a result with an exception set".
+            if self._abandoned_by is not None:
+                raise StopRequested(self._abandoned_by) from error
+            raise
         finally:
             self._abandonable = False
+        if self._abandoned_by is not None:  # raised into code that swallowed it: the step is still abandoned
+            raise StopRequested(self._abandoned_by)
 
     # ------------------------------------------------------------------ the loop
     def run(self, *, idle_exit: float | None = None) -> None:
