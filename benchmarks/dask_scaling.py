@@ -22,7 +22,7 @@ written as a Zarr array (chunks of 4096 rows x all columns) under ``--tmpdir``
 about 2 GB there). Each row then runs in a fresh subprocess:
 
 * ``local``: the local staged engine. Compiles the kernels
-  (:func:`mmf_stream._warmup.warm_up` and the row's call on a tiny input, not
+  (:func:`mmf_stream.warmup.warm_up` and the row's call on a tiny input, not
   timed), then times loading the Zarr array into NumPy plus
   ``ms.factorize(array, ...)``. NUMBA and the
   OMP/OPENBLAS/MKL thread counts are the machine's cores (also in the Dask
@@ -206,10 +206,10 @@ def _generate(case: Case, path: str) -> None:
 
 
 def _warm(case: Case, client=None) -> None:
-    """Compile the kernels before the timed runs: :func:`mmf_stream._warmup.warm_up` here (and on every worker),
+    """Compile the kernels before the timed runs: :func:`mmf_stream.warmup.warm_up` here (and on every worker),
     then the case's call on a tiny input (on the cluster, too: warm_up does not run the Dask engine's own
     kernels, e.g. the reads' symmetry signature and the compaction's block take)."""
-    from mmf_stream._warmup import warm_up
+    from mmf_stream.warmup import warm_up
 
     warm_up()
     if client is not None:

@@ -17,6 +17,6 @@ fi
 export PYTHONUNBUFFERED=1 MMF_STREAM_QUIET=1
 nproc > "$out/machine.txt"
 python3 -c "import numpy, numba, dask, distributed, zarr; print(numpy.__version__, numba.__version__, dask.__version__, zarr.__version__)" >> "$out/machine.txt"
-python3 -c "import mmf_stream._warmup as w; print('warm-up (compile) s', round(w.warm_up(), 1))" 2>&1 | tee -a "$out/machine.txt"
+python3 -c "import mmf_stream.warmup as w; print('warm-up (compile) s', round(w.warm_up(), 1))" 2>&1 | tee -a "$out/machine.txt"
 python3 benchmarks/dask_scaling.py --markdown --only dense --no-local --workers "${WORKERS:-1,2,4,8,16}" \
     --timeout "${ROW_TIMEOUT:-240}" --tmpdir /tmp 2>&1 | tee "$out/dask_scaling_device.md"

@@ -53,7 +53,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import mmf_stream as ms  # noqa: E402
 from _common import print_table  # noqa: E402
 from mmf_stream.store.generations import Project  # noqa: E402
-from mmf_stream.service.queue import EmbeddedQueue, encode_array  # noqa: E402
+from mmf_stream.service.queues.embedded import EmbeddedQueue, encode_array  # noqa: E402
 
 ORDER = 5
 #: calls of ms.submit timed per size

@@ -10,16 +10,16 @@ True
 from __future__ import annotations
 
 from mmf_stream import datasets, views
-from mmf_stream.store.class_store import Store, StoreLockedError, SymmetricCovariance
-from mmf_stream._covariance import ClassCovariance, class_covariance
-from mmf_stream._factorization import Factorization, InsertionReport, Level, factorize, load
-from mmf_stream._incremental import factorize_incremental
-from mmf_stream._io import read_labels, read_matrix
-from mmf_stream.store.result_format import FORMAT_VERSION
-from mmf_stream._version import __version__
+from mmf_stream.api import factorize, factorize_incremental, load
+from mmf_stream.common.version import __version__
 from mmf_stream.datasets import class_means, grid_laplacian, hierarchical_covariance, karate_laplacian
 from mmf_stream.engine import EngineOptions
+from mmf_stream.factorization import Factorization, InsertionReport, Level
+from mmf_stream.io import read_labels, read_matrix
 from mmf_stream.service.submit import submit
+from mmf_stream.store.class_covariance import ClassCovariance, class_covariance
+from mmf_stream.store.class_store import Store, StoreLockedError, SymmetricCovariance
+from mmf_stream.store.result_format import FORMAT_VERSION
 
 __all__ = [
     "ClassCovariance",

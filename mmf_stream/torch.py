@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from mmf_stream._covariance import ClassCovariance, covariance_from_means, group_sums
+from mmf_stream.store.class_covariance import ClassCovariance, covariance_from_means, group_sums
 
 try:
     import torch

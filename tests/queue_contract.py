@@ -4,7 +4,7 @@
 once (``class TestEmbeddedQueueContract(QueueContract)``) and gives the
 ``queue_url`` fixture (the ``--queue`` value naming a fresh queue) and
 :meth:`QueueContract.delete_queue`. Every queue is opened with
-:func:`~mmf_stream.service.backends.open_queue`, as the service opens it.
+:func:`~mmf_stream.service.queues.backends.open_queue`, as the service opens it.
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ import numpy as np
 import pytest
 
 import mmf_stream as ms
-from mmf_stream.service.backends import open_queue
+from mmf_stream.service.queues.backends import open_queue
 from mmf_stream.service.messages import BadMessage, decode
-from mmf_stream.service.queue import encode_array
-from mmf_stream.service.queue_protocol import QueueBackend
+from mmf_stream.service.queues.embedded import encode_array
+from mmf_stream.service.queues.protocol import QueueBackend
 
 from service_helpers import small_project
 

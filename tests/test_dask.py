@@ -19,6 +19,7 @@ import zarr
 
 import mmf_stream as ms
 from mmf_stream import cli
+from mmf_stream.cli import matrices
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "deploy" / "local" / "cluster.sh"
@@ -134,7 +135,7 @@ def test_scheduler_lost_mid_run_is_one_line_and_writes_nothing(inputs, tmp_path,
         if number == 2:
             os.kill(_pid(directory, "scheduler"), signal.SIGKILL)
 
-    monkeypatch.setattr(cli._StageProgress, "stage", kill_scheduler)
+    monkeypatch.setattr(matrices._StageProgress, "stage", kill_scheduler)
     with local_cluster(directory, 2) as address:
         code = cli.main(["factorize", str(inputs["dense"]), "--order", "4", "--schedule", "staged",
                          "--scheduler", address, "--out", str(out), "--quiet"])
@@ -158,7 +159,7 @@ def test_cli_workers_embedded_cluster_matches_local(inputs, tmp_path, capsys):
 
 
 def test_bad_input_on_a_cluster_is_one_line(inputs, tmp_path, capsys, monkeypatch):
-    import mmf_stream._cluster as cluster
+    import mmf_stream.dask_client as cluster
 
     asymmetric = ms.hierarchical_covariance(300, seed=1)
     asymmetric[5, 7] += 1.0
@@ -291,7 +292,7 @@ def distributed_logging():
     """Restore the distributed loggers' levels and their handlers' formatters after the test."""
     import logging
 
-    from mmf_stream._cluster import DISTRIBUTED_LOGGERS
+    from mmf_stream.dask_client import DISTRIBUTED_LOGGERS
 
     loggers = [logging.getLogger(name) for name in DISTRIBUTED_LOGGERS]
     saved = [(logger, logger.level, [(handler, handler.formatter) for handler in logger.handlers])
@@ -307,7 +308,7 @@ def test_distributed_loggers_are_quiet_and_one_line(distributed_logging):
     import io
     import logging
 
-    import mmf_stream._cluster as cluster
+    import mmf_stream.dask_client as cluster
 
     ours, root = logging.getLogger("mmf_stream"), logging.getLogger()
     before = (ours.level, root.level, list(root.handlers))
@@ -320,7 +321,7 @@ def test_distributed_loggers_are_quiet_and_one_line(distributed_logging):
     top.propagate = False
     try:
         with pytest.raises(ConnectionError):  # opening a client quiets them (the scheduler's address here)
-            with cluster.cluster_client("tcp://127.0.0.1:1", connect_timeout=0.5):
+            with cluster.connect_client("tcp://127.0.0.1:1", connect_timeout=0.5):
                 pass
         for name in cluster.DISTRIBUTED_LOGGERS:
             assert logging.getLogger(name).getEffectiveLevel() >= logging.ERROR, name
@@ -348,7 +349,7 @@ _KILL_ONE_WORKER = """
 import multiprocessing, os, signal, sys
 import numpy as np, zarr
 import mmf_stream as ms
-from mmf_stream._cluster import cluster_client
+from mmf_stream.dask_client import connect_client
 
 OPTIONS = {options!r}
 killed = []
@@ -366,7 +367,7 @@ class KillAtStageTwo:
 
 
 if __name__ == "__main__":
-    with cluster_client(workers=2) as client:
+    with connect_client(workers=2) as client:
         result = ms.factorize(sys.argv[1], order=4, core_size=75, schedule="staged", options=OPTIONS, client=client,
                               progress=KillAtStageTwo())
     assert killed
@@ -376,7 +377,7 @@ if __name__ == "__main__":
 
 def test_worker_killed_on_a_local_cluster_leaves_no_noise(tmp_path):
     """A worker of an embedded LocalCluster SIGKILLed mid-run (in a process of its own, whose stderr
-    is the one a user reads): the scheduler recomputes its parts, the result is the same, and stderr
+    is the one a user reads): the scheduler recomputes its shards, the result is the same, and stderr
     holds no traceback nor distributed warning."""
     matrix = ms.hierarchical_covariance(600, seed=6)
     path = tmp_path / "C.zarr"

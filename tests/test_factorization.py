@@ -7,26 +7,7 @@ import pytest
 
 import mmf_stream as ms
 
-from conftest import planted_blocks, random_symmetric
-
-
-def _check_valid(f, C):
-    """Every invariant an MMF must satisfy."""
-    reconstruction_error = np.linalg.norm(C - f.reconstruct())
-    assert np.isclose(f.error, reconstruction_error, rtol=1e-7, atol=1e-9 * max(1, np.linalg.norm(C)))
-    assert np.isclose(np.sum(f.level_errors), reconstruction_error**2, rtol=1e-6, atol=1e-12 * max(1.0, np.linalg.norm(C) ** 2))
-    for level in f.levels:
-        np.testing.assert_allclose(level.rotation @ level.rotation.T, np.eye(f.order), atol=1e-10)
-        assert np.isclose(np.linalg.det(level.rotation), 1.0)
-        assert len(set(level.indices.tolist())) == f.order
-        assert level.wavelet in level.indices
-    assert len(set(f.wavelets.tolist())) == f.n_levels
-    assert not set(f.wavelets.tolist()) & set(f.core.tolist())
-    assert sorted(f.wavelets.tolist() + f.core.tolist()) == list(range(f.size))
-    # a wavelet takes no part in later levels
-    for i, level in enumerate(f.levels):
-        for later in f.levels[i + 1 :]:
-            assert level.wavelet not in later.indices
+from matrix_helpers import check_valid as _check_valid, planted_blocks, random_symmetric
 
 
 @pytest.mark.parametrize("order", [2, 3, 4, 5, 8])

@@ -8,7 +8,7 @@ import zarr
 
 import mmf_stream as ms
 
-from conftest import random_symmetric
+from matrix_helpers import random_symmetric
 
 
 def test_read_npy_mtx_dense_sparse_and_zarr(tmp_path):

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 
 import mmf_stream as ms
-from mmf_stream import _factorization as F
-from mmf_stream._fingerprint import mismatches, of_matrix, probe_vector
+from mmf_stream import api as F
+from mmf_stream.store.fingerprint import mismatches, of_matrix, probe_vector
 from mmf_stream.cli import main
 
-from conftest import random_symmetric
+from matrix_helpers import random_symmetric
 
 
 def _error_line(capsys) -> str:
@@ -335,7 +335,9 @@ def test_lock_timeout_option_names_the_holder(small_store, capsys):
 def test_covariance_streams_with_a_progress_bar_on_a_terminal(tmp_path, capsys, monkeypatch):
     from contextlib import contextmanager
 
-    from mmf_stream import _covariance, _progress, cli
+    from mmf_stream.cli import matrices as cli
+    from mmf_stream.common import progress as _progress
+    from mmf_stream.store import class_covariance as _covariance
 
     counted = []
     real_progress = cli.progress

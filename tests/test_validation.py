@@ -5,7 +5,7 @@ import pytest
 
 import mmf_stream as ms
 
-from conftest import random_symmetric
+from matrix_helpers import random_symmetric
 
 
 @pytest.mark.parametrize(

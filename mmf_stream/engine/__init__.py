@@ -7,7 +7,7 @@
 * :mod:`~mmf_stream.engine.greedy`: the greedy level loop and candidate cache;
 * :mod:`~mmf_stream.engine.staged`: staged levels (clusters, pure cluster work);
 * :mod:`~mmf_stream.engine.schedule`: runs one factorization (greedy or staged);
-* :mod:`~mmf_stream.engine.incremental`: insertion into an existing result;
+* :mod:`~mmf_stream.engine.insertion`: insertion into an existing result;
 * :mod:`~mmf_stream.engine.options`: every policy number, one options object.
 
 Nothing here does I/O or knows about the public ``Factorization`` object.

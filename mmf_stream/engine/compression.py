@@ -38,7 +38,7 @@ import numpy as np
 
 from mmf_stream.engine import gram_kernels as GK
 from mmf_stream.engine import kernels as K
-from mmf_stream.engine import parts as P
+from mmf_stream.engine import row_blocks as P
 from mmf_stream.engine.options import DEFAULT_OPTIONS
 from mmf_stream.engine.raw import Snapshot
 

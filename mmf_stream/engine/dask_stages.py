@@ -2,9 +2,9 @@
 
 Design (mmf-math.md section 4; issue 10):
 
-* The compression is a list of *parts*, each a :class:`RowPart` (sorted
+* The compression is a list of *shards*, each a :class:`RowShard` (sorted
   positions and their full rows: ``C[rows, S]`` dense, ``M[rows]`` factored)
-  held by Dask futures on the workers. Workers read the first parts straight
+  held by Dask futures on the workers. Workers read the first shards straight
   from the input (a Zarr array by path or URL); the client never holds the
   matrix.
 * A stage is a fixed batch of tasks per round, not per level: *features*
@@ -18,17 +18,17 @@ Design (mmf-math.md section 4; issue 10):
   a *chain* of small tasks that down-dates ``W = M_S' M_S`` cluster by
   cluster in the recorded order (``D x D`` matrices between workers).
 * Data stays resident as ordinary task results (futures), not actors: Dask
-  keeps the lineage, so a worker lost mid-stage has its parts recomputed from
+  keeps the lineage, so a worker lost mid-stage has its shards recomputed from
   the tasks before them, back to the Zarr reads, and the result is unchanged.
   Actors would lose their state with the worker.
 * Results are bit-identical to the local engine's for the same input and
   seed, whatever the number of workers: every quantity is computed by the
   same function on the same rows (row-wise kernels, :func:`stable_matmul
-  <mmf_stream.engine.parts.stable_matmul>`, reductions over fixed blocks in a
+  <mmf_stream.engine.row_blocks.stable_matmul>`, reductions over fixed blocks in a
   fixed order), and buckets never change the arithmetic.
 
 The final greedy levels (at most ``options.greedy_below`` indices) and the
-insertion snapshots run in the client process on gathered parts
+insertion snapshots run in the client process on gathered shards
 (:meth:`DaskCompression.to_local`).
 """
 
@@ -44,7 +44,7 @@ import numpy as np
 
 from mmf_stream.engine import gram_kernels as GK
 from mmf_stream.engine import kernels as K
-from mmf_stream.engine import parts as P
+from mmf_stream.engine import row_blocks as P
 from mmf_stream.engine.compression import DenseCompression, FactoredCompression, _sequential_row_energy
 from mmf_stream.engine.options import DEFAULT_OPTIONS, EngineOptions
 from mmf_stream.engine.raw import Snapshot
@@ -59,12 +59,12 @@ BUCKETS_PER_WORKER = 2
 #: blocks of the Gram's fixed-order sum)
 DENSE_READ_ROWS = 1024
 #: from this many workers on, one bucket per worker: regrouping rows costs a task per
-#: (part, bucket) pair, so tasks grow like buckets^2
+#: (shard, bucket) pair, so tasks grow like buckets^2
 ONE_BUCKET_FROM = 4
 
 
 @dataclass
-class RowPart:
+class RowShard:
     """Some rows of the compression: their positions (sorted) and the rows themselves."""
 
     positions: np.ndarray
@@ -83,13 +83,13 @@ class BucketWork:
 
 
 # ------------------------------------------------------------------ worker tasks (pure)
-def read_part(source: Any, start: int, stop: int, factored: bool) -> tuple[RowPart, dict]:
-    """Rows ``start:stop`` of the input, checked; returns the part and a small summary.
+def read_shard(source: Any, start: int, stop: int, factored: bool) -> tuple[RowShard, dict]:
+    """Rows ``start:stop`` of the input, checked; returns the shard and a small summary.
 
     Dense rows come with a symmetry signature (:func:`symmetry_signature
     <mmf_stream.engine.gram_kernels.symmetry_signature>`): when the whole
     matrix's signatures agree it is exactly symmetric and the rows are its
-    symmetric part; otherwise :func:`symmetrize_part` reads the matching columns.
+    symmetric shard; otherwise :func:`symmetrize_shard` reads the matching columns.
     """
     rows = np.asarray(source.rows(start, stop))
     summary: dict[str, Any] = {"start": start, "bad": None}
@@ -99,7 +99,7 @@ def read_part(source: Any, start: int, stop: int, factored: bool) -> tuple[RowPa
             return _non_finite(data, start, stop, summary)
         summary["largest"] = float(np.max(np.abs(data), initial=0.0))
         summary["diagonal"] = np.einsum("ij,ij->i", data, data)
-        return RowPart(np.arange(start, stop, dtype=np.int64), data), summary
+        return RowShard(np.arange(start, stop, dtype=np.int64), data), summary
     left, right = signature_multipliers(data.shape[1])
     forward, backward, finite, largest, squares = GK.symmetry_signature(
         data, np.arange(start, stop, dtype=np.int64), left, right)
@@ -109,13 +109,13 @@ def read_part(source: Any, start: int, stop: int, factored: bool) -> tuple[RowPa
     summary["largest"] = float(largest)
     summary["sumsq"] = float(squares)
     summary["diagonal"] = data[np.arange(stop - start), np.arange(start, stop)].copy()
-    return RowPart(np.arange(start, stop, dtype=np.int64), data), summary
+    return RowShard(np.arange(start, stop, dtype=np.int64), data), summary
 
 
-def _non_finite(data: np.ndarray, start: int, stop: int, summary: dict) -> tuple[RowPart, dict]:
+def _non_finite(data: np.ndarray, start: int, stop: int, summary: dict) -> tuple[RowShard, dict]:
     bad = np.argwhere(~np.isfinite(data))[0]
     summary["bad"] = (int(bad[0]) + start, int(bad[1]))
-    return RowPart(np.arange(start, stop), np.empty((0, 0))), summary
+    return RowShard(np.arange(start, stop), np.empty((0, 0))), summary
 
 
 def signature_multipliers(size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -124,7 +124,7 @@ def signature_multipliers(size: int) -> tuple[np.ndarray, np.ndarray]:
     return rng.integers(0, 2**64, size=size, dtype=np.uint64), rng.integers(0, 2**64, size=size, dtype=np.uint64)
 
 
-def symmetrize_part(source: Any, start: int, stop: int) -> tuple[RowPart, dict]:
+def symmetrize_shard(source: Any, start: int, stop: int) -> tuple[RowShard, dict]:
     """Rows ``start:stop`` of ``(C + C') / 2`` from the rows and the matching columns (not exactly symmetric C)."""
     rows = np.asarray(source.rows(start, stop))
     columns = np.asarray(source.columns(start, stop))  # C[:, start:stop]
@@ -133,28 +133,28 @@ def symmetrize_part(source: Any, start: int, stop: int) -> tuple[RowPart, dict]:
     if not finite:
         bad = np.argwhere(~np.isfinite(columns))[0]
         summary["bad"] = (int(bad[0]), int(bad[1]) + start)
-        return RowPart(np.arange(start, stop), np.empty((0, 0))), summary
+        return RowShard(np.arange(start, stop), np.empty((0, 0))), summary
     first, second = sorted((int(i) + start, int(j)))  # named upper triangle first, as the local check does
     summary["asymmetry"] = (float(worst), first, second)
     summary["largest"] = float(largest)
     summary["diagonal"] = data[np.arange(stop - start), np.arange(start, stop)].copy()
     summary["sumsq"] = float(np.einsum("ij,ij->", data, data))
-    return RowPart(np.arange(start, stop, dtype=np.int64), data), summary
+    return RowShard(np.arange(start, stop, dtype=np.int64), data), summary
 
 
-def part_gram(part: RowPart) -> np.ndarray:
-    """``X' X`` of a part (one block of :func:`mmf_stream.engine.parts.blocked_gram`)."""
-    return P.stable_cogram(part.rows)
+def shard_gram(shard: RowShard) -> np.ndarray:
+    """``X' X`` of a shard (one block of :func:`mmf_stream.engine.row_blocks.blocked_gram`)."""
+    return P.stable_cogram(shard.rows)
 
 
-def part_probe(part: RowPart, vector: np.ndarray) -> np.ndarray:
+def shard_probe(shard: RowShard, vector: np.ndarray) -> np.ndarray:
     """``X v`` row by row."""
-    return part.rows @ vector
+    return shard.rows @ vector
 
 
-def part_transpose_probe(part: RowPart, vector: np.ndarray) -> np.ndarray:
+def shard_transpose_probe(shard: RowShard, vector: np.ndarray) -> np.ndarray:
     """``X' v[positions]``."""
-    return part.rows.T @ vector[part.positions]
+    return shard.rows.T @ vector[shard.positions]
 
 
 def frobenius(matrix: np.ndarray) -> float:
@@ -165,27 +165,27 @@ def sum_partials(*partials: np.ndarray) -> np.ndarray:
     return P.sum_in_order(list(partials))
 
 
-def part_features(part: RowPart, sketch_state: dict | None, width: int, sketch: np.ndarray | None) -> np.ndarray:
+def shard_features(shard: RowShard, sketch_state: dict | None, width: int, sketch: np.ndarray | None) -> np.ndarray:
     """Rows of the stage's features: ``C[rows] R`` (dense, R regenerated from the rng state) or ``M[rows] R``."""
     if sketch_state is not None:
         generator = np.random.Generator(np.random.PCG64())
         generator.bit_generator.state = sketch_state
-        sketch = generator.standard_normal((part.rows.shape[1], width))
+        sketch = generator.standard_normal((shard.rows.shape[1], width))
     if sketch is None:
-        return part.rows.copy()
-    return P.stable_matmul(part.rows, sketch)
+        return shard.rows.copy()
+    return P.stable_matmul(shard.rows, sketch)
 
 
-def split_part(part: RowPart, buckets: np.ndarray) -> dict[int, RowPart]:
-    """The part's rows by bucket (``buckets[i]`` is row ``i``'s)."""
-    return {int(b): RowPart(part.positions[buckets == b], part.rows[buckets == b]) for b in np.unique(buckets)}
+def split_shard(shard: RowShard, buckets: np.ndarray) -> dict[int, RowShard]:
+    """The shard's rows by bucket (``buckets[i]`` is row ``i``'s)."""
+    return {int(b): RowShard(shard.positions[buckets == b], shard.rows[buckets == b]) for b in np.unique(buckets)}
 
 
 class Bucket:
     """A stage's group of clusters: the pieces its rows came in (not copied together), and
     where each of its positions lives (sorted positions -> piece, row)."""
 
-    def __init__(self, pieces: list[RowPart]) -> None:
+    def __init__(self, pieces: list[RowShard]) -> None:
         self.pieces = pieces
         positions = np.concatenate([piece.positions for piece in pieces])
         owner = np.concatenate([np.full(piece.positions.shape[0], number, dtype=np.int64)
@@ -213,7 +213,7 @@ class Bucket:
                 piece.rows[self.row_of[local[chosen]]] = values[chosen]
 
 
-def assemble(*pieces: RowPart) -> Bucket:
+def assemble(*pieces: RowShard) -> Bucket:
     """A bucket from its pieces (no rows copied)."""
     return Bucket(list(pieces))
 
@@ -270,11 +270,11 @@ def chain_link(inner: np.ndarray, work: BucketWork) -> tuple[np.ndarray, list[np
 
 
 def apply_dense(work: BucketWork, tuples: np.ndarray, rotations: np.ndarray, wavelets: np.ndarray,
-                first: int, keep: np.ndarray) -> tuple[RowPart, np.ndarray, np.ndarray]:
+                first: int, keep: np.ndarray) -> tuple[RowShard, np.ndarray, np.ndarray]:
     """Rotate the bucket's columns by the stage's levels, take its wavelets' energies, drop every wavelet.
 
     The bucket's wavelets are ``wavelets[first:first + q]`` (recorded order).
-    Returns the compacted part (new positions) and the wavelets' diagonal and ``r^2``.
+    Returns the compacted shard (new positions) and the wavelets' diagonal and ``r^2``.
     """
     bucket = work.bucket
     count = sum(int(result.wavelets.shape[0]) for result in work.levels)
@@ -297,11 +297,11 @@ def apply_dense(work: BucketWork, tuples: np.ndarray, rotations: np.ndarray, wav
                                                                      active, wavelets)
         mine = np.flatnonzero((bucket.piece_of == number) & ~is_wavelet)  # sorted indices of kept rows
         GK.take_block_into(piece.rows, bucket.row_of[mine], keep, out, destination[mine])
-    return RowPart(new_positions, out), diagonal, energy
+    return RowShard(new_positions, out), diagonal, energy
 
 
 def apply_factored(work: BucketWork, chain: tuple[np.ndarray, list], keep: np.ndarray):
-    """The bucket's wavelets' exact energies (``W`` from the chain), their final rows, the compacted part."""
+    """The bucket's wavelets' exact energies (``W`` from the chain), their final rows, the compacted shard."""
     bucket = work.bucket
     diagonals, energies, finals = [], [], []
     for wavelet_rows, inner, before in zip(work.wavelet_rows, work.inners, chain[1]):
@@ -314,7 +314,7 @@ def apply_factored(work: BucketWork, chain: tuple[np.ndarray, list], keep: np.nd
     kept = np.flatnonzero(np.isin(bucket.positions, keep, assume_unique=True))  # sorted
     empty = np.empty(0)
     width = bucket.pieces[0].rows.shape[1]
-    return (RowPart(np.searchsorted(keep, bucket.positions[kept]), bucket.take(kept)),
+    return (RowShard(np.searchsorted(keep, bucket.positions[kept]), bucket.take(kept)),
             np.concatenate(diagonals) if diagonals else empty, np.concatenate(energies) if energies else empty,
             np.concatenate(finals) if finals else np.empty((0, width)))
 
@@ -349,15 +349,15 @@ class DaskCompression:
     rows, the last indices).
     """
 
-    def __init__(self, client: Any, factored: bool, size: int, width: int, parts: list, part_positions: list,
+    def __init__(self, client: Any, factored: bool, size: int, width: int, shards: list, shard_positions: list,
                  inner: Any, explicit_max: int, options: EngineOptions, token: str) -> None:
         self.client = client
         self.factored = factored
         self.n = size
         self.size = size  # the input's
         self.width = width  # columns of a factored row (D); dense: n
-        self.parts = parts
-        self.part_positions = part_positions
+        self.shards = shards
+        self.shard_positions = shard_positions
         self.inner = inner  # factored: future of W = M_S' M_S
         self.explicit_max = explicit_max
         self.options = options
@@ -390,38 +390,38 @@ class DaskCompression:
         # never decompresses a chunk another read decompresses too), else DENSE_READ_ROWS
         block = options.gram_block if factored else int(getattr(source, "row_chunk", 0) or DENSE_READ_ROWS)
         bounds = P.block_bounds(size, block)
-        reads = [client.submit(read_part, source.for_block(start, stop), start, stop, factored,
+        reads = [client.submit(read_shard, source.for_block(start, stop), start, stop, factored,
                                key=task_key("read", 0, f"rows{start}to{stop}", token), pure=False)
                  for start, stop in bounds]
-        parts = [client.submit(operator.getitem, read, 0, key=task_key("part", 0, f"rows{start}to{stop}", token))
+        shards = [client.submit(operator.getitem, read, 0, key=task_key("shard", 0, f"rows{start}to{stop}", token))
                  for read, (start, stop) in zip(reads, bounds)]
         summaries = client.gather([client.submit(operator.getitem, read, 1,
-                                                 key=task_key("summary", 0, f"part{i}", token))
+                                                 key=task_key("summary", 0, f"shard{i}", token))
                                    for i, read in enumerate(reads)])
         if not factored and not any(summary["bad"] for summary in summaries):
             forward = backward = np.uint64(0)
             for summary in summaries:
                 forward ^= summary["signature"][0]
                 backward ^= summary["signature"][1]
-            if forward == backward:  # exactly symmetric: the rows are the symmetric part
+            if forward == backward:  # exactly symmetric: the rows are the symmetric shard
                 for summary in summaries:
                     summary["asymmetry"] = (0.0, 0, 0)
             else:  # read the matching columns too
-                reads = [client.submit(symmetrize_part, source.for_block(start, stop), start, stop,
+                reads = [client.submit(symmetrize_shard, source.for_block(start, stop), start, stop,
                                        key=task_key("symmetrize", 0, f"rows{start}to{stop}", token), pure=False)
                          for i, (start, stop) in enumerate(bounds)]
-                parts = [client.submit(operator.getitem, read, 0, key=task_key("part", 0, f"symmetric{i}", token))
+                shards = [client.submit(operator.getitem, read, 0, key=task_key("shard", 0, f"symmetric{i}", token))
                          for i, read in enumerate(reads)]
                 summaries = client.gather([client.submit(operator.getitem, read, 1,
                                                          key=task_key("summary", 0, f"symmetric{i}", token))
                                            for i, read in enumerate(reads)])
         inner = None
         if factored and not any(summary["bad"] for summary in summaries):
-            grams = [client.submit(part_gram, part, key=task_key("gram", 0, f"part{i}", token))
-                     for i, part in enumerate(parts)]
+            grams = [client.submit(shard_gram, shard, key=task_key("gram", 0, f"shard{i}", token))
+                     for i, shard in enumerate(shards)]
             inner = client.submit(sum_partials, *grams, key=task_key("inner", 0, "all", token))
         del reads
-        compression = cls(client, factored, size, width if factored else size, parts,
+        compression = cls(client, factored, size, width if factored else size, shards,
                           [np.arange(start, stop, dtype=np.int64) for start, stop in bounds], inner, explicit_max,
                           options, token)
         compression.bytes_result += sum(_nbytes(summary) for summary in summaries)
@@ -431,12 +431,12 @@ class DaskCompression:
         """``C v`` (dense) or ``M (M' v)`` (factored), computed on the workers."""
         client = self.client
         if self.factored:
-            partials = [client.submit(part_transpose_probe, part, vector, pure=False) for part in self.parts]
+            partials = [client.submit(shard_transpose_probe, shard, vector, pure=False) for shard in self.shards]
             vector_future = client.submit(sum_partials, *partials, pure=False)
-            pieces = client.gather([client.submit(part_probe, part, vector_future, pure=False)
-                                    for part in self.parts])
+            pieces = client.gather([client.submit(shard_probe, shard, vector_future, pure=False)
+                                    for shard in self.shards])
         else:
-            pieces = client.gather([client.submit(part_probe, part, vector, pure=False) for part in self.parts])
+            pieces = client.gather([client.submit(shard_probe, shard, vector, pure=False) for shard in self.shards])
         return np.concatenate(pieces)
 
     def inner_norm(self) -> float:
@@ -474,14 +474,14 @@ class DaskCompression:
             state = rng.bit_generator.state
             rng.standard_normal((self.n, width))  # the local engine draws the same sketch here
             sketch = None
-        futures = [client.submit(part_features, part, state, width, sketch,
-                                 key=self._key("features", f"part{i}"))
-                   for i, part in enumerate(self.parts)]
+        futures = [client.submit(shard_features, shard, state, width, sketch,
+                                 key=self._key("features", f"shard{i}"))
+                   for i, shard in enumerate(self.shards)]
         record.bytes_sent += (_nbytes(state) + _nbytes(sketch)) * len(futures)
         pieces = client.gather(futures)
         record.bytes_received += sum(_nbytes(piece) for piece in pieces)
         out = np.empty((self.n, pieces[0].shape[1]))
-        for positions, piece in zip(self.part_positions, pieces):
+        for positions, piece in zip(self.shard_positions, pieces):
             out[positions] = piece
         record.rounds += 1
         record.seconds += time.perf_counter() - started
@@ -515,13 +515,13 @@ class DaskCompression:
                 bucket_of[members[number]] = b
         workers = self._workers()
         pieces: dict[int, list] = {b: [] for b in range(len(runs))}
-        for i, (part, positions) in enumerate(zip(self.parts, self.part_positions)):
+        for i, (shard, positions) in enumerate(zip(self.shards, self.shard_positions)):
             buckets = bucket_of[positions]
-            split = client.submit(split_part, part, buckets, key=self._key("split", f"part{i}"))
+            split = client.submit(split_shard, shard, buckets, key=self._key("split", f"shard{i}"))
             record.bytes_sent += _nbytes(buckets)
             for b in np.unique(buckets):
                 pieces[int(b)].append(client.submit(operator.getitem, split, int(b),
-                                                    key=self._key("piece", f"part{i}-bucket{b}")))
+                                                    key=self._key("piece", f"shard{i}-bucket{b}")))
         self._work = []
         self._hints = []
         level_futures = []
@@ -577,14 +577,14 @@ class DaskCompression:
             outputs = [client.submit(_apply_dense_shared, work, shared, int(first),
                                      key=self._key("apply", self._names[b]), **self._hints[b])
                        for b, (work, first) in enumerate(zip(self._work, firsts))]
-        new_parts, new_positions, diagonal, energy = [], [], [], []
+        new_shards, new_positions, diagonal, energy = [], [], [], []
         summaries = client.gather([client.submit(_energies, output, key=self._key("energy", self._names[b]))
                                    for b, output in enumerate(outputs)])
-        for b, (output, (part_diagonal, part_energy)) in enumerate(zip(outputs, summaries)):
-            new_parts.append(client.submit(operator.getitem, output, 0, key=self._key("part", self._names[b])))
-            diagonal.append(part_diagonal)
-            energy.append(part_energy)
-            record.bytes_received += _nbytes(part_diagonal) + _nbytes(part_energy)
+        for b, (output, (shard_diagonal, shard_energy)) in enumerate(zip(outputs, summaries)):
+            new_shards.append(client.submit(operator.getitem, output, 0, key=self._key("shard", self._names[b])))
+            diagonal.append(shard_diagonal)
+            energy.append(shard_energy)
+            record.bytes_received += _nbytes(shard_diagonal) + _nbytes(shard_energy)
             members = np.concatenate([groups[number] for number in self._runs[b]])
             members = np.sort(members[keep_mask[members]])
             new_positions.append(np.searchsorted(keep, members))
@@ -593,7 +593,7 @@ class DaskCompression:
                 self.final_rows.append((client.submit(operator.getitem, output, 3,
                                                       key=self._key("final", self._names[b])),
                                         self.index[wavelets[start:start + counts[b]]]))
-        self.parts, self.part_positions = new_parts, new_positions
+        self.shards, self.shard_positions = new_shards, new_positions
         self._work = []
         self.active[wavelets] = False
         record.levels = int(wavelets.shape[0])
@@ -602,18 +602,18 @@ class DaskCompression:
         return tuples, wavelets, np.concatenate(diagonal), np.concatenate(energy)
 
     def compact(self, keep: np.ndarray) -> None:
-        """The parts were compacted on the workers with the stage; the positions follow."""
+        """The shards were compacted on the workers with the stage; the positions follow."""
         self.index = self.index[keep]
         self.n = keep.shape[0]
         self.active = np.ones(self.n, dtype=np.bool_)
 
     # ------------------------------------------------------------- gathering
     def _gather_rows(self) -> np.ndarray:
-        parts = self.client.gather(self.parts)
-        count = int(np.count_nonzero(self.active))  # the parts hold the active positions only
+        shards = self.client.gather(self.shards)
+        count = int(np.count_nonzero(self.active))  # the shards hold the active positions only
         out = np.empty((count, self.width if self.factored else count))
-        for part in parts:
-            out[part.positions] = part.rows
+        for shard in shards:
+            out[shard.positions] = shard.rows
         self.bytes_result += out.nbytes
         return out
 
@@ -647,7 +647,7 @@ class DaskCompression:
         local.inner = self.client.gather(self.inner) if self.inner is not None else rows.T @ rows
         local.energy = np.zeros(self.n)
         local._maybe_explicit()
-        self.parts = []
+        self.shards = []
         self.final_rows = []
         return local
 

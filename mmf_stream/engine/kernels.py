@@ -27,7 +27,7 @@ _JACOBI_SWEEPS = 60
 # implementations (argsort, det, eye, fancy indexing, array expressions, array
 # assignment with its error messages) in favour of loops giving the same numbers,
 # pass arrays of one layout, and small helpers are inlined (inline="always").
-# mmf_stream._warmup.warm_up() (mmf-stream warmup) compiles everything ahead of the first run.
+# mmf_stream.warmup.warm_up() (mmf-stream warmup) compiles everything ahead of the first run.
 
 
 @njit(cache=True)

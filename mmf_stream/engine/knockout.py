@@ -76,13 +76,12 @@ index of old index ``i`` (-1 for removed ones); :func:`compact_index` and
 
 from __future__ import annotations
 
-import heapq
 from dataclasses import dataclass
 
 import numpy as np
 from numba import njit
 
-from mmf_stream.engine.incremental import keep_two, permute, renumber, snapshot_for_cut
+from mmf_stream.engine.insertion import keep_two, permute, renumber, snapshot_for_cut
 from mmf_stream.engine.kernels import rotate_rows_inplace
 from mmf_stream.engine.options import DEFAULT_OPTIONS, EngineOptions
 from mmf_stream.engine.raw import InsertionState, RawFactorization, Snapshot

@@ -5,11 +5,11 @@
   :mod:`mmf_stream.store.generations`;
 * :mod:`~mmf_stream.service.status`: ``project_status`` (``mmf-stream status``);
 
-* :mod:`~mmf_stream.service.queue`: the embedded durable queue (SQLite in the project);
-* :mod:`~mmf_stream.service.redis_queue`: the Redis Streams queue (``redis://HOST:PORT/DB``; needs the
+* :mod:`~mmf_stream.service.queues.embedded`: the embedded durable queue (SQLite in the project);
+* :mod:`~mmf_stream.service.queues.redis_streams`: the Redis Streams queue (``redis://HOST:PORT/DB``; needs the
   ``redis`` extra);
-* :mod:`~mmf_stream.service.queue_protocol`: ``QueueBackend``, the interface every queue offers;
-* :mod:`~mmf_stream.service.backends`: which queue a ``--queue`` value names (``open_queue``) and the
+* :mod:`~mmf_stream.service.queues.protocol`: ``QueueBackend``, the interface every queue offers;
+* :mod:`~mmf_stream.service.queues.backends`: which queue a ``--queue`` value names (``open_queue``) and the
   project's stable id;
 * :mod:`~mmf_stream.service.submit`: ``submit``, the producers' side;
 * :mod:`~mmf_stream.service.messages`: what a consumer accepts (or dead-letters, with the reason).

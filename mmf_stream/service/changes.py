@@ -15,8 +15,8 @@ letter). The net effect on the store and on the factorization is
   factorization from their means.
 
 A message whose class the store would refuse once the message is added to it
-(the class's count beyond :data:`~mmf_stream._limits.MAX_CLASS_COUNT`, the
-project's instances beyond :data:`~mmf_stream._limits.MAX_INSTANCES`, a mean
+(the class's count beyond :data:`~mmf_stream.common.limits.MAX_CLASS_COUNT`, the
+project's instances beyond :data:`~mmf_stream.common.limits.MAX_INSTANCES`, a mean
 the store refuses, or, on a cosine-normalised project, a mean of zero length)
 is a dead letter, and the class stays as it was before that message: the same
 limits as the store's, checked before anything is written, so that a message
@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from mmf_stream._limits import MAX_INSTANCES, count_problem
+from mmf_stream.common.limits import MAX_INSTANCES, count_problem
 from mmf_stream.service.messages import NewClass, mean_problem
 
 
@@ -97,7 +97,7 @@ def plan_batch(messages: list[NewClass], slots: dict[Any, int], dim: int,
         ``read_classes(slots)`` gives ``(sums, counts)`` of stored classes.
     instances : int
         The project's instances before the batch (``Store.n_instances``): a message that takes the
-        total beyond :data:`~mmf_stream._limits.MAX_INSTANCES` is a dead letter (removals in the
+        total beyond :data:`~mmf_stream.common.limits.MAX_INSTANCES` is a dead letter (removals in the
         batch are not subtracted: the bound is checked conservatively).
     normalized : bool
         Whether the project cosine-normalises its classes (``Store.normalize``): a class whose mean

@@ -54,92 +54,47 @@ coordinator exits with status 0.
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
 import signal
-import sys
 import threading
 import time
 from collections import Counter
-from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from mmf_stream.store.durability import crash_point
-from mmf_stream.service.backends import SERVICE_DIR, check_queue_url, open_queue
+from mmf_stream.common.faults import batch_pause, crash_point
+from mmf_stream.service.queues.backends import open_queue
 from mmf_stream.store.class_store import swap_last_placement
 from mmf_stream.service.changes import BatchChanges, plan_batch
 from mmf_stream.service.messages import BadMessage, NewClass, decode
 from mmf_stream.store.generations import IngestRecord, Project, has_log, log_path, read_log_id, set_log_aside
+from mmf_stream.service.lock import CoordinatorBusy, CoordinatorLock, serving_pid
+from mmf_stream.service.options import (
+    CATCH_UP_MAX_MESSAGES,
+    DEFAULT_BATCH_MAX,
+    DEFAULT_BATCH_WAIT,
+    DEFAULT_CATCH_UP_FRACTION,
+    DEFAULT_ORDER,
+    DEFAULT_REFRESH_DRIFT,
+    DEFAULT_REFRESH_GROWTH,
+    DEFAULT_SEED,
+    IDLE_WAIT,
+    INSERT_CHUNK,
+    LOGGER_NAME,
+    REPLAY_STEP,
+    ServeOptions,
+)
+from mmf_stream.service.policy import drift, growth, refresh_outcome
+from mmf_stream.service.refresh import BackgroundRefresh, CommittedChange, refresh_worker_setup
 
-#: the order of a project's first factorization when ``--order`` is not given
-DEFAULT_ORDER = 5
-#: most messages folded in per batch
-DEFAULT_BATCH_MAX = 256
-#: seconds to wait for more messages after the first of a batch
-DEFAULT_BATCH_WAIT = 0.2
-#: re-run batch when the squared error per class exceeds the last batch run's by this fraction
-DEFAULT_REFRESH_DRIFT = 0.5
-#: re-run batch when the classes grew by this fraction since the last batch run (0: never)
-DEFAULT_REFRESH_GROWTH = 0.05
-#: a backlog of at least this fraction of the factorized classes is applied by one batch run of the whole
-#: project instead of insertions (0: never). Measured at D = 512 (2 cores): insertion folds in about 80
-#: classes/s, a batch run takes about 1.1 ms per class, so inserting 10% of the classes costs about as
-#: long as one batch run, and the growth refresh that would follow anyway is a batch run of its own
-DEFAULT_CATCH_UP_FRACTION = 0.05
-#: most messages one catch-up batch reads (a longer backlog is caught up in several batch runs)
-CATCH_UP_MAX_MESSAGES = 20_000
-#: classes per insertion: a batch is inserted this many at a time (measured: inserting 20 at a time
-#: gives a clearly better factorization than 256 at once, at about the same cost per class)
-INSERT_CHUNK = 32
-#: classes replayed per loop step into a finished refresh (the classes that arrived while it ran), between
-#: batches, beyond those the last batch added: replaying them all inside the swap commit held up the
-#: batches behind it (100 classes at 20,000: the slowest commits of the latency benchmark)
-REPLAY_STEP = 32
-#: seconds a read waits for the first message of a batch (the loop checks for stop and refresh in between)
-IDLE_WAIT = 0.25
-#: the file naming the serving coordinator inside ``PROJECT/service`` (the lock itself is on the project folder)
-LOCK_FILE = "coordinator.lock"
-#: the logger the coordinator reports to (one line per event: ready, batch, refresh, dead letter, stop)
-LOGGER_NAME = "mmf_stream.service"
-#: seconds a starting coordinator retries a busy project lock (a ``status`` call holds it shared for an instant)
-LOCK_RETRY_SECONDS = 1.0
-
-
-#: test hook: seconds to pause inside each batch (between writing the factorization and the classes)
-_PAUSE_ENV = "MMF_STREAM_SERVICE_PAUSE"
-
-
-def _test_pause() -> None:
-    pause = os.environ.get(_PAUSE_ENV)
-    if pause:
-        time.sleep(float(pause))
-
-
-def drift(error: float, size: int, counters: dict[str, Any]) -> float:
-    """How much the squared error per class exceeds the last batch run's (0 right after one).
-
-    Insertions keep the old levels, so each new class adds error the levels
-    were not chosen for; a batch run re-chooses them. ``counters`` are a
-    generation's (``batch_error``, ``batch_classes``).
-    """
-    base_error, base_size = counters.get("batch_error"), counters.get("batch_classes")
-    if not base_error or not base_size or not size:
-        return 0.0
-    return max(0.0, (error**2 / size) / (base_error**2 / base_size) - 1.0)
-
-
-def growth(size: int, counters: dict[str, Any]) -> float:
-    """Classes added since the last batch run, as a fraction of its size."""
-    base_size = counters.get("batch_classes")
-    return 0.0 if not base_size else size / base_size - 1.0
-
+__all__ = ["Coordinator", "CoordinatorBusy", "ProjectMismatch", "ServeOptions", "StopRequested", "serve",
+           "serving_pid", "refresh_outcome", "LOGGER_NAME"]
 
 def knock_out(f, labels: list, new_index: np.ndarray):
     """``f`` without the classes ``labels``, its remaining indices placed by ``new_index`` (old index -> new
@@ -158,10 +113,6 @@ def insert_in_chunks(f, rows: np.ndarray, labels: np.ndarray, chunk: int = INSER
     return f
 
 
-class CoordinatorBusy(ValueError):
-    """Another coordinator is serving the project."""
-
-
 class StopRequested(BaseException):
     """SIGTERM/SIGINT arrived during a step that can be abandoned safely (nothing written yet).
 
@@ -173,182 +124,10 @@ class ProjectMismatch(ValueError):
     """The project's commit log or queue is not the one its class store was served with."""
 
 
-@dataclass
-class ServeOptions:
-    """The coordinator's settings (see :func:`serve`)."""
-
-    order: int | None = None
-    core_size: int | None = None
-    queue: str | None = None
-    scheduler: str | None = None
-    batch_max: int = DEFAULT_BATCH_MAX
-    batch_wait: float = DEFAULT_BATCH_WAIT
-    refresh_drift: float = DEFAULT_REFRESH_DRIFT
-    refresh_growth: float = DEFAULT_REFRESH_GROWTH
-    catch_up_fraction: float = DEFAULT_CATCH_UP_FRACTION
-    inline_repair: bool = False
-    seed: int = 0
-    #: start a new commit log at the class store's recorded queue position when the log is missing or
-    #: is not the store's (``serve --rebuild-log``; the old log is kept beside it)
-    rebuild_log: bool = False
-    #: read the queue from its beginning when it is not the one the committed position refers to
-    #: (``serve --adopt-queue``: after the operator replaced the queue on purpose)
-    adopt_queue: bool = False
-
-    def check(self) -> ServeOptions:
-        """Raise a one-line ValueError/TypeError for a setting that cannot work."""
-        for name in ("order", "core_size"):
-            value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer))):
-                raise TypeError(f"{name} must be an integer, got {value!r}")
-        if self.order is not None and self.order < 2:
-            raise ValueError(f"order must be at least 2, got {self.order}")
-        if isinstance(self.batch_max, bool) or not isinstance(self.batch_max, (int, np.integer)) or self.batch_max < 1:
-            raise ValueError(f"batch_max must be a positive integer, got {self.batch_max!r}")
-        for name in ("batch_wait", "refresh_drift", "refresh_growth", "catch_up_fraction"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value) or value < 0:
-                raise ValueError(f"{name} must be a non-negative number, got {value!r}")
-        check_queue_url(self.queue)
-        return self
-
-
-class _CoordinatorLock:
-    """An OS advisory lock (released if its holder dies) on the project's folder itself, plus a file
-    naming the serving process.
-
-    The lock is an ``flock`` on the project directory, which a user cannot delete or swap without
-    moving the whole project: deleting ``coordinator.lock`` (which only names the holder) does not
-    let a second coordinator in.
-    """
-
-    def __init__(self, project: Path) -> None:
-        self.project = project
-        self.path = project / SERVICE_DIR / LOCK_FILE
-        self._fd: int | None = None
-
-    def acquire(self) -> None:
-        fd = os.open(self.project, os.O_RDONLY | os.O_DIRECTORY)
-        deadline = time.monotonic() + LOCK_RETRY_SECONDS  # a status call holds a shared lock for an instant
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() < deadline:
-                    time.sleep(0.05)
-                    continue
-                os.close(fd)
-                holder = _lock_holder(self.path) or "unknown"
-                raise CoordinatorBusy(f"another coordinator (pid {holder}) is serving {self.project}; "
-                                      "stop it first (one coordinator per project)") from None
-        self._fd = fd
-        self.path.parent.mkdir(exist_ok=True)
-        staging = self.path.with_name(f".{LOCK_FILE}.{os.getpid()}")
-        staging.write_text(str(os.getpid()))
-        os.replace(staging, self.path)
-
-    def release(self) -> None:
-        if self._fd is not None:
-            try:
-                holder = _lock_holder(self.path)
-                if holder == str(os.getpid()):
-                    self.path.unlink(missing_ok=True)
-            except OSError:
-                pass
-            os.close(self._fd)
-            self._fd = None
-
-
-def _lock_holder(path: Path) -> str | None:
-    """The pid the coordinator's lock file names, or None."""
-    try:
-        return path.read_text(errors="replace").strip()[:32] or None
-    except OSError:
-        return None
-
-
-def serving_pid(project: str | os.PathLike) -> int | None:
-    """The pid of the coordinator serving ``project`` now, or None (-1: serving, pid unknown)."""
-    try:
-        fd = os.open(Path(project), os.O_RDONLY | os.O_DIRECTORY)
-    except OSError:
-        return None
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            text = _lock_holder(Path(project) / SERVICE_DIR / LOCK_FILE) or ""
-            return int(text) if text.isdigit() else -1
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return None
-    finally:
-        os.close(fd)
-
-
-#: niceness of the refresh process: batches in the coordinator come first on a busy machine
-REFRESH_NICENESS = 10
-
-
-@dataclass
-class _Change:
-    """A committed batch, as a refresh replays it: knock-outs (placed by ``new_index``), then insertions."""
-
-    knocked_out: list
-    new_index: np.ndarray
-    rows: np.ndarray
-    labels: np.ndarray
-
-    @property
-    def classes(self) -> int:
-        return len(self.knocked_out) + int(self.labels.shape[0])
-
-
-@dataclass
-class _Refresh:
-    """A batch run in the background on a snapshot of the store."""
-
-    future: Future
-    store_generation: int
-    size: int
-    invalidated: bool = False
-    #: the batch run's result, once it is in
-    batch: Any = None
-    #: ``batch`` with the changes committed meanwhile replayed into it so far
-    replayed: Any = None
-    #: the changes committed since the snapshot, in order
-    log: list = field(default_factory=list)
-    #: log entries replayed in full; whether the next one's knock-outs are done, and its rows inserted
-    done: int = 0
-    knocked: bool = False
-    offset: int = 0
-    #: classes the log held at the previous replay step
-    seen: int = 0
-
-    @property
-    def logged(self) -> int:
-        return sum(change.classes for change in self.log)
-
-
-def _refresh_worker_setup() -> None:
-    """In the refresh process: lower priority, and die with the coordinator (Linux), so a coordinator
-    killed with -9 leaves no batch run behind holding its pipes."""
-    os.nice(REFRESH_NICENESS)
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        try:
-            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-        except (OSError, AttributeError):
-            pass
-        if os.getppid() == 1:  # the coordinator died before the line above
-            os._exit(0)
-
-
 def batch_factorization(factor: np.ndarray, labels: np.ndarray, order: int, core_size: int | None, seed: int,
                         scheduler: str | None):
     """Batch MMF of the classes with factor rows ``factor`` (what a refresh runs, in its own process)."""
-    from mmf_stream._factorization import factorize
+    from mmf_stream.api import factorize
 
     return factorize(means=factor, order=order, core_size=core_size, labels=labels, seed=seed, client=scheduler)
 
@@ -357,7 +136,7 @@ def warm_up_kernels(order: int) -> None:
     """Load the engine's compiled kernels (numba's cache) by factorizing and growing a tiny random
     problem: otherwise the first batch after a start pays for it (about 0.6 s measured, on top of the
     batch; with a refresh process starting beside it, the first classes waited 3 s at 5,000 classes)."""
-    from mmf_stream._factorization import factorize
+    from mmf_stream.api import factorize
 
     means = np.abs(np.random.default_rng(0).normal(size=(4 * order + 1, 8)))
     labels = np.arange(means.shape[0])
@@ -384,12 +163,12 @@ class Coordinator:
         self.options = (options or ServeOptions()).check()
         self.log = log or logging.getLogger(LOGGER_NAME).info
         self.stopping = False
-        self._lock = _CoordinatorLock(self.path)
+        self._lock = CoordinatorLock(self.path)
         self._store = None
         self._project: Project | None = None
         self._queue = None
         self.factorization = None
-        self._refresh: _Refresh | None = None
+        self._refresh: BackgroundRefresh | None = None
         self._executor: Executor | None = None
         self._labels: dict[Any, int] = {}
         self._rebuilt: dict[str, Any] | None = None  # the store's service record a rebuilt log starts from
@@ -502,7 +281,7 @@ class Coordinator:
         store = self._store
         self._labels = {label: slot for slot, label in enumerate(store.labels.tolist())} if store.size else {}
         if current is not None and current.store_generation == store.generation:
-            from mmf_stream._factorization import project_factorization
+            from mmf_stream.api import project_factorization
 
             self.factorization = project_factorization(self.path)
             self._check_order()
@@ -722,7 +501,7 @@ class Coordinator:
                                                counters=counters, reason=reason, applied=records, dead=dead,
                                                queue_identity=self._queue_identity())
                 crash_point("service-prepared")
-                _test_pause()
+                batch_pause()
                 appended = {"sums": changes.sums, "labels": changes.labels, "counts": changes.counts} \
                     if changes.labels.size else {}
                 placement = swap_last_placement(store.size, [self._labels[label] for label in changes.knocked_out])
@@ -734,7 +513,7 @@ class Coordinator:
                     raise RuntimeError("the class store did not commit the generation expected")
                 self._relabel(changes, report)
                 if self._refresh is not None:  # the refresh replays this batch once it is in
-                    self._refresh.log.append(_Change(list(changes.knocked_out), placement,
+                    self._refresh.log.append(CommittedChange(list(changes.knocked_out), placement,
                                                      self._rows(changes.means), changes.labels))
             else:
                 factorization, reason = self.factorization, "dead letters" if dead else "no net change"
@@ -827,7 +606,7 @@ class Coordinator:
                 self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mmf-refresh")
             else:
                 self._executor = ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn"),
-                                                     initializer=_refresh_worker_setup)
+                                                     initializer=refresh_worker_setup)
         return self._executor
 
     @staticmethod
@@ -855,7 +634,7 @@ class Coordinator:
             self.options.seed, self.options.scheduler)
         self.log(f"refresh: batch MMF of {store.size} classes in the background "
                  f"(drift {drift_now:.3f}, growth {growth_now:.3f})")
-        self._refresh = _Refresh(future=future, store_generation=store.generation, size=store.size)
+        self._refresh = BackgroundRefresh(future=future, store_generation=store.generation, size=store.size)
 
     def _finish_refresh(self, wait: bool = False) -> None:
         """Once the background batch run is in: replay the changes committed meanwhile into it,
@@ -939,22 +718,11 @@ class Coordinator:
         self.log(f"refresh committed ({refresh.size} classes in batch, {replayed} changes replayed)")
 
 
-def refresh_outcome(refreshed_error: float, current_error: float, replayed: int) -> str:
-    """What a finished refresh becomes: ``"swap"`` (committed: its error, after the replay of the
-    ``replayed`` classes that arrived while it ran, is not above the current factorization's),
-    ``"retry"`` (discarded, and a new refresh of the current classes starts at the next check: the
-    replayed insertions spoilt it, and one without them is expected to do better), or ``"discard"``
-    (discarded with nothing replayed: the insertions beat batch MMF; its batch run becomes the drift
-    and growth baseline, so it is not retried until those pass their thresholds again)."""
-    if refreshed_error <= current_error:
-        return "swap"
-    return "retry" if replayed > 0 else "discard"
-
-
 def serve(project: str | os.PathLike, *, order: int | None = None, queue: str | None = None,
           scheduler: str | None = None, batch_max: int = DEFAULT_BATCH_MAX, batch_wait: float = DEFAULT_BATCH_WAIT,
           refresh_drift: float = DEFAULT_REFRESH_DRIFT, refresh_growth: float = DEFAULT_REFRESH_GROWTH,
-          catch_up_fraction: float = DEFAULT_CATCH_UP_FRACTION, inline_repair: bool = False, idle_exit: float | None = None,
+          catch_up_fraction: float = DEFAULT_CATCH_UP_FRACTION, inline_repair: bool = False,
+          core_size: int | None = None, seed: int = DEFAULT_SEED, idle_exit: float | None = None,
           log: Callable[[str], None] | None = None, rebuild_log: bool = False, adopt_queue: bool = False) -> None:
     """Serve ``project`` until SIGTERM/SIGINT (or ``idle_exit`` seconds without messages).
 
@@ -963,7 +731,7 @@ def serve(project: str | os.PathLike, *, order: int | None = None, queue: str | 
     project : path
         A class store (``mmf-stream covariance ... --out PROJECT``).
     order : int, optional
-        The order of the project's first factorization (default 5); a project
+        The order of the project's first factorization (default :data:`~mmf_stream.service.options.DEFAULT_ORDER`); a project
         already factorized keeps its order.
     queue : str, optional
         ``None``/``"embedded"`` (the project's SQLite queue) or ``redis://HOST:PORT/DB``.
@@ -981,6 +749,10 @@ def serve(project: str | os.PathLike, *, order: int | None = None, queue: str | 
         of insertions: batch quality at once, about as fast as inserting them
         from 10% on, and the growth refresh that insertions would start is
         not needed (0: never).
+    core_size : int, optional
+        The core size of the coordinator's batch runs (default: the engine's).
+    seed : int
+        The seed of the coordinator's batch runs (default 0).
     inline_repair : bool
         Insert with the engine's default repair policy (a re-run from the
         shallow snapshot every ``repair_interval()`` classes): better
@@ -1000,8 +772,8 @@ def serve(project: str | os.PathLike, *, order: int | None = None, queue: str | 
     """
     options = ServeOptions(order=order, queue=queue, scheduler=scheduler, batch_max=batch_max, batch_wait=batch_wait,
                            refresh_drift=refresh_drift, refresh_growth=refresh_growth,
-                           catch_up_fraction=catch_up_fraction, inline_repair=inline_repair, rebuild_log=rebuild_log,
-                           adopt_queue=adopt_queue)
+                           catch_up_fraction=catch_up_fraction, inline_repair=inline_repair, core_size=core_size,
+                           seed=seed, rebuild_log=rebuild_log, adopt_queue=adopt_queue)
     coordinator = Coordinator(project, options, log=log)
     in_main = threading.current_thread() is threading.main_thread()
     previous = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGINT)} if in_main else {}

@@ -4,7 +4,7 @@ Producers that go through :func:`mmf_stream.submit` are checked before they
 queue, but a queue is open to any producer (a raw SQLite or Redis client), so
 the coordinator checks every message again with :func:`decode`. A message it
 cannot apply goes to the dead-letter area with the reason
-(:meth:`EmbeddedQueue.dead_letter <mmf_stream.service.queue.EmbeddedQueue.dead_letter>`)
+(:meth:`EmbeddedQueue.dead_letter <mmf_stream.service.queues.embedded.EmbeddedQueue.dead_letter>`)
 and the service carries on.
 """
 
@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mmf_stream._limits import count_problem, means_overflow, normalize_label, parse_int_label
-from mmf_stream.service.queue import KINDS, Message
+from mmf_stream.common.limits import count_problem, means_overflow, normalize_label, parse_int_label
+from mmf_stream.service.queues.embedded import KINDS, Message
 
 #: largest payload a message may carry (bytes); larger ones are dead-lettered
 MAX_PAYLOAD_BYTES = 256 * 2**20
@@ -53,7 +53,7 @@ def _label(raw: bytes, label_kind: str | None) -> str | int:
         raise BadMessage("label is not UTF-8 text") from None
     if not text.strip():
         raise BadMessage("label is empty")
-    try:  # the label policy of mmf_stream._limits: strict integers; NFC, printable, bounded text
+    try:  # the label policy of mmf_stream.common.limits: strict integers; NFC, printable, bounded text
         return parse_int_label(text) if label_kind == "int" else normalize_label(text)
     except ValueError as error:
         raise BadMessage(str(error)) from None
@@ -61,7 +61,7 @@ def _label(raw: bytes, label_kind: str | None) -> str | int:
 
 def mean_problem(mean: np.ndarray, what: str = "mean") -> str | None:
     """Why the store would refuse a class of this mean (non-finite, or entries whose products overflow:
-    :func:`mmf_stream._limits.means_overflow`), or None."""
+    :func:`mmf_stream.common.limits.means_overflow`), or None."""
     if not np.isfinite(mean).all():
         return f"{what} has non-finite entries (NaN or Inf)"
     largest = float(np.max(np.abs(mean))) if mean.size else 0.0
@@ -96,7 +96,7 @@ def decode(message: Message, dim: int, label_kind: str | None) -> NewClass:
         not ``-?[0-9]+`` within int64; a control character or more than
         ``MAX_LABEL_LENGTH`` characters; the label is returned in NFC), a payload that is too large, unreadable,
         of the wrong shape or dimension, or not finite, a count beyond
-        :data:`~mmf_stream._limits.MAX_CLASS_COUNT`, or a mean whose entries
+        :data:`~mmf_stream.common.limits.MAX_CLASS_COUNT`, or a mean whose entries
         the store refuses (:func:`mean_problem`).
     """
     if message.kind not in KINDS:

@@ -10,8 +10,9 @@ from typing import Any
 
 import numpy as np
 
-from mmf_stream.service.backends import open_queue
-from mmf_stream.service.coordinator import drift, growth, serving_pid
+from mmf_stream.service.queues.backends import open_queue
+from mmf_stream.service.lock import serving_pid
+from mmf_stream.service.policy import drift, growth
 from mmf_stream.store.generations import Project, has_log, log_path, read_log_id
 
 #: seconds of recent commits the ingest rate and latencies are measured over

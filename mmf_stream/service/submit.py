@@ -1,7 +1,7 @@
 """Producers: put a new class (label + mean, or label + features to average) on a project's queue.
 
 The queue is the project's embedded one (the default) or a Redis Stream
-(``queue="redis://HOST:PORT/DB"``); see :mod:`mmf_stream.service.backends`.
+(``queue="redis://HOST:PORT/DB"``); see :mod:`mmf_stream.service.queues.backends`.
 """
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ from typing import Any
 
 import numpy as np
 
-from mmf_stream.service.backends import check_queue_url, open_queue
-from mmf_stream._limits import normalize_label, parse_int_label
+from mmf_stream.service.queues.backends import check_queue_url, open_queue
+from mmf_stream.common.limits import normalize_label, parse_int_label
 from mmf_stream.service.messages import MAX_PAYLOAD_BYTES, mean_problem
-from mmf_stream.service.queue import encode_array
+from mmf_stream.service.queues.embedded import encode_array
 
 
 def _project(project: str | os.PathLike) -> tuple[Path, int | None, str | None]:

@@ -4,7 +4,7 @@
   sums and means (the source of truth), the covariance derived from them (or stored when asked), the
   write-ahead journal and the writer lock;
 * :mod:`~mmf_stream.store.result_format`: a factorization saved as a Zarr group (docs/format.md),
-  read back as a typed :class:`~mmf_stream.store.result_format.FactorizationParts`;
+  read back as a typed :class:`~mmf_stream.store.result_format.StoredFactorization`;
 * :mod:`~mmf_stream.store.generations`: a served project's factorization generations (copy-on-write
   layers, the SQLite commit log, recovery; docs/service.md);
 * :mod:`~mmf_stream.store.durability`: the durable-write helpers they share (fsync, atomic swaps,

@@ -70,7 +70,7 @@ from typing import Any
 
 import numpy as np
 
-from mmf_stream._covariance import (
+from mmf_stream.store.class_covariance import (
     accumulate_class_sums,
     covariance_from_means,
     encode_labels,
@@ -79,16 +79,16 @@ from mmf_stream._covariance import (
 from mmf_stream.store.durability import (
     EVERY_CHUNK_KEY,
     check_replaceable,
-    crash_point,
     first_bad_chunk,
     fsync_path,
     own_format,
     recover_interrupted_swap,
     writing_every_chunk,
 )
-from mmf_stream._formats import as_str_array, one_line, open_tagged_group
-from mmf_stream._limits import MAX_ABS_ENTRY, MAX_CLASS_COUNT, MAX_INSTANCES, counts_problem, means_overflow
-from mmf_stream._progress import progress
+from mmf_stream.common.faults import pause_point
+from mmf_stream.common.formats import as_str_array, one_line, open_tagged_group
+from mmf_stream.common.limits import MAX_ABS_ENTRY, MAX_CLASS_COUNT, MAX_INSTANCES, counts_problem, means_overflow
+from mmf_stream.common.progress import progress
 
 FORMAT = "class-store"
 #: the class store's own format version (the factorization format's is ``mmf_stream.FORMAT_VERSION``)
@@ -113,16 +113,6 @@ _MAX_RUN_CHUNKS = 16
 _ROW_ARRAYS = ("labels", "counts", "sums", "means")
 _COV_CHUNKS = COVARIANCE_CHUNKS  # former private names
 _ROW_CHUNK = ROW_CHUNK
-#: test hooks: the name of a point at which a writer exits abruptly, or pauses
-#: for ``MMF_STREAM_PAUSE_SECONDS`` seconds (see tests)
-_PAUSE_ENV = "MMF_STREAM_PAUSE_AT"
-_PAUSE_SECONDS_ENV = "MMF_STREAM_PAUSE_SECONDS"
-
-
-def _crash_point(name: str) -> None:
-    crash_point(name)
-    if os.environ.get(_PAUSE_ENV) == name:
-        time.sleep(float(os.environ.get(_PAUSE_SECONDS_ENV, "1")))
 
 
 class StoreLockedError(ValueError):
@@ -209,7 +199,7 @@ class _WriterLock:
 
 def _check_magnitude(means: np.ndarray) -> None:
     """Refuse means whose products (the covariance entries) would overflow float64
-    (:func:`mmf_stream._limits.means_overflow`)."""
+    (:func:`mmf_stream.common.limits.means_overflow`)."""
     if not means.size:
         return
     if not np.all(np.isfinite(means)):
@@ -404,7 +394,7 @@ class SymmetricCovariance:
 def _gram_block(rows: np.ndarray, columns: np.ndarray) -> np.ndarray:
     """``rows @ columns'``, every entry an in-order sum: a block of ``M M'`` equals that block of
     the whole, and ``(i, j)`` equals ``(j, i)`` exactly."""
-    from mmf_stream.engine.parts import stable_matmul
+    from mmf_stream.engine.row_blocks import stable_matmul
 
     return stable_matmul(rows, columns.T)
 
@@ -1420,10 +1410,10 @@ class Store:
             os.fsync(handle.fileno())
         os.replace(staging, journal_path)
         fsync_path(journal_path.parent)  # the journal's name is durable before it is named as pending
-        _crash_point("journal-written")
+        pause_point("journal-written")
         self._set_meta(pending=generation, pending_rewrite=bool(np.any(slots < self.size)))
         fsync_path(self.path / "zarr.json")
-        _crash_point("journal-named")
+        pause_point("journal-named")
         self._apply(journal, generation, all_means)
 
     def _set_meta(self, **changes: Any) -> None:
@@ -1463,7 +1453,7 @@ class Store:
                     present[name].resize(shape)
             else:
                 group.create_array(name, shape=shape, dtype=dtype, chunks=chunks, **extra)
-            _crash_point(f"array-created-{name}")
+            pause_point(f"array-created-{name}")
         self._set_meta(capacity=new_capacity, dim=dim, label_kind=kind)
 
     def _apply(self, journal: dict[str, Any], generation: int, all_means: np.ndarray | None = None) -> None:
@@ -1486,7 +1476,7 @@ class Store:
             for name in ("sums", "means", "counts"):
                 _write_rows(group[name], slots, np.asarray(journal[name])[order])
                 if name == "sums":
-                    _crash_point("mid-apply")  # some arrays updated, others not: the journal completes them
+                    pause_point("mid-apply")  # some arrays updated, others not: the journal completes them
             _write_rows(group["labels"], slots, labels if kind == "int" else np.array(labels.tolist(), dtype=object))
             if self.dense_covariance and slots.size:
                 if all_means is None:
@@ -1624,7 +1614,7 @@ def _write_covariance(array: Any, slots: np.ndarray, old_size: int, new_size: in
                 hi = int(rows[-1]) + 1
                 array[int(rows[0]) : hi, :hi] = np.tril(means[rows] @ means[:hi].T, int(rows[0]))
                 if count == 0:
-                    _crash_point("mid-apply")
+                    pause_point("mid-apply")
                 advance(band)
                 continue
             ordered = np.array(sorted(touched))
@@ -1645,5 +1635,5 @@ def _write_covariance(array: Any, slots: np.ndarray, old_size: int, new_size: in
                     block[index] = np.where(below, values, block[index])
                 array[r0 : min(r0 + band, capacity), c0:c1] = block
             if count == 0:
-                _crash_point("mid-apply")
+                pause_point("mid-apply")
             advance(band)

@@ -16,6 +16,8 @@ from itertools import product
 from pathlib import Path
 from typing import Any
 
+from mmf_stream.common.faults import crash_point, exchange_disabled
+
 #: attribute (in the ``mmf_stream`` group attribute) of groups written with every chunk
 #: stored; older groups lack it, and for them a missing chunk cannot be told from a zero one
 EVERY_CHUNK_KEY = "every_chunk_written"
@@ -174,16 +176,6 @@ STAGING_PART = ".tmp-"
 REPLACED_PART = ".replaced-"
 #: renameat2 flag: swap two paths atomically (Linux 3.15+, most local filesystems)
 _RENAME_EXCHANGE = 2
-#: test hook: the name of a point at which a writing process exits abruptly
-CRASH_ENV = "MMF_STREAM_CRASH_AT"
-#: test hook: never use the one-step exchange (exercise the two-rename path)
-NO_EXCHANGE_ENV = "MMF_STREAM_NO_EXCHANGE"
-
-
-def crash_point(name: str) -> None:
-    """Exit at once (status 17) if the test hook names this point."""
-    if os.environ.get(CRASH_ENV) == name:
-        os._exit(17)
 
 
 def staging_path(target: Path) -> Path:
@@ -196,7 +188,7 @@ def staging_path(target: Path) -> Path:
 
 def _exchange(first: Path, second: Path) -> bool:
     """Swap two paths in one atomic step; False where the system cannot."""
-    if os.environ.get(NO_EXCHANGE_ENV):
+    if exchange_disabled():
         return False
     try:
         import ctypes

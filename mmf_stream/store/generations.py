@@ -60,10 +60,10 @@ import numpy as np
 from mmf_stream.store.durability import fsync_path
 from mmf_stream.store.readonly import ReadOnlyDatabase
 from mmf_stream.store.result_format import (
-    FactorizationParts,
+    StoredFactorization,
     factorization_arrays,
     factorization_attrs,
-    parts_from_arrays,
+    stored_from_arrays,
 )
 
 #: the folder of a project that the service writes (its commit log, layers, identity, lock)
@@ -309,8 +309,8 @@ class Project:
                           json.loads(layout), json.loads(attrs), json.loads(counters), str(reason), float(created),
                           None if identity is None else str(identity))
 
-    def load_parts(self) -> FactorizationParts | None:
-        """The last committed factorization's parts, as :func:`mmf_stream.store.result_format.load_parts` returns
+    def load_stored(self) -> StoredFactorization | None:
+        """The last committed factorization (a StoredFactorization), as :func:`mmf_stream.store.result_format.load_stored` returns
         them (``mmf_stream.load(PROJECT)`` wraps them), or None before there is one."""
         for attempt in range(READ_ATTEMPTS):
             generation = self.current()
@@ -330,10 +330,10 @@ class Project:
                     raise ValueError(f"{self.path} is corrupt: array {name!r} is missing")
                 return arrays[name]
 
-            parts = parts_from_arrays(read, generation.attrs, self.path)
+            stored = stored_from_arrays(read, generation.attrs, self.path)
             self._cache = _Cached(arrays, generation.layout)
-            parts.metadata["generation"] = generation.number
-            return parts
+            stored.metadata["generation"] = generation.number
+            return stored
         return None
 
     def _read_array(self, name: str, spec: dict[str, Any]) -> np.ndarray:
@@ -342,7 +342,7 @@ class Project:
         covered = np.zeros(shape[0], dtype=bool)
         checksums = spec.get("checksums") or [None] * len(spec["layers"])
         for layer, checksum in zip(spec["layers"], checksums):
-            content = (self._layers / layer).read_bytes()  # FileNotFoundError: see load_parts
+            content = (self._layers / layer).read_bytes()  # FileNotFoundError: see load_stored
             if checksum is not None and layer_checksum(content) != int(checksum):
                 raise ValueError(f"{self.path} is corrupt: layer file {layer} does not match its checksum "
                                  "(changed since it was written)")
@@ -424,7 +424,7 @@ class Project:
         if not self._cache.layout:
             current = self.current()
             if current is not None and self._cache.layout != current.layout:
-                self.load_parts()
+                self.load_stored()
         layout = {name: self._write_array(number, name, data) for name, data in arrays.items()}
         fsync_path(self._layers)
         now = time.time()

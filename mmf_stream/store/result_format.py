@@ -26,7 +26,7 @@ Group attribute ``mmf_stream`` holds ``format`` ("factorization"),
 ``library_version``, ``input`` ("matrix" or "means"), ``schedule``, ``options``
 (the engine options, a dict) and ``fingerprint_scale`` (with the arrays
 ``fingerprint_diagonal`` and ``fingerprint_probe``: see
-:mod:`mmf_stream._fingerprint`). Every chunk is written (zeros too), so a
+:mod:`mmf_stream.store.fingerprint`). Every chunk is written (zeros too), so a
 missing chunk file is detected on load.
 """
 
@@ -40,7 +40,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from mmf_stream._fingerprint import Fingerprint
+from mmf_stream.store.fingerprint import Fingerprint
 from mmf_stream.engine.options import EngineOptions, resolve_options
 from mmf_stream.engine.raw import InsertionState, RawFactorization, Snapshot
 from mmf_stream.store.durability import (
@@ -53,7 +53,7 @@ from mmf_stream.store.durability import (
     swap_into_place,
     writing_every_chunk,
 )
-from mmf_stream._formats import as_str_array, one_line, open_tagged_group
+from mmf_stream.common.formats import as_str_array, one_line, open_tagged_group
 
 FORMAT = "factorization"
 FORMAT_VERSION = 3
@@ -98,7 +98,7 @@ def save_factorization(factorization: Any, path: str | os.PathLike, *, overwrite
 
 def factorization_attrs(factorization: Any) -> dict[str, Any]:
     """The ``mmf_stream`` attribute of a saved factorization (JSON; see the module docstring)."""
-    from mmf_stream._version import __version__
+    from mmf_stream.common.version import __version__
 
     fingerprint = factorization.fingerprint
     return {
@@ -161,7 +161,7 @@ def _chunks(shape: tuple[int, ...]) -> tuple[int, ...]:
 
 
 @dataclass
-class FactorizationParts:
+class StoredFactorization:
     """What a saved factorization holds, checked; :func:`mmf_stream.load` wraps it in a ``Factorization``."""
 
     raw: RawFactorization
@@ -172,7 +172,7 @@ class FactorizationParts:
     metadata: dict[str, Any]
 
 
-def load_parts(path: str | os.PathLike) -> FactorizationParts:
+def load_stored(path: str | os.PathLike) -> StoredFactorization:
     """Read a factorization written by :meth:`Factorization.save` (its checked parts)."""
     recover_interrupted_swap(path)
     source, group, meta = open_tagged_group(path, FORMAT, READABLE_VERSIONS, "factorization")
@@ -185,12 +185,12 @@ def load_parts(path: str | os.PathLike) -> FactorizationParts:
             require_complete(array, f"{source}: {name}")
         return np.asarray(array[...])
 
-    return parts_from_arrays(read, meta, source)
+    return stored_from_arrays(read, meta, source)
 
 
-def parts_from_arrays(read: Callable[[str], np.ndarray], meta: dict[str, Any], source: Any) -> FactorizationParts:
+def stored_from_arrays(read: Callable[[str], np.ndarray], meta: dict[str, Any], source: Any) -> StoredFactorization:
     """Check and assemble a factorization's parts from ``read(name)`` (an array by name) and its
-    ``mmf_stream`` attribute ``meta``; errors name ``source``. Returns what :func:`load_parts` does."""
+    ``mmf_stream`` attribute ``meta``; errors name ``source``. Returns what :func:`load_stored` does."""
     version = meta["format_version"]
     factored = meta.get("input") == "means"
     has_fingerprint = meta.get("fingerprint_scale") is not None
@@ -272,4 +272,4 @@ def parts_from_arrays(read: Callable[[str], np.ndarray], meta: dict[str, Any], s
         "options": options,
     }
     state = InsertionState(snapshots=snapshots, final_rows=final_rows)
-    return FactorizationParts(raw, state, order, float(meta["norm"]), labels, metadata)
+    return StoredFactorization(raw, state, order, float(meta["norm"]), labels, metadata)

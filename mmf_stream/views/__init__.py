@@ -3,8 +3,8 @@ baseline, and comparisons between factorizations (layers)."""
 
 from __future__ import annotations
 
-from mmf_stream.views._compare import Comparison, compare, plot_comparison
-from mmf_stream.views._figure import (
+from mmf_stream.views.compare import Comparison, compare, plot_comparison
+from mmf_stream.views.figure import (
     LEVELS_PER_PAGE,
     check_figure_size,
     inserted_labels,
@@ -16,8 +16,8 @@ from mmf_stream.views._figure import (
     plot_with_dendrogram,
     save_figure,
 )
-from mmf_stream.views._html import to_html
-from mmf_stream.views._layout import (
+from mmf_stream.views.html import to_html
+from mmf_stream.views.layout import (
     MAX_LABEL_CHARS,
     GraphLayout,
     composition_colour,

@@ -1,3 +1,0 @@
-"""The library version (one place, imported by the package and the writers)."""
-
-__version__ = "0.5.0"
