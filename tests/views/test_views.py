@@ -235,7 +235,7 @@ def test_whole_result_of_300_classes_reads_on_one_page(classes300, tmp_path):
 
 def test_large_result_draws_an_overview_and_one_page(food, monkeypatch, tmp_path):
     """A request for more levels than a page holds draws one page plus an overview of all levels."""
-    from mmf_stream.views import _figure
+    from mmf_stream.views import figure as _figure
 
     monkeypatch.setattr(_figure, "LEVELS_PER_PAGE", 4)
     _, f = food
@@ -269,16 +269,16 @@ def test_dendrogram_of_many_classes_is_truncated(classes300, tmp_path):
     names = [f"class_{i}" for i in range(300)]
     fig = ms.views.plot_dendrogram(C, names)
     ticks = [t.get_text() for t in fig.axes[0].get_xticklabels()]
-    assert len(ticks) <= ms.views._figure.DENDROGRAM_MAX_LEAVES
+    assert len(ticks) <= ms.views.figure.DENDROGRAM_MAX_LEAVES
     assert any(t.startswith("(") for t in ticks)  # contracted branches say how many classes they hold
     assert "of 300 classes" in fig.axes[0].get_title(loc="left")
-    assert fig.get_size_inches()[0] <= ms.views._figure.MAX_PAGE_WIDTH
+    assert fig.get_size_inches()[0] <= ms.views.figure.MAX_PAGE_WIDTH
 
 
 def test_cjk_labels_get_a_font_or_one_warning(tmp_path):
     import warnings
 
-    from mmf_stream.views import _figure
+    from mmf_stream.views import figure as _figure
 
     _figure._warned_fonts.clear()
     names = ["面包", "汉堡", "薯条", "番茄酱", "芥末", "沙拉", "生菜", "汽水", "可乐", "咖啡", "茶", "水"]
