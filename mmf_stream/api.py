@@ -105,7 +105,7 @@ def factorize(
         Seed for tie-breaking and clustering; results are deterministic for a seed.
     means : array-like of shape (m, D), optional
         Instead of ``C``: class means (NumPy, Zarr or Dask). ``C = M M'`` is
-        never formed; memory is O(m D + D^2) (mmf-math.md section 9). The
+        never formed; memory is O(m D + D^2) (docs/math.md, section 9). The
         result inserts new classes from their means alone
         (``f.insert(mean=mu, label=...)``).
     labels : sequence, optional
@@ -113,7 +113,7 @@ def factorize(
     schedule : {"auto", "greedy", "staged"}, default "auto"
         ``"greedy"``: one level at a time over the whole active set.
         ``"staged"``: levels in stages of independent clusters
-        (mmf-math.md section 4), each tuple still scored with its exact Gram
+        (docs/math.md, section 4), each tuple still scored with its exact Gram
         over the whole active set; for large m. ``"auto"``: greedy up to
         ``options.auto_dense_greedy_max`` (dense) or
         ``options.auto_factored_greedy_max`` (means) indices, staged above.

@@ -6,7 +6,7 @@ distributed engine calls the same kernels on the row blocks its workers hold
 (``tuple_gram`` and ``rotate_tuple_rows`` need only the ``k`` rows of a tuple,
 ``write_tuple_rows`` and ``candidate_downdate`` work on any row block).
 
-Notation (see ``shared/docs/mmf-math.md``): ``A`` is the current compression of
+Notation (docs/math.md, section 2): ``A`` is the current compression of
 the active set (rows/columns of indices that already became wavelets are zero),
 ``t`` a tuple of ``k`` positions, ``G = A[t, :] A[:, t]`` the tuple's Gram over
 the active set, ``At = A[t, t]`` and ``f(o) = o' G o - (o' At o)^2`` the

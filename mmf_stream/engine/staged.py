@@ -1,4 +1,4 @@
-"""Staged levels for large m (mmf-math.md section 4).
+"""Staged levels for large m (docs/math.md, section 4).
 
 A stage partitions the active set into clusters of at most
 ``options.cluster_size`` rows that are similar (a principal-direction tree on
@@ -15,7 +15,7 @@ clusters run: ``map_clusters`` may run them in any order, in threads, or as
 Dask tasks.
 
 The error of every level is computed exactly when its cluster is applied, in
-the recorded sequential order (mmf-math.md section 4), from the compression
+the recorded sequential order (docs/math.md, section 4), from the compression
 itself: it equals the reconstruction error.
 """
 

@@ -1,4 +1,4 @@
-"""Staged levels (mmf-math.md section 4): order independence, exact errors, locality, partition, schedule."""
+"""Staged levels (docs/math.md, section 4): order independence, exact errors, locality, partition, schedule."""
 
 from concurrent.futures import ThreadPoolExecutor
 
@@ -143,7 +143,7 @@ def test_staged_indefinite_matrix_error_equals_reconstruction():
 
 
 def test_staged_level_errors_are_the_exact_row_energies():
-    """Each level's error is 2 r_l^2 from the final compression (mmf-math.md section 4)."""
+    """Each level's error is 2 r_l^2 from the final compression (docs/math.md, section 4)."""
     C = ms.hierarchical_covariance(180, seed=5)
     f = ms.factorize(C, order=4, core_size=20, schedule="staged", options=SMALL_STAGES)
     final = f.transform(f.transform(C).T).T  # C_L = Q C Q'
