@@ -99,8 +99,8 @@ def add_commands(sub) -> None:
         description="Serve PROJECT (a class store): factorize it if it holds no factorization yet, then fold the "
         "classes queued with 'mmf-stream submit' into the factorization in arrival order, in batches, committing "
         "classes, factorization and queue position together before acknowledging. A label the project already has "
-        "updates that class (knocked out and inserted again with its new mean). Stops on SIGTERM/SIGINT after committing the batch "
-        "in progress (exit 0). One coordinator per project.",
+        "updates that class (knocked out and inserted again with its new mean). Stops on SIGTERM/SIGINT (exit 0): a commit "
+        "in progress is finished, work not yet written is abandoned and read again at the next start. One coordinator per project.",
     )
     serve.add_argument("project", help="the project (class store written by 'mmf-stream covariance')")
     serve.add_argument("--order", "-k", type=int_at_least(2), default=None,

@@ -48,8 +48,9 @@ batches, and once it has them all it is committed as a new generation if it
 is better (:func:`refresh_outcome`); if the project was factorized afresh
 meanwhile, the refresh is discarded.
 
-SIGTERM or SIGINT: the batch in progress is finished and committed, then the
-coordinator exits with status 0.
+SIGTERM or SIGINT, at any moment from before start-up on: a computation that has written nothing
+yet (the start-up factorization, a batch's fold-in) is abandoned (its messages are read again by the
+next start), a commit in progress is finished, then the coordinator exits with status 0.
 """
 
 from __future__ import annotations
