@@ -1,4 +1,4 @@
-"""The documentation in the repository: README.md, docs/ and deploy/ read well from a fresh clone.
+"""The documentation in the repository: README.md, CHANGELOG.md, docs/ and deploy/ read well from a fresh clone.
 
 Every relative link resolves to a file of the repository (and a ``#anchor``
 to a heading of the linked page, as GitHub makes anchors), the README stays
@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 
 #: the README is an entry point, not the manual (the guide is docs/guide/)
-README_MAX_BYTES = 12_500
+README_MAX_BYTES = 12 * 1024
 #: the README's two commands (scripts/demo.sh runs the main job, scripts/test.sh the tests)
 README_COMMANDS = ("bash scripts/demo.sh", "bash scripts/test.sh")
 
@@ -33,8 +33,9 @@ _ISSUE = re.compile(r"\bissues?\s+#?\d+|(?<![\w(/])#\d+\b", re.I)
 
 
 def doc_files() -> list[Path]:
-    """README.md and every Markdown file under docs/ and deploy/."""
-    return [README, *sorted((ROOT / "docs").rglob("*.md")), *sorted((ROOT / "deploy").rglob("*.md"))]
+    """README.md, CHANGELOG.md and every Markdown file under docs/ and deploy/."""
+    return [README, ROOT / "CHANGELOG.md", *sorted((ROOT / "docs").rglob("*.md")),
+            *sorted((ROOT / "deploy").rglob("*.md"))]
 
 
 def prose(text: str) -> str:
@@ -160,3 +161,14 @@ def test_the_guide_has_its_pages():
     linked = {match.group(1) for match in _LINK.finditer(prose((guide / "index.md").read_text(encoding="utf-8")))}
     unlisted = [p.name for p in sorted(guide.glob("*.md")) if p.name != "index.md" and p.name not in linked]
     assert not unlisted, f"docs/guide/index.md does not link {unlisted}"
+
+
+def test_the_readmes_worked_example_runs(tmp_path, monkeypatch):
+    text = README.read_text(encoding="utf-8")
+    example = re.search(r"^## Worked example\n.*?```python\n(.*?)```", text, re.S | re.M)
+    assert example, "README.md has no Python worked example"
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(compile(example.group(1), "README.md (worked example)", "exec"), namespace)
+    assert namespace["g"].error == namespace["f"].error
+    assert (tmp_path / "result.zarr").is_dir() and (tmp_path / "graph.html").is_file()
