@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 
 import mmf_stream as ms
-from mmf_stream.engine import staged as staged_module
 from mmf_stream.engine.staged import partition
 
 from matrix_helpers import planted_blocks, random_symmetric, run_under_each_openblas_core
