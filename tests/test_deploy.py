@@ -139,7 +139,84 @@ def test_compose_services_use_current_dask_commands():
     for name in ("worker", "job", "input"):
         assert "data:/data" in services[name]["volumes"], name
     for name, service in services.items():
-        assert re.fullmatch(r"mmf-stream:\S+", service["image"]), name
+        if name == "redis":
+            assert re.fullmatch(r"redis:\d+\.\d+[\w.-]*", service["image"]), service["image"]  # a release line
+        else:
+            assert re.fullmatch(r"mmf-stream:\S+", service["image"]), name
+
+
+def _duration(text: str) -> float:
+    """A Compose duration (``120s``, ``2m``, ``1m30s``) in seconds."""
+    parts = re.findall(r"(\d+(?:\.\d+)?)(h|ms|m|s|us)", str(text))
+    assert parts and "".join(n + u for n, u in parts) == str(text), text
+    scale = {"h": 3600, "m": 60, "s": 1, "ms": 1e-3, "us": 1e-6}
+    return sum(float(n) * scale[u] for n, u in parts)
+
+
+def _option(command: list[str], name: str) -> str:
+    return command[command.index(name) + 1]
+
+
+def test_compose_coordinator_runs_serve_with_real_options():
+    from deploy_helpers import parse_command
+
+    compose = _yaml(COMPOSE)[0]
+    services = compose["services"]
+    coordinator = services["coordinator"]
+    command = [str(x) for x in coordinator["command"]]
+    args = parse_command(command)  # the real parser: a renamed or removed option fails here
+    assert args.command == "serve" and args.project == "/project"
+    assert args.metrics_host == "0.0.0.0" and args.metrics_port == 9464
+
+    # the queue is the redis service, and the scheduler the scheduler service, on their ports
+    assert args.queue == "redis://redis:6379/0"
+    assert "redis" in services
+    assert args.scheduler == "tcp://scheduler:8786"
+    scheduler = [str(x) for x in services["scheduler"]["command"]]
+    assert _option(scheduler, "--port") == "8786"
+    assert _option([str(x) for x in services["worker"]["command"]], "worker") == args.scheduler
+    for dependency in ("redis", "scheduler"):
+        assert coordinator["depends_on"][dependency]["condition"] == "service_healthy", dependency
+
+    # redis: the append-only file, fsynced per write, on a named volume at its --dir
+    redis = [str(x) for x in services["redis"]["command"]]
+    assert redis[0] == "redis-server"
+    assert _option(redis, "--appendonly") == "yes"
+    assert _option(redis, "--appendfsync") == "always"
+    assert f"redis:{_option(redis, '--dir')}" in services["redis"]["volumes"]
+    assert "redis" in compose["volumes"]
+
+    # the project on a named volume, the same one the setup service writes
+    assert "project" in compose["volumes"]
+    assert "project:/project" in coordinator["volumes"]
+    assert "project:/project" in services["project"]["volumes"]
+    assert "/project/" in services["project"]["command"][-1]
+
+    # ready = /readyz on the metrics port; published on the host's loopback only
+    test = " ".join(str(x) for x in coordinator["healthcheck"]["test"])
+    assert f"http://127.0.0.1:{args.metrics_port}/readyz" in test, test
+    assert coordinator["ports"] == [f"127.0.0.1:{args.metrics_port}:{args.metrics_port}"]
+    assert _duration(coordinator["healthcheck"]["start_period"]) >= 300  # the first factorization
+    # SIGTERM: a commit in progress is finished before exit; Compose's default 10 s is too short
+    assert _duration(coordinator["stop_grace_period"]) >= 60
+    assert _duration(services["redis"]["stop_grace_period"]) >= 10
+
+
+@pytest.mark.parametrize("change", [
+    ("--metrics-port", "--metric-port"),       # a misspelled option
+    ("--metrics-port", "--metrics-p"),         # an abbreviation is no contract
+    ("9464", "nine"),                          # a bad value
+    ("serve", "serv"),                         # no such subcommand
+])
+def test_a_broken_coordinator_command_is_rejected(change):
+    from deploy_helpers import parse_command
+
+    command = [str(x) for x in _yaml(COMPOSE)[0]["services"]["coordinator"]["command"]]
+    old, new = change
+    broken = [new if word == old else word for word in command]
+    assert broken != command
+    with pytest.raises((ValueError, KeyError)):
+        parse_command(broken)
 
 
 def test_kubernetes_cluster_and_job_agree():
@@ -226,7 +303,8 @@ def test_images_and_versions_are_pinned_and_match_pyproject():
         assert len(pins) == 1, f"{name}: pinned as {sorted(pins)} under deploy/ (want one version)"
         assert re.search(rf'"{name}(?:\[[\w,]+\])?=={re.escape(next(iter(pins)))}"', dockerfile), name
         assert specifier.contains(next(iter(pins))), f"{name}=={pins} is outside pyproject's {specifier}"
-    assert "\".[dask]\"" in dockerfile, "the package is not installed with its dask extra"
+    assert "\".[dask,service]\"" in dockerfile, "the package is not installed with its dask and service extras"
+    assert re.search(r"mkdir -p [^\n]*/project\b", dockerfile) and re.search(r"chown mmf:mmf [^\n]*/project\b", dockerfile)
 
     # the constraints pin every runtime dependency, inside pyproject's range
     pins = {}
@@ -237,7 +315,7 @@ def test_images_and_versions_are_pinned_and_match_pyproject():
             (spec,) = requirement.specifier
             assert spec.operator == "==", line
             pins[requirement.name.lower()] = spec.version
-    for dependency in map(Requirement, project["dependencies"]):
+    for dependency in map(Requirement, project["dependencies"] + project["optional-dependencies"]["service"]):
         assert dependency.name.lower() in pins, f"{dependency.name} not pinned in {CONSTRAINTS.name}"
         assert dependency.specifier.contains(pins[dependency.name.lower()]), dependency
 
