@@ -45,6 +45,8 @@ EXPECTED_FILES = [
     "local/README.md", "local/cluster.sh",
     "docker/README.md", "docker/Dockerfile", "docker/compose.yaml", "docker/constraints.txt",
     "kubernetes/README.md", "kubernetes/daskcluster.yaml", "kubernetes/pvc.yaml", "kubernetes/job.yaml",
+    "kubernetes/coordinator.yaml", "kubernetes/redis.yaml", "kubernetes/secret.example.yaml",
+    "kubernetes/project-job.yaml",
     "slurm/README.md", "slurm/launch.py", "slurm/mmf-stream.sbatch",
 ]
 
