@@ -632,3 +632,29 @@ def test_local_cluster_rejects_a_bad_stop_timeout(tmp_path, dask_available):
     result = _cluster("stop", tmp_path, STOP_TIMEOUT="soon")
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and "STOP_TIMEOUT" in result.stderr, result.stderr
+
+
+def test_the_example_project_command_writes_a_project_serve_opens(tmp_path):
+    # Compose's `project` service and Kubernetes' project-job.yaml run the same command; run it here with
+    # /tmp and /project moved into tmp_path and this environment's python and mmf-stream on PATH
+    compose = _yaml(COMPOSE)[0]["services"]["project"]["command"]
+    job = [d for d in _yaml(KUBERNETES / "project-job.yaml") if d["kind"] == "Job"][0]
+    (container,) = job["spec"]["template"]["spec"]["containers"]
+    assert container["command"] == compose, "the Compose and Kubernetes example projects differ"
+    assert compose[:2] == ["sh", "-c"]
+    volume, scratch = tmp_path / "volume", tmp_path / "tmp"
+    volume.mkdir()
+    scratch.mkdir()
+    script = compose[2].replace("/tmp/", f"{scratch}/")
+    script = re.sub(r"(?<![\w/.-])/project\b", str(volume), script)
+    assert f"cp -a {scratch}/project/. {volume}/" in script, script
+    bin_dir = Path(sys.executable).parent
+    if not (bin_dir / "mmf-stream").exists():
+        pytest.skip("no mmf-stream command beside the interpreter")
+    env = dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}")
+    result = subprocess.run(["sh", "-c", script], capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode == 0, result.stderr
+    import mmf_stream as ms
+
+    store = ms.Store.open(volume)  # the volume's root is the project serve is given
+    assert sorted(map(str, store.labels)) == sorted(f"class-{i}" for i in range(500))
