@@ -45,6 +45,8 @@ EXPECTED_FILES = [
     "local/README.md", "local/cluster.sh",
     "docker/README.md", "docker/Dockerfile", "docker/compose.yaml", "docker/constraints.txt",
     "kubernetes/README.md", "kubernetes/daskcluster.yaml", "kubernetes/pvc.yaml", "kubernetes/job.yaml",
+    "kubernetes/coordinator.yaml", "kubernetes/redis.yaml", "kubernetes/secret.example.yaml",
+    "kubernetes/project-job.yaml",
     "slurm/README.md", "slurm/launch.py", "slurm/mmf-stream.sbatch",
 ]
 
@@ -139,7 +141,84 @@ def test_compose_services_use_current_dask_commands():
     for name in ("worker", "job", "input"):
         assert "data:/data" in services[name]["volumes"], name
     for name, service in services.items():
-        assert re.fullmatch(r"mmf-stream:\S+", service["image"]), name
+        if name == "redis":
+            assert re.fullmatch(r"redis:\d+\.\d+[\w.-]*", service["image"]), service["image"]  # a release line
+        else:
+            assert re.fullmatch(r"mmf-stream:\S+", service["image"]), name
+
+
+def _duration(text: str) -> float:
+    """A Compose duration (``120s``, ``2m``, ``1m30s``) in seconds."""
+    parts = re.findall(r"(\d+(?:\.\d+)?)(h|ms|m|s|us)", str(text))
+    assert parts and "".join(n + u for n, u in parts) == str(text), text
+    scale = {"h": 3600, "m": 60, "s": 1, "ms": 1e-3, "us": 1e-6}
+    return sum(float(n) * scale[u] for n, u in parts)
+
+
+def _option(command: list[str], name: str) -> str:
+    return command[command.index(name) + 1]
+
+
+def test_compose_coordinator_runs_serve_with_real_options():
+    from deploy_helpers import parse_command
+
+    compose = _yaml(COMPOSE)[0]
+    services = compose["services"]
+    coordinator = services["coordinator"]
+    command = [str(x) for x in coordinator["command"]]
+    args = parse_command(command)  # the real parser: a renamed or removed option fails here
+    assert args.command == "serve" and args.project == "/project"
+    assert args.metrics_host == "0.0.0.0" and args.metrics_port == 9464
+
+    # the queue is the redis service, and the scheduler the scheduler service, on their ports
+    assert args.queue == "redis://redis:6379/0"
+    assert "redis" in services
+    assert args.scheduler == "tcp://scheduler:8786"
+    scheduler = [str(x) for x in services["scheduler"]["command"]]
+    assert _option(scheduler, "--port") == "8786"
+    assert _option([str(x) for x in services["worker"]["command"]], "worker") == args.scheduler
+    for dependency in ("redis", "scheduler"):
+        assert coordinator["depends_on"][dependency]["condition"] == "service_healthy", dependency
+
+    # redis: the append-only file, fsynced per write, on a named volume at its --dir
+    redis = [str(x) for x in services["redis"]["command"]]
+    assert redis[0] == "redis-server"
+    assert _option(redis, "--appendonly") == "yes"
+    assert _option(redis, "--appendfsync") == "always"
+    assert f"redis:{_option(redis, '--dir')}" in services["redis"]["volumes"]
+    assert "redis" in compose["volumes"]
+
+    # the project on a named volume, the same one the setup service writes
+    assert "project" in compose["volumes"]
+    assert "project:/project" in coordinator["volumes"]
+    assert "project:/project" in services["project"]["volumes"]
+    assert "/project/" in services["project"]["command"][-1]
+
+    # ready = /readyz on the metrics port; published on the host's loopback only
+    test = " ".join(str(x) for x in coordinator["healthcheck"]["test"])
+    assert f"http://127.0.0.1:{args.metrics_port}/readyz" in test, test
+    assert coordinator["ports"] == [f"127.0.0.1:{args.metrics_port}:{args.metrics_port}"]
+    assert _duration(coordinator["healthcheck"]["start_period"]) >= 300  # the first factorization
+    # SIGTERM: a commit in progress is finished before exit; Compose's default 10 s is too short
+    assert _duration(coordinator["stop_grace_period"]) >= 60
+    assert _duration(services["redis"]["stop_grace_period"]) >= 10
+
+
+@pytest.mark.parametrize("change", [
+    ("--metrics-port", "--metric-port"),       # a misspelled option
+    ("--metrics-port", "--metrics-p"),         # an abbreviation is no contract
+    ("9464", "nine"),                          # a bad value
+    ("serve", "serv"),                         # no such subcommand
+])
+def test_a_broken_coordinator_command_is_rejected(change):
+    from deploy_helpers import parse_command
+
+    command = [str(x) for x in _yaml(COMPOSE)[0]["services"]["coordinator"]["command"]]
+    old, new = change
+    broken = [new if word == old else word for word in command]
+    assert broken != command
+    with pytest.raises((ValueError, KeyError)):
+        parse_command(broken)
 
 
 def test_kubernetes_cluster_and_job_agree():
@@ -226,7 +305,8 @@ def test_images_and_versions_are_pinned_and_match_pyproject():
         assert len(pins) == 1, f"{name}: pinned as {sorted(pins)} under deploy/ (want one version)"
         assert re.search(rf'"{name}(?:\[[\w,]+\])?=={re.escape(next(iter(pins)))}"', dockerfile), name
         assert specifier.contains(next(iter(pins))), f"{name}=={pins} is outside pyproject's {specifier}"
-    assert "\".[dask]\"" in dockerfile, "the package is not installed with its dask extra"
+    assert "\".[dask,service]\"" in dockerfile, "the package is not installed with its dask and service extras"
+    assert re.search(r"mkdir -p [^\n]*/project\b", dockerfile) and re.search(r"chown mmf:mmf [^\n]*/project\b", dockerfile)
 
     # the constraints pin every runtime dependency, inside pyproject's range
     pins = {}
@@ -237,7 +317,7 @@ def test_images_and_versions_are_pinned_and_match_pyproject():
             (spec,) = requirement.specifier
             assert spec.operator == "==", line
             pins[requirement.name.lower()] = spec.version
-    for dependency in map(Requirement, project["dependencies"]):
+    for dependency in map(Requirement, project["dependencies"] + project["optional-dependencies"]["service"]):
         assert dependency.name.lower() in pins, f"{dependency.name} not pinned in {CONSTRAINTS.name}"
         assert dependency.specifier.contains(pins[dependency.name.lower()]), dependency
 
@@ -552,3 +632,29 @@ def test_local_cluster_rejects_a_bad_stop_timeout(tmp_path, dask_available):
     result = _cluster("stop", tmp_path, STOP_TIMEOUT="soon")
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and "STOP_TIMEOUT" in result.stderr, result.stderr
+
+
+def test_the_example_project_command_writes_a_project_serve_opens(tmp_path):
+    # Compose's `project` service and Kubernetes' project-job.yaml run the same command; run it here with
+    # /tmp and /project moved into tmp_path and this environment's python and mmf-stream on PATH
+    compose = _yaml(COMPOSE)[0]["services"]["project"]["command"]
+    job = [d for d in _yaml(KUBERNETES / "project-job.yaml") if d["kind"] == "Job"][0]
+    (container,) = job["spec"]["template"]["spec"]["containers"]
+    assert container["command"] == compose, "the Compose and Kubernetes example projects differ"
+    assert compose[:2] == ["sh", "-c"]
+    volume, scratch = tmp_path / "volume", tmp_path / "tmp"
+    volume.mkdir()
+    scratch.mkdir()
+    script = compose[2].replace("/tmp/", f"{scratch}/")
+    script = re.sub(r"(?<![\w/.-])/project\b", str(volume), script)
+    assert f"cp -a {scratch}/project/. {volume}/" in script, script
+    bin_dir = Path(sys.executable).parent
+    if not (bin_dir / "mmf-stream").exists():
+        pytest.skip("no mmf-stream command beside the interpreter")
+    env = dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}")
+    result = subprocess.run(["sh", "-c", script], capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode == 0, result.stderr
+    import mmf_stream as ms
+
+    store = ms.Store.open(volume)  # the volume's root is the project serve is given
+    assert sorted(map(str, store.labels)) == sorted(f"class-{i}" for i in range(500))
