@@ -119,6 +119,19 @@ def _column(matrix, c):
     return out
 
 
+@njit(cache=True)
+def _small_matmul(a, b):
+    """``a @ b`` for small matrices, summed left to right: not BLAS, so the same on every CPU."""
+    out = np.zeros((a.shape[0], b.shape[1]))
+    for i in range(a.shape[0]):
+        for j in range(b.shape[1]):
+            total = 0.0
+            for p in range(a.shape[1]):
+                total += a[i, p] * b[p, j]
+            out[i, j] = total
+    return out
+
+
 @njit(cache=True, inline="always")
 def _det(matrix):
     """Determinant of a small matrix (LU with partial pivoting)."""
@@ -317,9 +330,9 @@ def rotation_from_wavelet(direction, block):
     for i in range(k):
         for c in range(k - 1):
             basis_t[c, i] = basis[i, c]
-    reduced = basis_t @ block @ basis
+    reduced = _small_matmul(_small_matmul(basis_t, block), basis)
     _, w = small_eigh(reduced)
-    complement = basis @ w
+    complement = _small_matmul(basis, w)
     rotation = np.zeros((k, k))
     for j in range(k):
         rotation[pos, j] = direction[j]
