@@ -661,7 +661,7 @@ def inserted_labels(before: Any, after: Any) -> list[str]:
     return new
 
 
-def plot_insertion(before: Any, after: Any, *, levels: int = 20):
+def plot_insertion(before: Any, after: Any, *, levels: int = 20, matrix: Any = None):
     """Before/after view of an insertion, from just before the level where the graphs start to differ.
 
     Only the inserted classes are highlighted (in the 'after' graph); the
@@ -674,7 +674,14 @@ def plot_insertion(before: Any, after: Any, *, levels: int = 20):
         Labelled results; ``after`` holds every class of ``before`` and more.
     levels : int
         Levels drawn in each graph (at most :data:`LEVELS_PER_PAGE`).
+    matrix : array of shape (after.size, after.size), optional
+        The factored matrix after the insertion, for the inserted classes'
+        calibrated novelty in the title (:func:`~mmf_stream.views.novelty`;
+        default: the reconstruction of ``after``). Left out of the title when
+        there are too few classes to calibrate against.
     """
+    from mmf_stream.views.compare import novelty
+
     new = inserted_labels(before, after)
     levels = _page_levels(levels)
     first = first_difference(before, after)
@@ -693,8 +700,14 @@ def plot_insertion(before: Any, after: Any, *, levels: int = 20):
     fig, (top, bottom) = stacked_figure([_graph_panel(g_before), _graph_panel(g_after)])
     draw_graph(graph_before, top, f"before ({where})", layout_geometry=g_before, marked_level=first)
     shown = ", ".join(new[:5]) + (f" and {len(new) - 5} more" if len(new) > 5 else "")
-    draw_graph(graph_after, bottom, f"after inserting {shown} (highlighted); {where}", layout_geometry=g_after,
-               marked_level=first)
+    scored = ""
+    if new and after.size - len(new) >= 20:
+        found = novelty(after, new, matrix=matrix)
+        scored = "; novelty " + ", ".join(
+            f"{found.score[i]:.2f} ({found.percentile[i]:.0f}th percentile, p {found.p_value[i]:.2g})"
+            for i in range(min(3, len(new)))) + (" ..." if len(new) > 3 else "")
+    draw_graph(graph_after, bottom, f"after inserting {shown} (highlighted){scored}; {where}",
+               layout_geometry=g_after, marked_level=first)
     return fig
 
 
