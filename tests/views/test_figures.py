@@ -144,7 +144,32 @@ def test_every_link_ends_on_the_boxes_it_connects(drawn120):
     """A link drawn as a line touches exactly the two boxes of the class it carries; a link that
     wraps to a later row is two labelled ports, each touching its own box, naming the other end's
     level, and nearer its own box than any other (it points at no unrelated class)."""
-    f, fig = drawn120
+    _check_links(*drawn120)
+
+
+def test_link_check_rejects_a_planted_misleading_line():
+    """The check above can fail: a line from a box into its neighbouring column's box, and one
+    crossing behind a box, are both caught."""
+    f = _result(40, seed=1)
+    fig = ms.views.plot(f)
+    try:
+        fig.canvas.draw()
+        _check_links(f, fig)  # the real figure passes
+        ax = fig.axes[-1]
+        (a, *_), (b, *_) = _boxes(ax)[0], _boxes(ax)[5 * 2]  # level 1 row 0, level 3 row 0
+        y = (a.y0 + a.y1) / 2
+        for planted in ([(a.x1, y), (b.x0 - 0.01, y)],  # ends next to an unrelated box: a false link
+                        [(a.x1, y), ((a.x1 + b.x0) / 2, y), (b.x1, y)]):  # runs behind the level-2 box
+            extra = LineCollection([planted])
+            ax.add_collection(extra)
+            with pytest.raises(AssertionError):
+                _check_links(f, fig)
+            extra.remove()
+    finally:
+        plt.close(fig)
+
+
+def _check_links(f, fig):
     ax = fig.axes[-1]
     boxes = _boxes(ax)
     graph = layout(f, levels=300)
@@ -152,13 +177,15 @@ def test_every_link_ends_on_the_boxes_it_connects(drawn120):
     expected = {(by_position[k.source].level, by_position[k.target].level, ms.views.shorten(by_position[k.source].label))
                 for k in graph.links}
     texts = [t for t in ax.texts if t.get_text().strip()]
+    extents = np.array([[b.x0, b.y0, b.x1, b.y1] for b, _, _ in boxes])
+    text_extents = [_data_extent(ax, t) for t in texts]
     joined, ports_out, ports_in = set(), set(), set()
     for segment in _segments(ax):
         start, end = segment[0], segment[-1]
-        for point in segment[1:-1]:  # a line runs in the gaps between boxes, never behind one
-            crossed = [label for box, label, _ in boxes if _distance(point, box) < -TOL or (
-                box.x0 + TOL < point[0] < box.x1 - TOL and box.y0 + TOL < point[1] < box.y1 - TOL)]
-            assert not crossed, (start, end, crossed)
+        inner = segment[1:-1]  # a line runs in the gaps between boxes, never behind one
+        crossed = ((inner[:, None, 0] > extents[None, :, 0] + TOL) & (inner[:, None, 0] < extents[None, :, 2] - TOL)
+                   & (inner[:, None, 1] > extents[None, :, 1] + TOL) & (inner[:, None, 1] < extents[None, :, 3] - TOL))
+        assert not crossed.any(), (start, end, [boxes[j][1] for j in np.flatnonzero(crossed.any(axis=0))])
         at_start = [item for item in boxes if _on_edge(start, item[0])]
         at_end = [item for item in boxes if _on_edge(end, item[0])]
         assert at_start or at_end, (start, end)  # no line floats free of every box
@@ -172,8 +199,9 @@ def test_every_link_ends_on_the_boxes_it_connects(drawn120):
         box, label, level = own
         nearest = min(boxes, key=lambda item: _distance(free, item[0]))
         assert nearest[0] is box, f"the port of {label!r} (level {level}) ends nearer {nearest[1]!r}"
-        tag = min(texts, key=lambda t: _distance(free, _data_extent(ax, t)))
-        assert _distance(free, _data_extent(ax, tag)) <= TOL * 3, (label, level)
+        closest = min(range(len(texts)), key=lambda k: _distance(free, text_extents[k]))
+        tag = texts[closest]
+        assert _distance(free, text_extents[closest]) <= TOL * 3, (label, level)
         numbers = [int(s) for s in "".join(ch if ch.isdigit() else " " for ch in tag.get_text()).split()]
         outgoing = [key for key in expected if key[0] == level and key[2] == label and key[1] in numbers]
         incoming = [key for key in expected if key[1] == level and key[2] == label and key[0] in numbers]
