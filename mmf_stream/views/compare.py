@@ -254,7 +254,8 @@ class Novelty:
             shown = ", ".join(map(str, self.partners[i][:4])) + (" ..." if len(self.partners[i]) > 4 else "")
             lines.append(f"{str(label):<30} {self.score[i]:>8.3f} {self.percentile[i]:>10.1f} "
                          f"{self.p_value[i]:>7.3g}  {shown}")
-        lines.append(f"novelty: energy no composition of other classes explains (partners: the one found); percentile and p against the other "
+        lines.append("novelty: energy no composition of other classes explains (partners: the one found); "
+                     f"percentile and p against the other "
                      f"{self.reference} classes of the same result")
         return "\n".join(lines)
 
