@@ -364,6 +364,21 @@ def novelty(result: Any, labels: Sequence[Any], matrix: Any = None, *, atoms: in
     return Novelty([result.labels[i].item() for i in chosen], own, percentile, p_value,
                    [[names[j] for j in u] for u in used], int(rest.size))
 
+
+#: fewest classes besides the inserted ones for a before/after view to state their novelty
+NOVELTY_MIN_REFERENCE = 2 * NOVELTY_FOLDS
+
+
+def novelty_note(after: Any, new: Sequence[Any], matrix: Any = None, *, shown: int = 3) -> str:
+    """``"novelty 0.80 (100th percentile, p 0.005), ..."`` for the first ``shown`` inserted classes ("" when
+    there are too few other classes to calibrate against, :data:`NOVELTY_MIN_REFERENCE`)."""
+    if not new or after.size - len(new) < NOVELTY_MIN_REFERENCE:
+        return ""
+    found = novelty(after, list(new), matrix=matrix)
+    parts = [f"{found.score[i]:.2f} ({found.percentile[i]:.0f}th percentile, p {found.p_value[i]:.2g})"
+             for i in range(min(shown, len(new)))]
+    return "novelty " + ", ".join(parts) + (" ..." if len(new) > shown else "")
+
 def plot_comparison(comparison: Comparison):
     """Overlap against depth for each consecutive pair."""
     import matplotlib.pyplot as plt

@@ -680,7 +680,7 @@ def plot_insertion(before: Any, after: Any, *, levels: int = 20, matrix: Any = N
         default: the reconstruction of ``after``). Left out of the title when
         there are too few classes to calibrate against.
     """
-    from mmf_stream.views.compare import novelty
+    from mmf_stream.views.compare import novelty_note
 
     new = inserted_labels(before, after)
     levels = _page_levels(levels)
@@ -700,12 +700,8 @@ def plot_insertion(before: Any, after: Any, *, levels: int = 20, matrix: Any = N
     fig, (top, bottom) = stacked_figure([_graph_panel(g_before), _graph_panel(g_after)])
     draw_graph(graph_before, top, f"before ({where})", layout_geometry=g_before, marked_level=first)
     shown = ", ".join(new[:5]) + (f" and {len(new) - 5} more" if len(new) > 5 else "")
-    scored = ""
-    if new and after.size - len(new) >= 20:
-        found = novelty(after, new, matrix=matrix)
-        scored = "; novelty " + ", ".join(
-            f"{found.score[i]:.2f} ({found.percentile[i]:.0f}th percentile, p {found.p_value[i]:.2g})"
-            for i in range(min(3, len(new)))) + (" ..." if len(new) > 3 else "")
+    scored = novelty_note(after, new, matrix=matrix)
+    scored = f"; {scored}" if scored else ""
     draw_graph(graph_after, bottom, f"after inserting {shown} (highlighted){scored}; {where}",
                layout_geometry=g_after, marked_level=first)
     return fig

@@ -123,6 +123,8 @@ def test_before_after_view_names_the_calibrated_novelty(means):
         assert "novelty" in titles and "percentile" in titles
     finally:
         plt.close(fig)
+    page = ms.views.to_html(after, before=before, matrix=C)
+    assert "novelty 0." in page and "100th percentile" in page
 
 
 # ------------------------------------------------------------------ CLI
