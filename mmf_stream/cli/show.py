@@ -172,10 +172,27 @@ def _compare(args: argparse.Namespace) -> int:
         raise ValueError("compare needs at least two results")
     if args.names is not None and len(args.names) != len(args.results):
         raise ValueError(f"--names gives {len(args.names)} names for {len(args.results)} results")
+    if args.null_draws < 1:
+        raise ValueError(f"--null-draws must be at least 1, got {args.null_draws}")
+    if args.matrix and not args.novelty:
+        raise ValueError("--matrix is used with --novelty")
     results = [ms.load(path) for path in args.results]
     names = args.names or [Path(path).stem for path in args.results]
-    comparison = ms.views.compare(results, names, levels=args.levels, threshold=args.threshold)
+    if args.novelty:
+        known = set() if results[-1].labels is None else {str(x) for x in results[-1].labels.tolist()}
+        unknown = [label for label in args.novelty if label not in known]
+        if unknown:
+            raise ValueError(f"unknown label {unknown[0]!r} for --novelty (not a class of {args.results[-1]})")
+    matrix = _factored_matrix(args.matrix, results[-1], args.results[-1]) if args.matrix else None
+    comparison = ms.views.compare(results, names, levels=args.levels, threshold=args.threshold,
+                                  null_draws=args.null_draws)
     print(comparison.table())
+    if args.novelty:
+        if matrix is None:
+            print("mmf-stream: novelty measured on the reconstruction M(C) of the last result; pass --matrix for the "
+                  "exact matrix", file=sys.stderr)
+        print(f"novelty in {names[-1]}:")
+        print(ms.views.novelty(results[-1], args.novelty, matrix=matrix).table())
     saturated = [f"{names[p]} -> {names[p + 1]}" for p, flag in enumerate(comparison.saturated) if flag]
     if saturated:
         print("saturation: the first levels compose the same classes in " + "; ".join(saturated))
@@ -220,6 +237,13 @@ def add_commands(sub) -> None:
     comp.add_argument("--levels", type=int, default=None, help="deepest level compared")
     comp.add_argument("--threshold", type=float, default=0.8,
                       help="overlap flagged as saturation, in (0, 1] (default 0.8)")
+    comp.add_argument("--null-draws", type=int, default=200,
+                      help="random relabellings for the trajectory's permutation p-value (default 200)")
+    comp.add_argument("--novelty", nargs="+", default=None, metavar="LABEL",
+                      help="also score these classes of the last result: information beyond compositions of the "
+                      "others, with a percentile against them (docs/analyses.md)")
+    comp.add_argument("--matrix", default=None,
+                      help="the last result's factored matrix, for --novelty (default: its reconstruction)")
     comp.add_argument("--out", "-o", default=None, help="also draw the comparison (.svg, .png, .pdf)")
     comp.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     comp.set_defaults(run=_compare)

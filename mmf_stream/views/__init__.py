@@ -3,7 +3,15 @@ baseline, and comparisons between factorizations (layers)."""
 
 from __future__ import annotations
 
-from mmf_stream.views.compare import Comparison, compare, plot_comparison
+from mmf_stream.views.compare import (
+    Comparison,
+    Novelty,
+    compare,
+    composition_residuals,
+    novelty,
+    permutation_overlap,
+    plot_comparison,
+)
 from mmf_stream.views.figure import (
     LEVELS_PER_PAGE,
     check_figure_size,
@@ -30,15 +38,19 @@ __all__ = [
     "LEVELS_PER_PAGE",
     "MAX_LABEL_CHARS",
     "Comparison",
+    "Novelty",
     "GraphLayout",
     "check_figure_size",
     "compare",
     "composition_colour",
+    "composition_residuals",
     "first_difference",
     "inserted_labels",
     "label_fonts",
     "layout",
     "mean_distances",
+    "novelty",
+    "permutation_overlap",
     "plot",
     "plot_comparison",
     "plot_dendrogram",

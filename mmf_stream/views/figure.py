@@ -36,10 +36,17 @@ from mmf_stream.views.layout import (
 LEVELS_PER_PAGE = 300
 #: a row of levels no wider than this (inches) is drawn unwrapped
 PAGE_WIDTH = 16.0
-#: widest row of levels (inches) when levels are wrapped
-MAX_PAGE_WIDTH = 24.0
+#: widest row of levels (inches) when levels are wrapped: 4,400 px at the default 110 dpi, so that
+#: a page of 300 levels of order 5 is about as wide as it is high instead of a tall wall
+MAX_PAGE_WIDTH = 40.0
 #: width / height the wrapped graph aims for
 PAGE_ASPECT = 1.4
+#: gap between level columns at full size (inches): room for a link's curve, or for the two
+#: labelled ports (see :func:`draw_graph`) of boxes facing each other across it
+COLUMN_GAP = 0.8
+#: links that stay in one row but skip more than this many columns are drawn as labelled ports
+#: too (a curve that passes behind the boxes of the columns it skips cannot be followed)
+MAX_CURVE_SPAN = 1
 #: levels drawn at full size (8.5 pt labels); more levels shrink the drawing ...
 FULL_SIZE_LEVELS = 40
 #: ... linearly down to DENSEST_SCALE of full size at this many levels
@@ -48,6 +55,12 @@ DENSEST_LEVELS = 200
 DENSEST_SCALE = 0.7
 #: most leaves a dendrogram draws; more are truncated as SciPy's ``truncate_mode="lastp"``
 DENDROGRAM_MAX_LEAVES = 80
+#: height of the dendrogram's axes below a graph (inches)
+DENDROGRAM_HEIGHT = 3.2
+#: room above the highest and below the lowest merge drawn, as a fraction of their range: the
+#: dendrogram's axis spans its merges, not 0 to the top (classes that are all far apart would
+#: leave most of a 0-based axis empty)
+DENDROGRAM_MARGIN = 0.06
 #: resolution bounds for saved raster figures (dots per inch)
 MIN_DPI, MAX_DPI = 10, 1200
 #: largest saved figure, in pixels per side and in total
@@ -59,7 +72,11 @@ OVERVIEW_HEIGHT = 1.5
 INSERTION_CONTEXT = 2
 
 _LABEL_PT = 8.5  # label size at full scale (points)
-_ROW = 0.55  # vertical distance between members of a level at full scale (inches)
+_ROW = 0.44  # vertical distance between members of a level at full scale (inches)
+_BOX_H = 0.32  # height of a class box at full scale (inches)
+_BOX_PAD = 0.02  # the rounded box's pad around that (inches; the box drawn is this much larger)
+_HEAD = 0.62  # room above a level's first member: its heading (inches at full scale)
+_FOOT = 0.5  # room below its last member: its error (inches at full scale)
 _TITLES_ATTR = "_mmf_stream_titles"  # figure attribute: SVG element id -> full text
 _warned_fonts: set[str] = set()
 
@@ -141,10 +158,20 @@ class Geometry:
     rows: int
     width: float
     height: float
+    box_w: float = 0.0  # a class box's width (0: the older 78% of the column)
 
     @property
     def font(self) -> float:
         return _LABEL_PT * self.scale
+
+    @property
+    def box_width(self) -> float:
+        return self.box_w or 0.78 * self.col_w
+
+    @property
+    def gap(self) -> float:
+        """Free room between the boxes of neighbouring columns (inches)."""
+        return self.col_w - self.box_width - 2 * _BOX_PAD
 
 
 def drawing_scale(levels: int) -> float:
@@ -166,10 +193,11 @@ def geometry(graph: GraphLayout, *, per_row: int | None = None, longest: int | N
     scale = drawing_scale(n)
     if longest is None:
         longest = max((len(shorten(node.label)) for node in graph.nodes), default=4)
-    col_w = scale * max(1.2, 0.085 * (longest + 3) / 0.78 + 0.35)
+    box_w = scale * max(0.85, 0.085 * (longest + 3) + 0.27)
+    col_w = box_w + 2 * _BOX_PAD + scale * COLUMN_GAP
     row_h = _ROW * scale
-    head = 0.62 * scale
-    band_h = head + (graph.order - 1) * row_h + 0.75 * scale
+    head = _HEAD * scale
+    band_h = head + (graph.order - 1) * row_h + _FOOT * scale
     if per_row is None:
         if n * col_w <= PAGE_WIDTH:
             per_row = n
@@ -179,7 +207,7 @@ def geometry(graph: GraphLayout, *, per_row: int | None = None, longest: int | N
             per_row = math.ceil(n / math.ceil(n / per_row))  # even rows
     per_row = max(1, min(int(per_row), n))
     rows = math.ceil(n / per_row)
-    return Geometry(scale, col_w, row_h, head, band_h, per_row, rows, per_row * col_w, rows * band_h)
+    return Geometry(scale, col_w, row_h, head, band_h, per_row, rows, per_row * col_w, rows * band_h, box_w)
 
 
 def _light(colour: str, amount: float = 0.82) -> tuple[float, float, float]:
@@ -199,6 +227,32 @@ def _add_title(fig: Any, artist: Any, text: str) -> None:
     titles[gid] = text
 
 
+def port_font(g: Geometry, graph: GraphLayout) -> float:
+    """Size (points) of the level numbers on labelled ports: what fits in half a column gap."""
+    digits = len(str(max(graph.levels, default=1)))
+    room = 72.0 * (0.5 * g.gap - _PORT_LINE * g.gap - 0.03 * g.scale)  # points for the tag
+    return max(3.0, min(0.8 * g.font, room / (0.64 * digits + 2 * _PORT_PAD + 0.2)))
+
+
+_PORT_LINE = 0.12  # a port's line, as a fraction of the gap; its number follows it, in a tag
+_PORT_PAD = 0.25  # the tag's pad around the number (fraction of its font size)
+
+
+def link_routes(graph: GraphLayout, g: Geometry) -> tuple[list[int], list[int]]:
+    """Which links are drawn as a curve and which as two labelled ports (indices into ``graph.links``).
+
+    A link is a curve when both its ends lie in one row of levels at most
+    :data:`MAX_CURVE_SPAN` columns apart; otherwise (it wraps to a later row,
+    or would cross the boxes of many columns) it is a pair of ports.
+    """
+    curves, ports = [], []
+    for i, link in enumerate(graph.links):
+        (c0, _), (c1, _) = link.source, link.target
+        same_row = c0 // g.per_row == c1 // g.per_row
+        (curves if same_row and c1 - c0 <= MAX_CURVE_SPAN else ports).append(i)
+    return curves, ports
+
+
 def draw_graph(
     graph: GraphLayout,
     ax: Any,
@@ -209,6 +263,15 @@ def draw_graph(
     page: str = "",
 ) -> None:
     """Draw a laid-out MMF graph on a matplotlib axes (units: inches), levels wrapped into rows.
+
+    A link carries a class from one level to the next level it takes part in.
+    It is drawn as a curve from the right edge of the class's box to the left
+    edge of its box at the later level when both are in one row and close
+    (:func:`link_routes`); otherwise as two *labelled ports*: a short line out
+    of the earlier box with the later level's number, and one into the later
+    box with the earlier level's number. Every port touches only its own box,
+    and the class's label is the same at both ends, so a reader finds the
+    other end by its level heading; nothing points at an unrelated box.
 
     Parameters
     ----------
@@ -229,48 +292,59 @@ def draw_graph(
     g = layout_geometry or geometry(graph)
     fonts = label_fonts([node.label for node in graph.nodes])
     font_kw = {"fontfamily": fonts} if fonts else {}
-    half = g.col_w * 0.39
-    box_h = 0.32 * g.scale
+    half = g.box_width / 2
+    edge = half + _BOX_PAD  # from a box's centre to its drawn left/right edge
+    box_h = _BOX_H * g.scale
+    levels = graph.levels
 
     def place(column: int) -> tuple[float, float]:
         row, slot = divmod(column, g.per_row)
         return slot * g.col_w, -row * g.band_h - g.head
 
-    curves, curve_colours, stubs, stub_colours = [], [], [], []
+    def centre(column: int, row: int) -> tuple[float, float]:
+        x, y = place(column)
+        return x, y - row * g.row_h
+
+    curve_ids, port_ids = link_routes(graph, g)
     xs = np.linspace(0, 1, 24)
     ease = 3 * xs**2 - 2 * xs**3
-    for link in graph.links:
-        (c0, r0), (c1, r1) = link.source, link.target
-        bx0, by0 = place(c0)
-        bx1, by1 = place(c1)
-        x0, y0 = bx0 + half, by0 - r0 * g.row_h
-        x1, y1 = bx1 - half, by1 - r1 * g.row_h
-        if c0 // g.per_row == c1 // g.per_row:
-            curves.append(np.column_stack([x0 + (x1 - x0) * xs, y0 + (y1 - y0) * ease]))
-            curve_colours.append(link.colour)
-        else:  # the link wraps to a later row: a stub out of the source, one into the target
-            gap = g.col_w - 2 * half
-            stubs.append([(x0, y0), (x0 + 0.7 * gap, y0)])
-            stubs.append([(x1 - 0.7 * gap, y1), (x1, y1)])
-            stub_colours += [link.colour, link.colour]
+    curves, curve_colours = [], []
+    for i in curve_ids:
+        link = graph.links[i]
+        (x0, y0), (x1, y1) = centre(*link.source), centre(*link.target)
+        x0, x1 = x0 + edge, x1 - edge
+        curves.append(np.column_stack([x0 + (x1 - x0) * xs, y0 + (y1 - y0) * ease]))
+        curve_colours.append(link.colour)
     if curves:
-        ax.add_collection(LineCollection(curves, colors=curve_colours, alpha=0.6, linewidths=1.3 * g.scale, zorder=1))
+        ax.add_collection(LineCollection(curves, colors=curve_colours, alpha=0.6, linewidths=1.3 * g.scale, zorder=1),
+                          autolim=False)
+    stubs, stub_colours = [], []
+    line = _PORT_LINE * g.gap
+    number_size = port_font(g, graph)
+    for i in port_ids:
+        link = graph.links[i]
+        (x0, y0), (x1, y1) = centre(*link.source), centre(*link.target)
+        out_x, in_x = x0 + edge, x1 - edge
+        stubs += [[(out_x, y0), (out_x + line, y0)], [(in_x - line, y1), (in_x, y1)]]
+        stub_colours += [link.colour, link.colour]
+        tag = {"boxstyle": f"round,pad={_PORT_PAD}", "fc": "white", "ec": link.colour, "lw": 0.6 * g.scale}
+        shift = (_PORT_PAD + 0.05) * number_size / 72.0  # the tag's pad (and its rim) starts at the line's end
+        ax.text(out_x + line + shift, y0, str(levels[link.target[0]]), ha="left", va="center", fontsize=number_size,
+                color=link.colour, zorder=3, bbox=tag)
+        ax.text(in_x - line - shift, y1, str(levels[link.source[0]]), ha="right", va="center", fontsize=number_size,
+                color=link.colour, zorder=3, bbox=dict(tag))
     if stubs:
-        ax.add_collection(LineCollection(stubs, colors=stub_colours, alpha=0.8, linewidths=1.3 * g.scale,
-                                         linestyles=(0, (1.5, 1.0)), zorder=1))
-        ends = np.array([s[0] for s in stubs[1::2]] + [s[1] for s in stubs[0::2]])
-        ax.scatter(ends[:, 0], ends[:, 1], s=6 * g.scale, c=stub_colours[1::2] + stub_colours[0::2], zorder=1,
-                   linewidths=0)
+        ax.add_collection(LineCollection(stubs, colors=stub_colours, linewidths=1.6 * g.scale, zorder=1),
+                          autolim=False)
     fig = ax.figure
     for node in graph.nodes:
-        bx, by = place(node.column)
-        x, y = bx, by - node.row * g.row_h
+        x, y = centre(node.column, node.row)
         face = "#fff59d" if node.highlighted else _light(node.colour)
-        edge = "#c62828" if node.is_wavelet else node.colour
-        ax.add_patch(FancyBboxPatch(
+        edge_colour = "#c62828" if node.is_wavelet else node.colour
+        ax.add_artist(FancyBboxPatch(  # add_artist: the limits are set below, no per-patch update
             (x - half, y - box_h / 2), 2 * half, box_h,
-            boxstyle=f"round,pad=0.02,rounding_size={0.08 * g.scale:.3f}",
-            fc=face, ec=edge, lw=(1.8 if node.is_wavelet else 1.0) * g.scale, zorder=2,
+            boxstyle=f"round,pad={_BOX_PAD},rounding_size={0.08 * g.scale:.3f}",
+            fc=face, ec=edge_colour, lw=(1.8 if node.is_wavelet else 1.0) * g.scale, zorder=2,
         ))
         text = ("\u2605 " if node.is_wavelet else "") + shorten(node.label)
         artist = ax.text(
@@ -280,29 +354,32 @@ def draw_graph(
         )
         _add_title(fig, artist, node.label)
     errors = {node.level: node.squared_error for node in graph.nodes}
-    for column, number in enumerate(graph.levels):
+    for column, number in enumerate(levels):
         bx, by = place(column)
         ax.text(bx, by + 0.3 * g.scale, f"level {number}", ha="center", va="bottom", fontsize=8 * g.scale,
                 color="#424242")
-        ax.text(bx, by - (graph.order - 1) * g.row_h - 0.3 * g.scale, f"e\u00b2 {errors[number]:.2g}",
+        ax.text(bx, by - (graph.order - 1) * g.row_h - 0.26 * g.scale, f"e\u00b2 {errors[number]:.2g}",
                 ha="center", va="top", fontsize=7 * g.scale, color="#757575")
         if number == marked_level:
             top = by + 0.58 * g.scale
-            bottom = by - (graph.order - 1) * g.row_h - 0.28 * g.scale
-            ax.add_patch(Rectangle((bx - 0.48 * g.col_w, bottom), 0.96 * g.col_w, top - bottom, fill=False,
-                                   ec="#c62828", lw=1.6, ls="--", zorder=4))
+            bottom = by - (graph.order - 1) * g.row_h - 0.24 * g.scale
+            ax.add_artist(Rectangle((bx - 0.48 * g.col_w, bottom), 0.96 * g.col_w, top - bottom, fill=False,
+                                    ec="#c62828", lw=1.6, ls="--", zorder=4))
             ax.text(bx, top + 0.04, "first difference", ha="center", va="bottom", fontsize=7.5 * max(g.scale, 0.85),
                     color="#c62828", fontweight="bold", zorder=4)
     ax.set_xlim(-g.col_w * 0.5, g.width - g.col_w * 0.5)
     ax.set_ylim(-g.height, 0.15)
     ax.set_aspect("equal")
     ax.axis("off")
-    shown = f"levels {graph.levels[0]}\u2013{graph.levels[-1]} of {graph.total_levels}"
+    shown = f"levels {levels[0]}\u2013{levels[-1]} of {graph.total_levels}"
     heading = title or "MMF graph"
     wrapped = f"; {g.per_row} levels a row" if g.rows > 1 else ""
     first_line = f"{heading}: {shown}{(' (' + page + ')') if page else ''} (order {graph.order}{wrapped})"
     second_line = (f"\u2605 marks each level's wavelet; error {graph.error:.4g} (relative {graph.relative_error:.3g}); "
                    f"core {len(graph.core)} classes")
+    if port_ids:
+        second_line += ("; a number beside a box: the class goes on to (right) or comes from (left) that level, "
+                        "in the same box label")
     # one line when it fits over the drawing (about 0.075 inch a character at 9 pt), else two
     joined = len(first_line) + len(second_line) + 2
     text = f"{first_line}; {second_line}" if joined * 0.075 <= g.width + 0.5 else f"{first_line}\n{second_line}"
@@ -399,23 +476,48 @@ def plot(
     if ax is not None:
         draw_graph(graph, ax, title, page=page)
         return ax.figure
-    import matplotlib.pyplot as plt
-
     g = geometry(graph)
     with_overview = (len(graph.levels) < graph.total_levels) if overview is None else bool(overview)
-    width = max(6.0, g.width + 0.6)
-    graph_h = g.height + 0.6
+    panels = [_graph_panel(g)]
     if with_overview:
-        fig, (top, bottom) = plt.subplots(
-            2, 1, figsize=(width, graph_h + OVERVIEW_HEIGHT + 0.5),
-            gridspec_kw={"height_ratios": [OVERVIEW_HEIGHT, graph_h]},
-        )
-        draw_overview(factorization, graph, top)
-        draw_graph(graph, bottom, title, layout_geometry=g, page=page)
-    else:
-        fig, ax = plt.subplots(figsize=(width, graph_h))
-        draw_graph(graph, ax, title, layout_geometry=g, page=page)
+        panels.insert(0, Panel(max(6.0, g.width - 0.6), OVERVIEW_HEIGHT, above=0.35, below=0.55, left=0.9))
+    fig, axes = stacked_figure(panels)
+    if with_overview:
+        draw_overview(factorization, graph, axes[0])
+    draw_graph(graph, axes[-1], title, layout_geometry=g, page=page)
     return fig
+
+
+@dataclass
+class Panel:
+    """One axes of a figure stacked top to bottom (inches): its size, the room above and below, its left edge."""
+
+    width: float
+    height: float
+    above: float = 0.5
+    below: float = 0.1
+    left: float = 0.3
+
+
+def _graph_panel(g: Geometry) -> Panel:
+    # the graph's axes is exactly its drawing (equal aspect, no blank band); room above for a 2-line title
+    return Panel(g.width, g.height + 0.15, above=0.6, below=0.1)
+
+
+def stacked_figure(panels: list[Panel]) -> tuple[Any, list[Any]]:
+    """A figure holding ``panels`` top to bottom, each axes at its size in inches."""
+    import matplotlib.pyplot as plt
+
+    width = max(panel.left + panel.width for panel in panels) + 0.3
+    height = sum(panel.above + panel.height + panel.below for panel in panels)
+    fig = plt.figure(figsize=(width, height))
+    axes, top = [], height
+    for panel in panels:
+        top -= panel.above
+        bottom = top - panel.height
+        axes.append(fig.add_axes((panel.left / width, bottom / height, panel.width / width, panel.height / height)))
+        top = bottom - panel.below
+    return fig, axes
 
 
 # ------------------------------------------------------------------ dendrogram
@@ -439,6 +541,20 @@ def _condensed_distances(matrix: np.ndarray) -> np.ndarray:
 def dendrogram_width(leaves: int) -> float:
     """Inches for a dendrogram of ``leaves`` leaves (after truncation)."""
     return min(MAX_PAGE_WIDTH, max(6.0, 0.17 * leaves + 1.2))
+
+
+def dendrogram_limits(heights: Any) -> tuple[float, float]:
+    """y-limits that fit merge ``heights``: lowest to highest, :data:`DENDROGRAM_MARGIN` of the range beyond.
+
+    Never below 0 (distances); a single height (or none) gets a margin of its own size's fraction.
+    """
+    values = np.asarray(heights, dtype=np.float64)
+    if values.size == 0:
+        return 0.0, 1.0
+    low, high = float(values.min()), float(values.max())
+    span = high - low if high > low else max(abs(high), 1.0)
+    margin = DENDROGRAM_MARGIN * span
+    return max(0.0, low - margin), high + margin
 
 
 def plot_dendrogram(
@@ -491,6 +607,7 @@ def plot_dendrogram(
         options = {"truncate_mode": "lastp", "p": max_leaves, "show_contracted": True} if truncated else {}
         drawn = dendrogram(tree, labels=short, ax=ax, leaf_rotation=90, leaf_font_size=8 if leaves <= 60 else 7,
                            color_threshold=None, **options)
+        ax.set_ylim(*dendrogram_limits([d[1] for d in drawn["dcoord"]]))
         leaf_names = {s: full for s, full in zip(short, labels)}
         for tick in ax.get_xticklabels():
             if fonts:
@@ -512,8 +629,6 @@ def plot_with_dendrogram(factorization: Any, matrix: np.ndarray, **kwargs: Any):
     and ``title`` as for :func:`plot`; ``matrix_label`` and ``max_leaves`` as
     for :func:`plot_dendrogram`.
     """
-    import matplotlib.pyplot as plt
-
     graph = layout(
         factorization, levels=_page_levels(kwargs.get("levels")), start=kwargs.get("start", 1),
         highlight=kwargs.get("highlight"), index_labels=kwargs.get("index_labels", False),
@@ -521,14 +636,13 @@ def plot_with_dendrogram(factorization: Any, matrix: np.ndarray, **kwargs: Any):
     g = geometry(graph)
     names = display_labels(factorization, index_labels=True)
     max_leaves = int(kwargs.get("max_leaves", DENDROGRAM_MAX_LEAVES))
-    fig_width = max(8.0, g.width + 0.6, dendrogram_width(min(len(names), max_leaves)))
-    graph_h = g.height + 0.6
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(fig_width, graph_h + 4.6),
-                                      gridspec_kw={"height_ratios": [graph_h, 4.0]})
+    leaves_w = max(8.0, g.width - 0.6, dendrogram_width(min(len(names), max_leaves)))
+    fig, (top, bottom) = stacked_figure([
+        _graph_panel(g), Panel(leaves_w, DENDROGRAM_HEIGHT, above=0.45, below=1.7, left=0.9),
+    ])
     draw_graph(graph, top, kwargs.get("title"), layout_geometry=g, page=_page_text(graph))
     plot_dendrogram(matrix, names, ax=bottom, matrix_label=kwargs.get("matrix_label", "the same matrix"),
                     max_leaves=max_leaves)
-    fig.tight_layout()
     return fig
 
 
@@ -547,7 +661,7 @@ def inserted_labels(before: Any, after: Any) -> list[str]:
     return new
 
 
-def plot_insertion(before: Any, after: Any, *, levels: int = 20):
+def plot_insertion(before: Any, after: Any, *, levels: int = 20, matrix: Any = None):
     """Before/after view of an insertion, from just before the level where the graphs start to differ.
 
     Only the inserted classes are highlighted (in the 'after' graph); the
@@ -560,8 +674,13 @@ def plot_insertion(before: Any, after: Any, *, levels: int = 20):
         Labelled results; ``after`` holds every class of ``before`` and more.
     levels : int
         Levels drawn in each graph (at most :data:`LEVELS_PER_PAGE`).
+    matrix : array of shape (after.size, after.size), optional
+        The factored matrix after the insertion, for the inserted classes'
+        calibrated novelty in the title (:func:`~mmf_stream.views.novelty`;
+        default: the reconstruction of ``after``). Left out of the title when
+        there are too few classes to calibrate against.
     """
-    import matplotlib.pyplot as plt
+    from mmf_stream.views.compare import novelty_note
 
     new = inserted_labels(before, after)
     levels = _page_levels(levels)
@@ -578,15 +697,13 @@ def plot_insertion(before: Any, after: Any, *, levels: int = 20):
     g_after = geometry(graph_after, per_row=g.per_row, longest=longest)
     where = (f"the graphs differ from level {first} on (framed)" if first is not None
              else "the graphs agree level by level")
-    fig_width = max(8.0, g.width + 0.6)
-    heights = [g_before.height + 0.7, g_after.height + 0.7]
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(fig_width, sum(heights) + 0.4),
-                                      gridspec_kw={"height_ratios": heights})
+    fig, (top, bottom) = stacked_figure([_graph_panel(g_before), _graph_panel(g_after)])
     draw_graph(graph_before, top, f"before ({where})", layout_geometry=g_before, marked_level=first)
     shown = ", ".join(new[:5]) + (f" and {len(new) - 5} more" if len(new) > 5 else "")
-    draw_graph(graph_after, bottom, f"after inserting {shown} (highlighted); {where}", layout_geometry=g_after,
-               marked_level=first)
-    fig.tight_layout()
+    scored = novelty_note(after, new, matrix=matrix)
+    scored = f"; {scored}" if scored else ""
+    draw_graph(graph_after, bottom, f"after inserting {shown} (highlighted){scored}; {where}",
+               layout_geometry=g_after, marked_level=first)
     return fig
 
 

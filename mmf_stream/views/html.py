@@ -320,7 +320,9 @@ def to_html(
     before : Factorization, optional
         The result before an insertion: the inserted classes are highlighted,
         the page says which they are, and the first level at which the two
-        graphs differ is framed (a before/after view).
+        graphs differ is framed (a before/after view); the title gives the
+        inserted classes' calibrated novelty (:func:`~mmf_stream.views.novelty`,
+        on ``matrix`` when given, else on the reconstruction).
     matrix_label : str
         What ``matrix`` is, for the dendrogram's title.
 
@@ -340,6 +342,10 @@ def to_html(
         new = inserted_labels(before, factorization)
         highlight = sorted(set(highlight or []) | set(new))
         title = f"{title}: after inserting {', '.join(new[:5])}{' ...' if len(new) > 5 else ''} (highlighted)"
+        from mmf_stream.views.compare import novelty_note
+
+        scored = novelty_note(factorization, new, matrix=matrix)
+        title += f"; {scored}" if scored else ""
         marked_level = first_difference(before, factorization)
         note = ("the graphs differ from level {} on (framed)".format(marked_level) if marked_level is not None
                 else "the graphs agree level by level")
