@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -85,14 +85,18 @@ def factorize(
     map_clusters: MapClusters | None = None,
     client: Any = None,
     connect_timeout: float | None = None,
+    storage_options: Mapping[str, Any] | None = None,
 ) -> Factorization:
     """Multiresolution matrix factorization of a symmetric matrix or of class means.
 
     Parameters
     ----------
-    C : array-like, Zarr array, SciPy sparse matrix, class store, or path
+    C : array-like, Zarr array, SciPy sparse matrix, class store, path or URL
         The symmetric ``m x m`` matrix. A path is read with
-        :func:`mmf_stream.read_matrix` (``.npy``, Zarr, Matrix Market). A class
+        :func:`mmf_stream.read_matrix` (``.npy``, Zarr, Matrix Market); a URL
+        (``s3://bucket/C.zarr``, ``file:///...``) names a Zarr array, read
+        through fsspec (``s3://`` needs ``s3fs``: ``pip install
+        'mmf_stream[s3]'``; see ``storage_options``). A class
         store (:class:`mmf_stream.Store` or its path) is factored from its
         means (``C = M M'``, centred/normalised as the store says): its dense
         covariance is never read; its labels are used unless ``labels`` is given.
@@ -103,9 +107,10 @@ def factorize(
         to ``order - 1`` (full depth).
     seed : int, default 0
         Seed for tie-breaking and clustering; results are deterministic for a seed.
-    means : array-like of shape (m, D), optional
-        Instead of ``C``: class means (NumPy, Zarr or Dask). ``C = M M'`` is
-        never formed; memory is O(m D + D^2) (mmf-math.md section 9). The
+    means : array-like of shape (m, D), or URL, optional
+        Instead of ``C``: class means (NumPy, Zarr, Dask, or the URL of a Zarr
+        array, as for ``C``). ``C = M M'`` is never formed; memory is
+        O(m D + D^2) (docs/math.md, section 9). The
         result inserts new classes from their means alone
         (``f.insert(mean=mu, label=...)``).
     labels : sequence, optional
@@ -113,7 +118,7 @@ def factorize(
     schedule : {"auto", "greedy", "staged"}, default "auto"
         ``"greedy"``: one level at a time over the whole active set.
         ``"staged"``: levels in stages of independent clusters
-        (mmf-math.md section 4), each tuple still scored with its exact Gram
+        (docs/math.md, section 4), each tuple still scored with its exact Gram
         over the whole active set; for large m. ``"auto"``: greedy up to
         ``options.auto_dense_greedy_max`` (dense) or
         ``options.auto_factored_greedy_max`` (means) indices, staged above.
@@ -151,6 +156,14 @@ def factorize(
         Seconds to wait for the scheduler when ``client`` is an address
         (default ``mmf_stream.dask_client.CONNECT_TIMEOUT``, 5 s); past it a
         ``ConnectionError`` names the address.
+    storage_options : mapping, optional
+        For ``C`` or ``means`` given by URL: the fsspec filesystem's keyword
+        arguments (for ``s3fs``: ``endpoint_url``, ``key``, ``secret``,
+        ``anon``, ``client_kwargs``, ...). Without them each process, the
+        workers included, reads its own environment (``AWS_ACCESS_KEY_ID``,
+        ``AWS_SECRET_ACCESS_KEY``, ``AWS_ENDPOINT_URL``, ...). They travel with
+        the array to the workers (credentials too: prefer the environment or
+        instance roles for secrets).
 
     Returns
     -------
@@ -159,7 +172,11 @@ def factorize(
     Raises
     ------
     ValueError, TypeError
-        On invalid input (see :mod:`mmf_stream.validation`).
+        On invalid input (see :mod:`mmf_stream.validation`), or a URL that
+        does not open as a Zarr array (one line naming it: a missing bucket or
+        object, a missing ``s3fs``, an unreachable endpoint).
+    OSError
+        If a Dask worker cannot read its rows of a Zarr input (one line naming it).
     ConnectionError
         If the scheduler at ``client`` does not answer within ``connect_timeout``.
     """
@@ -167,6 +184,7 @@ def factorize(
         raise ValueError("give either C or means=, not both")
     if C is None and means is None:
         raise TypeError("factorize() needs a matrix C or class means (means=...)")
+    C, means = _open_urls(C, means, storage_options)
     store_labels = None
     if C is not None:
         store = _class_store(C)
@@ -237,10 +255,24 @@ def factorize(
 
 
 def _zarr_array(path: Any) -> Any:
-    """The Zarr array at ``path`` (local path or URL), or None."""
+    """The Zarr array at the local ``path``, or None."""
     from mmf_stream.dask_client import open_zarr_array
 
     return open_zarr_array(path)
+
+
+def _open_urls(C: Any, means: Any, storage_options: Any) -> tuple[Any, Any]:
+    """``C`` and ``means`` with a URL opened as its Zarr array (read where it is used: on the
+    workers with a client, here without); ``storage_options`` only with a URL."""
+    from mmf_stream.store.object_stores import check_storage_options, is_url, open_url_array
+
+    options = check_storage_options(storage_options)
+    if not (is_url(C) or is_url(means)):
+        if options is not None:
+            raise ValueError("storage_options= applies to a matrix or means given by URL (s3://...), "
+                             "not to a local path or an array")
+        return C, means
+    return (open_url_array(C, options) if is_url(C) else C), (open_url_array(means, options) if is_url(means) else means)
 
 
 def _factorize_on_dask(client: Any, source: Any, *, factored: bool, order: Any, core_size: Any, seed: int,

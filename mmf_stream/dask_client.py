@@ -6,9 +6,12 @@
 the CLI's ``--workers N``, an embedded ``LocalCluster`` of N single-threaded
 worker processes on 127.0.0.1 (:func:`connect_client`).
 
-Inputs: a Zarr array (object, path or URL that Zarr and fsspec open, e.g.
-``file://``, ``s3://``): every worker opens it and reads its own blocks of
-rows. A dense matrix is checked for exact symmetry with a signature folded
+Inputs: a Zarr array (object, path, or URL that fsspec reads, e.g. ``file://``,
+``s3://``: :mod:`mmf_stream.store.object_stores`): it travels to the workers as
+its store, not its data, and every worker reads its own blocks of rows from
+there (an object store's credentials and endpoint: each worker's environment,
+or the ``storage_options`` it was opened with). A worker that cannot read its
+rows fails the run with a one-line ``OSError`` naming the input. A dense matrix is checked for exact symmetry with a signature folded
 over its blocks; only a matrix that is not exactly symmetric has its blocks
 of columns read too (for the symmetric shard ``(C + C')/2`` and the
 tolerance check). Any other array (NumPy) is sent to the
@@ -27,7 +30,9 @@ from typing import Any
 
 import numpy as np
 
+from mmf_stream.common.formats import one_line
 from mmf_stream.store.fingerprint import Fingerprint, probe_vector
+from mmf_stream.store.object_stores import array_name, is_url, open_url_array
 from mmf_stream.common.limits import MAX_ABS_ENTRY, means_overflow
 from mmf_stream.engine.dask_stages import DaskCompression
 from mmf_stream.engine.options import EngineOptions
@@ -51,10 +56,14 @@ DISTRIBUTED_LOG_FORMAT = "%(asctime)s - %(name)s - %(levelname)s - %(message)s"
 
 
 class ZarrSource:
-    """A Zarr array that each worker reads itself (pickles as its store and path, not its data)."""
+    """A Zarr array that each worker reads itself (pickles as its store and path, not its data).
 
-    def __init__(self, array: Any) -> None:
+    ``name`` (its path or URL) names it when a worker cannot read it.
+    """
+
+    def __init__(self, array: Any, name: str | None = None) -> None:
         self.array = array
+        self.name = name if name is not None else array_name(array)
         self.shape = tuple(array.shape)
         self.dtype = array.dtype
         #: rows per chunk: a dense input is read in blocks of whole chunks of rows
@@ -64,10 +73,20 @@ class ZarrSource:
         return self
 
     def rows(self, start: int, stop: int) -> np.ndarray:
-        return np.asarray(self.array[start:stop])
+        return self._read(np.s_[start:stop], f"rows {start}:{stop}")
 
     def columns(self, start: int, stop: int) -> np.ndarray:
-        return np.asarray(self.array[:, start:stop])
+        return self._read(np.s_[:, start:stop], f"columns {start}:{stop}")
+
+    def _read(self, selection: Any, what: str) -> np.ndarray:
+        """``array[selection]`` on a worker; a failure is one ``OSError`` line naming the input."""
+        try:
+            return np.asarray(self.array[selection])
+        except MemoryError:
+            raise
+        except Exception as error:  # noqa: BLE001 - any store's failure (credentials, endpoint, corrupt chunk)
+            raise OSError(f"a Dask worker cannot read {what} of {self.name}: {type(error).__name__}: "
+                          f"{one_line(error)}") from None
 
 
 class ArrayBlock:
@@ -98,28 +117,32 @@ class ArraySource:
         return ArrayBlock(np.ascontiguousarray(self.array[start:stop]), columns)
 
 
-def open_zarr_array(path: str | os.PathLike) -> Any:
-    """The Zarr array at ``path`` (local path or URL), or None if nothing there opens as one."""
+def open_zarr_array(path: str | os.PathLike, storage_options: dict[str, Any] | None = None) -> Any:
+    """The Zarr array at ``path``: a URL is opened by :func:`~mmf_stream.store.object_stores.open_url_array`
+    (a one-line ``ValueError`` if it cannot be); a local path gives None if nothing there opens as one."""
     import zarr
 
+    if is_url(path):
+        return open_url_array(path, storage_options)
     try:
         return zarr.open_array(os.fspath(path), mode="r")
     except Exception:  # noqa: BLE001 - zarr raises many kinds: not an array we can open
         return None
 
 
-def open_source(value: Any, *, dense: bool) -> ZarrSource | ArraySource:
-    """A source for ``value``: a Zarr array (object, path or URL) or an in-memory array."""
+def open_source(value: Any, *, dense: bool, name: str | None = None) -> ZarrSource | ArraySource:
+    """A source for ``value``: a Zarr array (object, path or URL; ``name`` names it in errors) or an
+    in-memory array."""
     import zarr
 
     if isinstance(value, zarr.Array):
-        source: ZarrSource | ArraySource = ZarrSource(value)
+        source: ZarrSource | ArraySource = ZarrSource(value, name)
     elif isinstance(value, (str, os.PathLike)):
         array = open_zarr_array(value)
         if array is None:
             raise ValueError(f"{os.fspath(value)}: not a Zarr array the workers can open; give a Zarr array path "
                              "or URL with --scheduler/--workers")
-        source = ZarrSource(array)
+        source = ZarrSource(array, os.fspath(value))
     else:
         if hasattr(value, "compute") and callable(value.compute) and hasattr(value, "chunks"):  # Dask array
             value = value.compute()

@@ -485,9 +485,9 @@ class Factorization:
         every level that did not involve a removed class keeps its tuple and
         rotation, a level that held one keeps its wavelet with a rotation
         chosen afresh on its remaining members, and a level whose wavelet was
-        removed takes the remaining member due to leave soonest as its wavelet
-        (engine/knockout.py says how). The stated error is the exact
-        reconstruction error (mmf-math.md sections 2 and 4). ``self`` is not
+        removed becomes a rotation-only level (:attr:`Level.wavelet` is None;
+        docs/math.md, section 10). The stated error is the exact
+        reconstruction error (docs/math.md, sections 2 and 4). ``self`` is not
         modified.
 
         Parameters

@@ -66,7 +66,7 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
+def die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
     """Linux: the server gets SIGKILL when the test process dies, so none outlives a killed run."""
     try:
         import ctypes
@@ -132,7 +132,7 @@ class RedisServer:
 
     def _launch(self) -> bool:
         """Start the server on ``self.port``; whether it answers PING in time (killed if not)."""
-        preexec = _die_with_parent if sys.platform.startswith("linux") else None
+        preexec = die_with_parent if sys.platform.startswith("linux") else None
         self.process = subprocess.Popen(self._command(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                         stderr=subprocess.DEVNULL, preexec_fn=preexec)
         deadline = time.monotonic() + START_TIMEOUT

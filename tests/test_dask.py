@@ -1,7 +1,8 @@
 """The Dask engine against real `dask scheduler` / `dask worker` processes on 127.0.0.1.
 
 Clusters are started and stopped by deploy/local/cluster.sh (the script users
-run). Every result is compared bit for bit with the local staged engine.
+run; tests/dask_cluster.py). Every result is compared bit for bit with the local
+staged engine.
 """
 
 from __future__ import annotations
@@ -10,8 +11,6 @@ import os
 import signal
 import subprocess
 import sys
-from contextlib import contextmanager
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,51 +19,12 @@ import zarr
 import mmf_stream as ms
 from mmf_stream import cli
 from mmf_stream.cli import matrices
+from dask_cluster import REPO, assert_identical, local_cluster, pid_of
 
-REPO = Path(__file__).resolve().parents[1]
-SCRIPT = REPO / "deploy" / "local" / "cluster.sh"
 #: small clusters and blocks so that a few hundred classes take several stages and reads
 OPTIONS = {"cluster_size": 64, "greedy_below": 128, "gram_block": 256}
 DENSE_SIZE = 1100
 FACTORED_SIZE = 1400
-
-
-def _env() -> dict[str, str]:
-    return dict(os.environ, DASK=str(Path(sys.executable).parent / "dask"), PYTHON=sys.executable)
-
-
-@contextmanager
-def local_cluster(directory: Path, workers: int):
-    """A scheduler and ``workers`` worker processes (no nanny: a SIGKILL kills the worker)."""
-    started = subprocess.run(["bash", str(SCRIPT), "start", str(directory), "--workers", str(workers), "--no-nanny"],
-                             env=_env(), capture_output=True, text=True, timeout=240)
-    try:
-        assert started.returncode == 0, started.stderr
-        address = started.stdout.strip()
-        assert address.startswith("tcp://127.0.0.1:")
-        yield address
-    finally:
-        subprocess.run(["bash", str(SCRIPT), "stop", str(directory)], env=_env(), capture_output=True, timeout=120)
-
-
-def _pid(directory: Path, name: str) -> int:
-    return int((directory / f"{name}.pid").read_text().strip())
-
-
-def assert_identical(expected: ms.Factorization, got: ms.Factorization) -> None:
-    for name in ("tuples", "wavelets", "rotations", "level_errors", "diagonal", "core", "core_block"):
-        assert np.array_equal(getattr(expected._raw, name), getattr(got._raw, name)), name
-    assert got.error == expected.error
-    assert got.norm == pytest.approx(expected.norm, rel=1e-12)
-    mine, theirs = expected.insertion_state, got.insertion_state
-    assert len(mine.snapshots) == len(theirs.snapshots) > 0
-    for a, b in zip(mine.snapshots, theirs.snapshots):
-        assert a.level == b.level and np.array_equal(a.indices, b.indices)
-        for field in ("block", "rows"):
-            x, y = getattr(a, field), getattr(b, field)
-            assert (x is None and y is None) or np.array_equal(x, y), field
-    if mine.final_rows is not None:
-        assert np.array_equal(mine.final_rows, theirs.final_rows)
 
 
 @pytest.fixture(scope="module")
@@ -112,7 +72,7 @@ def test_worker_killed_mid_stage_gives_the_same_result(inputs, tmp_path):
 
         def stage(self, number: int, active: int) -> None:
             if number == 2 and not killed:  # stage 1's rows live on the workers: one of them dies
-                pid = _pid(directory, "worker-1")
+                pid = pid_of(directory, "worker-1")
                 os.kill(pid, signal.SIGKILL)
                 killed.append(pid)
 
@@ -133,7 +93,7 @@ def test_scheduler_lost_mid_run_is_one_line_and_writes_nothing(inputs, tmp_path,
 
     def kill_scheduler(self, number: int, active: int) -> None:
         if number == 2:
-            os.kill(_pid(directory, "scheduler"), signal.SIGKILL)
+            os.kill(pid_of(directory, "scheduler"), signal.SIGKILL)
 
     monkeypatch.setattr(matrices._StageProgress, "stage", kill_scheduler)
     with local_cluster(directory, 2) as address:

@@ -16,9 +16,11 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import time
 import tomllib
 from pathlib import Path
 
@@ -328,8 +330,8 @@ def test_shell_scripts_parse():
     assert "set -euo pipefail" in CLUSTER_SH.read_text()
 
 
-def _cluster(*args, timeout: float = 60) -> subprocess.CompletedProcess:
-    env = dict(os.environ, DASK=str(Path(sys.executable).parent / "dask"), PYTHON=sys.executable)
+def _cluster(*args, timeout: float = 60, **environment: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, DASK=str(Path(sys.executable).parent / "dask"), PYTHON=sys.executable, **environment)
     return subprocess.run([str(CLUSTER_SH), *map(str, args)], capture_output=True, text=True, env=env,
                           timeout=timeout, stdin=subprocess.DEVNULL)
 
@@ -347,6 +349,20 @@ def _gone(pid: int) -> bool:
             return f.read().rsplit(")", 1)[1].split()[0] == "Z"
     except OSError:
         return True
+
+
+def _session_members(leaders) -> set[int]:
+    """Every live process whose session is led by one of ``leaders`` (the leaders included)."""
+    members = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[3]) in leaders and fields[0] != "Z":  # state ppid pgrp session
+                members.add(int(entry.name))
+    return members
 
 
 def _cmdline(pid: int) -> str:
@@ -472,3 +488,67 @@ def test_local_cluster_start_failure_stops_what_it_started(tmp_path, dask_availa
         assert not leftovers, f"still running after the failed start: {leftovers}"
     finally:
         _cluster("stop", folder)
+
+
+def test_local_cluster_stop_returns_only_when_every_process_is_gone(tmp_path, dask_available):
+    # with nannies: each worker pid file names the nanny, whose worker is a child process in its
+    # session; stop returns once all of them (and the multiprocessing helpers) have exited
+    folder = tmp_path / "cluster"
+    try:
+        started = _cluster("start", folder, "--workers", "2", timeout=240)
+        assert started.returncode == 0, started.stderr
+        leaders = {int(p.read_text()) for p in folder.glob("*.pid")}
+        assert len(leaders) == 3
+        members = _session_members(leaders)
+        assert leaders < members, "the nannies' workers are not in their sessions"
+    finally:
+        stopped = _cluster("stop", folder, timeout=60)
+    alive = {pid: _cmdline(pid) for pid in members if not _gone(pid)}  # at once: no waiting here
+    assert stopped.returncode == 0, stopped.stderr
+    assert not alive, f"still running when stop returned: {alive}"
+    assert not list(folder.glob("*.pid"))
+
+
+# a dask-named process that ignores SIGTERM, with a child that ignores it too (in its session, another group)
+STUBBORN = """
+import signal, subprocess, sys, time
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+child = subprocess.Popen([sys.executable, "-c", "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+                          "print('ready', flush=True); time.sleep(600)"], stdout=subprocess.PIPE, text=True,
+                         process_group=0)  # its own process group, in the session: a group kill misses it
+child.stdout.readline()
+print(child.pid, flush=True)
+time.sleep(600)
+"""
+
+
+def test_local_cluster_stop_kills_what_ignores_sigterm_and_waits_for_it(tmp_path, dask_available):
+    folder = tmp_path / "cluster"
+    stubborn = None
+    try:
+        started = _cluster("start", folder, "--workers", "1", "--no-nanny", timeout=240)
+        assert started.returncode == 0, started.stderr
+        stubborn = subprocess.Popen([sys.executable, "-c", STUBBORN, "dask-stubborn"], stdout=subprocess.PIPE,
+                                    text=True, start_new_session=True)
+        child = int(stubborn.stdout.readline())
+        (folder / "worker-7.pid").write_text(f"{stubborn.pid}\n")
+        pids = {int(p.read_text()) for p in folder.glob("*.pid")} | {child}
+        began = time.monotonic()
+        stopped = _cluster("stop", folder, timeout=60, STOP_TIMEOUT="2")
+        took = time.monotonic() - began
+        alive = {pid: _cmdline(pid) for pid in pids if not _gone(pid)}
+        assert stopped.returncode == 0, stopped.stderr
+        assert not alive, f"still running when stop returned: {alive}"
+        assert 2 <= took < 2 + 10, took  # SIGKILL after STOP_TIMEOUT, then gone at once
+        assert stubborn.wait(timeout=5) == -signal.SIGKILL
+        assert not list(folder.glob("*.pid"))
+    finally:
+        if stubborn is not None and stubborn.poll() is None:
+            stubborn.kill()
+        _cluster("stop", folder)
+
+
+def test_local_cluster_rejects_a_bad_stop_timeout(tmp_path, dask_available):
+    result = _cluster("stop", tmp_path, STOP_TIMEOUT="soon")
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and "STOP_TIMEOUT" in result.stderr, result.stderr

@@ -13,14 +13,20 @@
 #   it prints one line, the scheduler address (tcp://127.0.0.1:PORT), and exits 0; on a
 #   failure it prints one line to stderr, stops what it started and exits non-zero.
 # stop: SIGTERM to the workers then the scheduler, SIGKILL to whatever is left after
-#   15 s, pid files removed. Only pids from DIR's pid files whose command line still
-#   names dask/distributed are signalled. Stopping a stopped DIR is fine (exit 0).
+#   STOP_TIMEOUT s (15), pid files removed. It returns only once every process of the
+#   cluster has exited: each pid of the pid files and every process in its session (a
+#   nanny's worker, multiprocessing's helpers); exit 1, with one line on stderr and the pid
+#   files kept, if any is still alive 10 s after SIGKILL. Only pids from DIR's pid files
+#   whose command line still names dask/distributed (and their sessions) are signalled.
+#   Stopping a stopped DIR is fine (exit 0). An exited process that its parent (init) has
+#   not reaped yet, a zombie, counts as gone: it holds no memory, file or port.
 # status: prints the scheduler address and the number of live processes; exit 0 if the
 #   scheduler is alive, 1 otherwise.
 #
 # Needs bash >= 4.4. Environment: DASK (default `dask`) is the dask command, PYTHON
 # (default `python3`) an interpreter with `distributed` (used to wait for the workers),
-# DASHBOARD=1 a scheduler dashboard on 127.0.0.1.
+# DASHBOARD=1 a scheduler dashboard on 127.0.0.1, STOP_TIMEOUT (default 15) the seconds
+# stop waits after SIGTERM before SIGKILL.
 set -euo pipefail
 
 PROG=cluster.sh
@@ -28,7 +34,9 @@ DASK=${DASK:-dask}
 PYTHON=${PYTHON:-python3}
 SCHEDULER_TIMEOUT=60
 WORKERS_TIMEOUT=120
-STOP_TIMEOUT=15
+# seconds stop waits after SIGTERM before SIGKILL (environment STOP_TIMEOUT), and after SIGKILL
+STOP_TIMEOUT=${STOP_TIMEOUT:-15}
+KILL_TIMEOUT=10
 
 usage() {
     echo "usage: $PROG start DIR [--workers N] [--threads T] [--port P] [--no-nanny] | $PROG stop DIR | $PROG status DIR" >&2
@@ -99,30 +107,60 @@ scheduler_address() {
     sed -n 's/.*"address": *"\([^"]*\)".*/\1/p' "$file" | head -n 1
 }
 
-# wait_gone LIMIT PID...: wait until every PID has exited, or until TICKS (tenths of a
-# second since the stop began) reaches LIMIT
-TICKS=0
-wait_gone() {
-    local limit=$1 pid any
-    shift
-    while [[ $TICKS -lt $limit ]]; do
-        any=0
-        for pid in "$@"; do
-            if alive "$pid"; then
-                any=1
-                break
+# now_ms: a clock in milliseconds (EPOCHREALTIME in bash >= 5, else whole seconds)
+now_ms() {
+    if [[ -n ${EPOCHREALTIME:-} ]]; then
+        local t=${EPOCHREALTIME/[.,]/}
+        echo $((10#$t / 1000))
+    else
+        echo $((SECONDS * 1000))
+    fi
+}
+
+# live LEADER...: prints, one per line, every process still alive (not a zombie) of these
+# sessions: each LEADER (started by setsid, so it leads its own session) and every process
+# in its session (a nanny's worker, multiprocessing's helpers). Where ps cannot list
+# sessions, the leaders alone.
+live() {
+    local pid sid stat table
+    local -A leaders=() seen=()
+    [[ $# -gt 0 ]] || return 0
+    for pid in "$@"; do
+        leaders[$pid]=1
+    done
+    if table=$(ps -e -o pid=,sid=,stat= 2>/dev/null); then
+        while read -r pid sid stat; do
+            if [[ -n ${leaders[$sid]:-} && $stat != Z* && -z ${seen[$pid]:-} ]]; then
+                seen[$pid]=1
+                echo "$pid"
             fi
-        done
-        [[ $any -eq 1 ]] || return 0
-        sleep 0.1
-        TICKS=$((TICKS + 1))
+        done <<<"$table"
+    fi
+    for pid in "$@"; do
+        if [[ -z ${seen[$pid]:-} ]] && alive "$pid"; then
+            seen[$pid]=1
+            echo "$pid"
+        fi
     done
     return 0
 }
 
+# wait_gone DEADLINE LEADER...: wait until no process of these sessions is alive (exit 0),
+# or until the clock (now_ms) reaches DEADLINE (exit 1)
+wait_gone() {
+    local deadline=$1 left
+    shift
+    while :; do
+        left=$(live "$@")
+        [[ -n $left ]] || return 0
+        [[ $(now_ms) -lt $deadline ]] || return 1
+        sleep 0.1
+    done
+}
+
 stop_cluster() {
-    local dir=$1 f pid
-    local -a files=() workers=() scheduler=()
+    local dir=$1 f pid began left
+    local -a files=() workers=() scheduler=() survivors=()
     [[ -d $dir ]] || return 0
     mapfile -t files < <(pid_files "$dir")
     for f in "${files[@]}"; do
@@ -134,28 +172,35 @@ stop_cluster() {
             fi
         fi
     done
-    TICKS=0
-    # workers first (a worker asked to close while its scheduler goes away can hang),
-    # then the scheduler; all of it within STOP_TIMEOUT seconds
+    began=$(now_ms)
+    # workers first (a worker asked to close while its scheduler goes away can hang), for
+    # two thirds of STOP_TIMEOUT; then the scheduler, until STOP_TIMEOUT
     for pid in "${workers[@]}"; do
         kill -TERM "$pid" 2>/dev/null || true
     done
-    wait_gone $(((STOP_TIMEOUT - 5) * 10)) "${workers[@]}"
+    wait_gone $((began + STOP_TIMEOUT * 2000 / 3)) "${workers[@]}" || true
     for pid in "${scheduler[@]}"; do
         kill -TERM "$pid" 2>/dev/null || true
     done
-    wait_gone $((STOP_TIMEOUT * 10)) "${workers[@]}" "${scheduler[@]}"
-    # SIGKILL to what is left: the process and, as it leads its own process group (setsid
-    # at start), its children (a nanny's worker)
-    for pid in "${workers[@]}" "${scheduler[@]}"; do
-        ours "$pid" || continue
-        if [[ $(ps -o pgid= -p "$pid" 2>/dev/null | tr -d ' ') == "$pid" ]]; then
-            kill -KILL -- "-$pid" 2>/dev/null || true
+    if ! wait_gone $((began + STOP_TIMEOUT * 1000)) "${workers[@]}" "${scheduler[@]}"; then
+        # SIGKILL to what is left: each leader's process group (setsid at start) and every
+        # live process of the sessions
+        for pid in "${workers[@]}" "${scheduler[@]}"; do
+            if ours "$pid" && [[ $(ps -o pgid= -p "$pid" 2>/dev/null | tr -d ' ') == "$pid" ]]; then
+                kill -KILL -- "-$pid" 2>/dev/null || true
+            fi
+        done
+        for pid in $(live "${workers[@]}" "${scheduler[@]}"); do
+            kill -KILL "$pid" 2>/dev/null || true
+        done
+        # and wait for them to be gone: a SIGKILLed process exits once the kernel has
+        # torn it down (at once, unless it sleeps uninterruptibly in I/O)
+        if ! wait_gone $(($(now_ms) + KILL_TIMEOUT * 1000)) "${workers[@]}" "${scheduler[@]}"; then
+            mapfile -t survivors < <(live "${workers[@]}" "${scheduler[@]}")
+            echo "$PROG: error: process(es) ${survivors[*]} still alive ${KILL_TIMEOUT}s after SIGKILL; pid files kept in $dir" >&2
+            return 1
         fi
-        kill -KILL "$pid" 2>/dev/null || true
-    done
-    TICKS=0
-    wait_gone 20 "${workers[@]}" "${scheduler[@]}"
+    fi
     for f in "${files[@]}"; do
         rm -f "$f"
     done
@@ -345,6 +390,8 @@ case $COMMAND in
     *) usage_error "unknown command '$COMMAND'" ;;
 esac
 [[ $# -ge 1 && -n $1 && $1 != -* ]] || usage_error "$COMMAND needs a directory"
+is_uint "$STOP_TIMEOUT" || usage_error "STOP_TIMEOUT must be a non-negative integer (seconds), got '$STOP_TIMEOUT'"
+STOP_TIMEOUT=$((10#$STOP_TIMEOUT))
 DIR=$1
 shift
 case $COMMAND in

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -78,6 +79,25 @@ def positive(text: str) -> float:
 
 
 positive.__name__ = "number > 0"
+
+
+def storage_option(text: str) -> tuple[str, Any]:
+    """An argparse type: ``KEY=VALUE``, one of an fsspec filesystem's keyword arguments. VALUE is read
+    as JSON where it is JSON (``anon=true``, ``client_kwargs={"region_name": "eu-west-1"}``, numbers),
+    else kept as text (``endpoint_url=http://127.0.0.1:9000``)."""
+    import json
+
+    key, equals, value = text.partition("=")
+    key = key.strip()
+    if not equals or not key.isidentifier():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE (e.g. endpoint_url=http://HOST:PORT), got {text!r}")
+    try:
+        return key, json.loads(value)
+    except ValueError:
+        return key, value
+
+
+storage_option.__name__ = "KEY=VALUE"
 
 
 #: a kernel that every dense run compiles, and one that every factored (class means) run does (staged dense

@@ -9,17 +9,20 @@ from pathlib import Path
 
 import numpy as np
 
-from mmf_stream.cli.arguments import COVARIANCE_KERNEL, DENSE_KERNEL, FACTORED_KERNEL, compile_notice, int_at_least, lock_timeout_option, positive, progress_bar, quiet_dask_logs
+from mmf_stream.cli.arguments import COVARIANCE_KERNEL, DENSE_KERNEL, FACTORED_KERNEL, compile_notice, int_at_least, lock_timeout_option, positive, progress_bar, quiet_dask_logs, storage_option
 from mmf_stream.common.formats import one_line
 from mmf_stream.common.progress import progress
 from mmf_stream.store.durability import check_replaceable, fsync_tree, own_format, staging_path, swap_into_place
+from mmf_stream.store.object_stores import is_url, open_url_array
 
 
-def _read_means(path: str):
-    """Class means (m x D) for ``--means``: a ``.npy`` file (memory-mapped) or a Zarr array."""
+def _read_means(path: str, storage_options: dict | None = None):
+    """Class means (m x D) for ``--means``: a ``.npy`` file (memory-mapped) or a Zarr array (path or URL)."""
     from mmf_stream.common.formats import existing_path
     from mmf_stream.io import read_features
 
+    if is_url(path):
+        return open_url_array(path, storage_options)
     source = existing_path(path)
     if own_format(source) == "class-store":
         raise ValueError(f"{source} is a class store; give it as INPUT (mmf-stream factorize {source} ...), "
@@ -27,17 +30,29 @@ def _read_means(path: str):
     return read_features(source, role="--means")
 
 
-def _cluster_input(path: str):
+def _cluster_input(path: str, storage_options: dict | None):
     """With --scheduler/--workers: the Zarr array at ``path`` (path or URL) that the workers read
     themselves, else None (a class store, or a file read here as without a cluster)."""
     from mmf_stream.dask_client import open_zarr_array
 
-    if "://" not in path and own_format(Path(path)) == "class-store":
+    if is_url(path):
+        return open_url_array(path, storage_options)  # a one-line error if it does not open
+    if own_format(Path(path)) == "class-store":
         return None
-    array = open_zarr_array(path)
-    if array is None and "://" in path:
-        raise ValueError(f"{path}: not a Zarr array that Zarr/fsspec can open")
-    return array
+    return open_zarr_array(path)
+
+
+def _storage_options(args: argparse.Namespace) -> dict | None:
+    """``--storage-option KEY=VALUE ...`` as a dict (None without any), given only with a URL INPUT or
+    --means; ``--out`` must be local (results are written to local directories)."""
+    if is_url(args.out):
+        raise ValueError(f"--out {args.out}: results are written to a local directory (object stores are read "
+                         "from: INPUT or --means)")
+    if not args.storage_option:
+        return None
+    if not is_url(args.means if args.means is not None else args.input):
+        raise ValueError("--storage-option applies to an INPUT or --means given by URL (s3://BUCKET/PATH.zarr)")
+    return dict(args.storage_option)
 
 
 class _StageProgress:
@@ -62,24 +77,25 @@ def _factorize(args: argparse.Namespace) -> int:
     if (args.input is None) == (args.means is None):
         given = "both INPUT and --means" if args.input is not None else "neither INPUT nor --means"
         raise ValueError(f"give exactly one of INPUT (a matrix or class store) or --means M.npy; got {given}")
+    storage_options = _storage_options(args)
     if args.scheduler is not None or args.workers is not None:
-        return _factorize_on_dask(args)
+        return _factorize_on_dask(args, storage_options)
     out = Path(args.out)
     check_replaceable(out, args.overwrite, kinds=("factorization",))
     labels = ms.read_labels(args.labels) if args.labels else None
     if args.means is not None:
         source_name = args.means
-        means = _read_means(args.means)
+        means = _read_means(args.means, storage_options)
         source, kwargs = None, {"means": means}
         size = means.shape[0] if len(means.shape) else 0
-    elif own_format(Path(args.input)) == "class-store":
+    elif not is_url(args.input) and own_format(Path(args.input)) == "class-store":
         # factored from the store's means (C = M M' is never formed); its labels unless --labels
         source_name = args.input
         source = ms.Store.open(args.input, mode="r")
         kwargs, size = {}, source.size
     else:
         source_name = args.input
-        source = ms.read_matrix(args.input)
+        source = open_url_array(args.input, storage_options) if is_url(args.input) else ms.read_matrix(args.input)
         kwargs = {}
         shape = getattr(source, "shape", (0,))
         size = shape[0] if len(shape) else 0
@@ -120,8 +136,9 @@ def _factorize_here(args: argparse.Namespace, source, kwargs: dict, *, size: int
     return 0
 
 
-def _factorize_on_dask(args: argparse.Namespace) -> int:
-    """``factorize --scheduler ADDR | --workers N``: the staged levels on Dask workers."""
+def _factorize_on_dask(args: argparse.Namespace, storage_options: dict | None) -> int:
+    """``factorize --scheduler ADDR | --workers N``: the staged levels on Dask workers (a Zarr input,
+    local or by URL, is read by the workers themselves)."""
     import mmf_stream as ms
     from mmf_stream.dask_client import connect_client
     from mmf_stream.engine.options import DEFAULT_OPTIONS
@@ -134,8 +151,8 @@ def _factorize_on_dask(args: argparse.Namespace) -> int:
     check_replaceable(out, args.overwrite, kinds=("factorization",))
     labels = ms.read_labels(args.labels) if args.labels else None
     name = args.means if args.means is not None else args.input
-    array = _cluster_input(name)
-    factored = args.means is not None or own_format(Path(name)) == "class-store"
+    array = _cluster_input(name, storage_options)
+    factored = args.means is not None or (not is_url(name) and own_format(Path(name)) == "class-store")
     if array is not None:
         data = array
         size = int(array.shape[0])
@@ -438,10 +455,16 @@ def add_commands(sub) -> None:
         "classes x features). Results made from class means insert new classes from their means alone.",
     )
     fac.add_argument("input", nargs="?", default=None,
-                     help="matrix: .npy, .mtx (Matrix Market), Zarr array; or a class store (factored from its "
-                     "means, keeps labels). Leave out with --means")
+                     help="matrix: .npy, .mtx (Matrix Market), Zarr array (a path, or a URL: s3://BUCKET/C.zarr, "
+                     "file:///...); or a class store (factored from its means, keeps labels). Leave out with --means")
     fac.add_argument("--means", default=None, metavar="M",
-                     help="class means instead of INPUT: m x D, .npy or Zarr array (C = M M' is never formed)")
+                     help="class means instead of INPUT: m x D, .npy or Zarr array (path or URL, as INPUT; "
+                     "C = M M' is never formed)")
+    fac.add_argument("--storage-option", action="append", type=storage_option, default=None, metavar="KEY=VALUE",
+                     help="for an INPUT or --means given by URL: a keyword of its fsspec filesystem (s3fs: "
+                     "endpoint_url=http://HOST:PORT, anon=true, key=..., secret=...; VALUE read as JSON where it "
+                     "is JSON); repeatable. Without it each process, the Dask workers too, reads its own "
+                     "environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL, ...)")
     fac.add_argument("--order", "-k", type=int_at_least(2), default=5, help="indices per rotation (default 5)")
     fac.add_argument("--core-size", type=int_at_least(1), default=None,
                      help="core size (default order - 1, full depth)")
@@ -456,7 +479,8 @@ def add_commands(sub) -> None:
     where = fac.add_mutually_exclusive_group()
     where.add_argument("--scheduler", metavar="ADDR", default=None,
                        help="run the staged levels on the Dask cluster at ADDR (tcp://HOST:PORT); give INPUT or "
-                       "--means as a Zarr array path or URL that every worker can open")
+                       "--means as a Zarr array path or URL (s3://...) that every worker can open: each worker "
+                       "reads its own chunks")
     where.add_argument("--workers", type=int_at_least(1), default=None, metavar="N",
                        help="run the staged levels on an embedded Dask cluster of N worker processes on this machine "
                        "(an input --schedule auto runs greedy stays in this process: no cluster is started)")

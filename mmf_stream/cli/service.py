@@ -13,6 +13,7 @@ from mmf_stream.service.options import (
     DEFAULT_BATCH_MAX,
     DEFAULT_BATCH_WAIT,
     DEFAULT_CATCH_UP_FRACTION,
+    DEFAULT_METRICS_HOST,
     DEFAULT_ORDER,
     DEFAULT_REFRESH_DRIFT,
     DEFAULT_REFRESH_GROWTH,
@@ -58,8 +59,20 @@ def _serve(args: argparse.Namespace) -> int:
           batch_wait=args.batch_wait, refresh_drift=args.refresh_drift, refresh_growth=args.refresh_growth,
           catch_up_fraction=args.catch_up_fraction, inline_repair=args.inline_repair, core_size=args.core_size,
           seed=args.seed, idle_exit=args.idle_exit,
-          rebuild_log=args.rebuild_log, adopt_queue=args.adopt_queue)
+          rebuild_log=args.rebuild_log, adopt_queue=args.adopt_queue, metrics_port=args.metrics_port,
+          metrics_host=args.metrics_host)
     return 0
+
+
+def _port(text: str) -> int:
+    """A TCP port number, 0 to 65535 (argparse type)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a port number, got {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be from 0 to 65535, got {value}")
+    return value
 
 
 def _status(args: argparse.Namespace) -> int:
@@ -99,8 +112,9 @@ def add_commands(sub) -> None:
         description="Serve PROJECT (a class store): factorize it if it holds no factorization yet, then fold the "
         "classes queued with 'mmf-stream submit' into the factorization in arrival order, in batches, committing "
         "classes, factorization and queue position together before acknowledging. A label the project already has "
-        "updates that class (knocked out and inserted again with its new mean). Stops on SIGTERM/SIGINT after committing the batch "
-        "in progress (exit 0). One coordinator per project.",
+        "updates that class (knocked out and inserted again with its new mean). Stops on SIGTERM/SIGINT (exit 0): a commit "
+        "in progress is finished, work not yet written is abandoned and read again at the next start. One coordinator per project. With --queue redis://..., the password comes from the "
+        "URL or REDIS_PASSWORD (or the file REDIS_PASSWORD_FILE names).",
     )
     serve.add_argument("project", help="the project (class store written by 'mmf-stream covariance')")
     serve.add_argument("--order", "-k", type=int_at_least(2), default=None,
@@ -140,6 +154,14 @@ def add_commands(sub) -> None:
     serve.add_argument("--adopt-queue", action="store_true",
                        help="the queue is not the one the committed position refers to (deleted and created "
                        "again, or another one): read it from its beginning; without it such a queue is refused")
+    serve.add_argument("--metrics-port", type=_port, default=None, metavar="PORT",
+                       help="serve Prometheus metrics at http://HOST:PORT/metrics (queue depth, applied, dead "
+                       "letters, batch seconds, submit-to-commit latency, ...) and health checks /healthz "
+                       "(liveness) and /readyz (200 once serving, 503 while starting or stopping); 0: a free port, "
+                       "logged. Needs prometheus_client (pip install 'mmf_stream[metrics]')")
+    serve.add_argument("--metrics-host", default=DEFAULT_METRICS_HOST, metavar="HOST",
+                       help=f"the address of the metrics server (default {DEFAULT_METRICS_HOST}; 0.0.0.0 in a "
+                       "container, for the scraper and the probes)")
     serve.set_defaults(run=_serve)
 
     status = sub.add_parser("status", help="the service's state: queue depth, applied, ingest rate, error, "

@@ -1,6 +1,6 @@
 """Compressions: what the level loops work on, behind one interface.
 
-A compression holds the current ``C_l`` of mmf-math.md section 1 over
+A compression holds the current ``C_l`` of docs/math.md, section 1 over
 *positions* (the level loop maps positions to original indices) and answers
 what the loop asks:
 
@@ -27,7 +27,7 @@ Implementations:
 
 * :class:`DenseCompression`: an ``m x m`` buffer, any symmetric matrix.
 * :class:`FactoredCompression`: ``C = M M'`` from class means ``M`` (m x D),
-  mmf-math.md section 9: rotations act on rows of ``M``, ``W = M_S' M_S``
+  docs/math.md, section 9: rotations act on rows of ``M``, ``W = M_S' M_S``
   loses one rank-one term per wavelet; ``C`` is never formed.
 * :class:`GramCompression`: one staged cluster, ``A`` and ``P`` explicit.
 """
@@ -129,7 +129,7 @@ class DenseCompression:
         The rotations act on rows, then on columns row by row (each row stays
         in cache): ``Q C Q'`` in O(k^2 m) per level, computed exactly as the
         Dask engine computes it on its blocks of rows. Every wavelet's exact
-        row energy follows from the result (mmf-math.md section 4). The wavelets' rows and columns are left in place: the
+        row energy follows from the result (docs/math.md, section 4). The wavelets' rows and columns are left in place: the
         caller compacts right after. Returns ``(tuples, wavelets, diagonal,
         squared row energy)`` in positions, in the recorded order.
         """
@@ -421,7 +421,7 @@ class GramCompression:
 
 
 def _sequential_row_energy(energies: np.ndarray, inner: np.ndarray) -> np.ndarray:
-    """Exact ``r_i^2`` of wavelets removed in order ``0..q-1`` (mmf-math.md section 4).
+    """Exact ``r_i^2`` of wavelets removed in order ``0..q-1`` (docs/math.md, section 4).
 
     ``energies[i]`` is the squared norm of wavelet ``i``'s row over the active
     set before any of them left; ``inner[i, j] = C[s_i, s_j]``. Wavelet ``i``

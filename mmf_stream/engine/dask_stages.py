@@ -1,6 +1,6 @@
 """Staged levels on a Dask cluster: the compression lives on the workers as blocks of rows.
 
-Design (mmf-math.md section 4; issue 10):
+Design (docs/math.md, section 4):
 
 * The compression is a list of *shards*, each a :class:`RowShard` (sorted
   positions and their full rows: ``C[rows, S]`` dense, ``M[rows]`` factored)

@@ -1,6 +1,6 @@
 """Numba kernels for compressions that hold a tuple's Gram explicitly.
 
-A staged cluster (mmf-math.md section 4) holds two small matrices over its
+A staged cluster (docs/math.md, section 4) holds two small matrices over its
 ``c`` members: ``A = C[c, c]`` and ``P = C[c, S] C[S, c]``, the Gram of its rows
 over the *whole* active set ``S``. A tuple's Gram is then ``P[t, t]``, exactly;
 removing a wavelet ``s`` down-dates ``P`` by ``a a'`` with ``a = A[:, s]``.
@@ -141,7 +141,7 @@ def rotate_columns(rows, tuples, rotations):
 
 @njit(cache=True)
 def ordered_row_energy(rows, local_rows, recorded, active, wavelets):
-    """Exact ``r_i^2`` of some of a stage's wavelets (mmf-math.md section 4), row by row.
+    """Exact ``r_i^2`` of some of a stage's wavelets (docs/math.md, section 4), row by row.
 
     ``wavelets`` are all the stage's wavelets (positions) in recorded order;
     wavelet ``recorded[i]`` is row ``local_rows[i]`` of ``rows`` (after all

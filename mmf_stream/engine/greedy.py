@@ -1,6 +1,6 @@
 """The greedy level loop, over any compression (:mod:`mmf_stream.engine.compression`).
 
-Each level (mmf-math.md sections 1-3) is four steps:
+Each level (docs/math.md, sections 1-3) is four steps:
 
 1. *candidates*: every active position is a pivot; its tuple is the pivot and
    its ``k - 1`` most strongly coupled active neighbours. Each candidate's

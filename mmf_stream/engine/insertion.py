@@ -1,6 +1,6 @@
 """Incremental MMF on the engine's arrays: fold new rows/columns into a factorization.
 
-Method (mmf-math.md section 6, with a different repair rule):
+Method (docs/math.md, section 6, with a different repair rule):
 
 * A result keeps *snapshots*: the compression at a few cut levels (e.g. when
   30% of the indices and at most ``options.max_deep_snapshot`` are still

@@ -6,7 +6,7 @@ distributed engine calls the same kernels on the row blocks its workers hold
 (``tuple_gram`` and ``rotate_tuple_rows`` need only the ``k`` rows of a tuple,
 ``write_tuple_rows`` and ``candidate_downdate`` work on any row block).
 
-Notation (see ``shared/docs/mmf-math.md``): ``A`` is the current compression of
+Notation (docs/math.md, section 2): ``A`` is the current compression of
 the active set (rows/columns of indices that already became wavelets are zero),
 ``t`` a tuple of ``k`` positions, ``G = A[t, :] A[:, t]`` the tuple's Gram over
 the active set, ``At = A[t, t]`` and ``f(o) = o' G o - (o' At o)^2`` the
@@ -116,6 +116,19 @@ def _column(matrix, c):
     out = np.empty(matrix.shape[0])
     for r in range(matrix.shape[0]):
         out[r] = matrix[r, c]
+    return out
+
+
+@njit(cache=True)
+def _small_matmul(a, b):
+    """``a @ b`` for small matrices, summed left to right: not BLAS, so the same on every CPU."""
+    out = np.zeros((a.shape[0], b.shape[1]))
+    for i in range(a.shape[0]):
+        for j in range(b.shape[1]):
+            total = 0.0
+            for p in range(a.shape[1]):
+                total += a[i, p] * b[p, j]
+            out[i, j] = total
     return out
 
 
@@ -317,9 +330,9 @@ def rotation_from_wavelet(direction, block):
     for i in range(k):
         for c in range(k - 1):
             basis_t[c, i] = basis[i, c]
-    reduced = basis_t @ block @ basis
+    reduced = _small_matmul(_small_matmul(basis_t, block), basis)
     _, w = small_eigh(reduced)
-    complement = basis @ w
+    complement = _small_matmul(basis, w)
     rotation = np.zeros((k, k))
     for j in range(k):
         rotation[pos, j] = direction[j]

@@ -1,6 +1,6 @@
 """Knock-out of classes: an exact MMF of the covariance with some rows/columns deleted.
 
-Method (mmf-math.md sections 2, 4, 6 and 9). Let ``X`` be the removed indices
+Method (docs/math.md, sections 2, 4, 6, 9 and 10). Let ``X`` be the removed indices
 and ``c`` the level of the deepest insertion snapshot (the *cut*); as for an
 insertion, the levels from the cut on are recomputed on the snapshot, and the
 levels before it are kept, changed only where ``X`` forces it.
@@ -30,7 +30,7 @@ left before the cut, the snapshot's rows for the others), so old
 intermediate rows are never stored.
 
 *Rotations of modified levels.* The wavelet direction is optimised on the
-remaining members (mmf-math.md section 2: their exact rows, their Gram with
+remaining members (docs/math.md, section 2: their exact rows, their Gram with
 the active set taken from the old rows), and the other rows are the nearest
 ones to the old rotation's rows (each member keeps the row the later levels
 were chosen for); the nearest rotation to the old block when that scores

@@ -60,7 +60,7 @@ class EngineOptions:
     max_rebuilds : int, default 64
         Cap on lazy rebuilds per level.
     cluster_size : int, default 256
-        Largest cluster of a staged run (mmf-math.md section 4).
+        Largest cluster of a staged run (docs/math.md, section 4).
     stage_fraction : float, default 0.5
         Fraction of each cluster's indices that become wavelets in one stage.
     greedy_below : int, default 1024

@@ -46,7 +46,7 @@ class Snapshot:
 
 @dataclass
 class InsertionState:
-    """What incremental MMF needs besides the levels (mmf-math.md section 6).
+    """What incremental MMF needs besides the levels (docs/math.md, section 6).
 
     Attributes
     ----------

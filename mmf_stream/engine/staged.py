@@ -1,4 +1,4 @@
-"""Staged levels for large m (mmf-math.md section 4).
+"""Staged levels for large m (docs/math.md, section 4).
 
 A stage partitions the active set into clusters of at most
 ``options.cluster_size`` rows that are similar (a principal-direction tree on
@@ -15,7 +15,7 @@ clusters run: ``map_clusters`` may run them in any order, in threads, or as
 Dask tasks.
 
 The error of every level is computed exactly when its cluster is applied, in
-the recorded sequential order (mmf-math.md section 4), from the compression
+the recorded sequential order (docs/math.md, section 4), from the compression
 itself: it equals the reconstruction error.
 """
 
@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from mmf_stream.engine import kernels as K
+from mmf_stream.engine import row_blocks as P
 from mmf_stream.engine.compression import GramCompression
 from mmf_stream.engine.greedy import LevelLog, greedy_levels
 from mmf_stream.engine.options import DEFAULT_OPTIONS, EngineOptions
@@ -105,12 +106,13 @@ def partition(features: np.ndarray, cluster_size: int, rng: np.random.Generator)
         centred = rows - rows.mean(axis=0)
         direction = rng.standard_normal(rows.shape[1])
         for _ in range(_POWER_ITERATIONS):
-            direction = centred.T @ (centred @ direction)
-            norm = np.linalg.norm(direction)
+            # row-wise kernels, not BLAS: the same split on every CPU
+            direction = P.stable_matmul(centred.T, P.stable_matmul(centred, direction[:, None]))[:, 0]
+            norm = math.sqrt(float(P.stable_matmul(direction[None, :], direction[:, None])[0, 0]))
             if norm == 0.0:
                 break
             direction /= norm
-        projection = centred @ direction
+        projection = P.stable_matmul(centred, direction[:, None])[:, 0]
         leaves = math.ceil(members.shape[0] / cluster_size)
         left = int(round(members.shape[0] * (leaves // 2) / leaves))
         ranking = np.argsort(projection, kind="stable")

@@ -48,8 +48,13 @@ batches, and once it has them all it is committed as a new generation if it
 is better (:func:`refresh_outcome`); if the project was factorized afresh
 meanwhile, the refresh is discarded.
 
-SIGTERM or SIGINT: the batch in progress is finished and committed, then the
-coordinator exits with status 0.
+SIGTERM or SIGINT, at any moment from before start-up on: a computation that has written nothing
+yet (the start-up factorization, a batch's fold-in) is abandoned (its messages are read again by the
+next start), a commit in progress is finished, then the coordinator exits with status 0.
+
+**Metrics.** With ``metrics_port``, Prometheus metrics and the health checks
+``/healthz`` and ``/readyz`` are served over HTTP
+(:mod:`mmf_stream.service.metrics`).
 """
 
 from __future__ import annotations
@@ -57,6 +62,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import sqlite3
 import threading
 import time
 from collections import Counter
@@ -69,17 +75,20 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from mmf_stream.common.faults import batch_pause, crash_point
+from mmf_stream.common.version import __version__
 from mmf_stream.service.queues.backends import open_queue
 from mmf_stream.store.class_store import swap_last_placement
 from mmf_stream.service.changes import BatchChanges, plan_batch
 from mmf_stream.service.messages import BadMessage, NewClass, decode
 from mmf_stream.store.generations import IngestRecord, Project, has_log, log_path, read_log_id, set_log_aside
 from mmf_stream.service.lock import CoordinatorBusy, CoordinatorLock, serving_pid
+from mmf_stream.service.metrics import NoMetrics, ServiceMetrics
 from mmf_stream.service.options import (
     CATCH_UP_MAX_MESSAGES,
     DEFAULT_BATCH_MAX,
     DEFAULT_BATCH_WAIT,
     DEFAULT_CATCH_UP_FRACTION,
+    DEFAULT_METRICS_HOST,
     DEFAULT_ORDER,
     DEFAULT_REFRESH_DRIFT,
     DEFAULT_REFRESH_GROWTH,
@@ -175,6 +184,9 @@ class Coordinator:
         self._adopted = False
         self._abandonable = False  # inside a computation a stop signal may abandon (nothing written yet)
         self._abandoned_by: str | None = None  # the signal that abandoned the current step
+        #: the Prometheus metrics (:class:`~mmf_stream.service.metrics.ServiceMetrics` with a metrics port)
+        self.metrics = ServiceMetrics() if self.options.metrics_port is not None else NoMetrics()
+        self.metrics.track_refresh(lambda: self._refresh is not None)
 
     # ------------------------------------------------------------------ start / stop
     def start(self) -> Coordinator:
@@ -187,6 +199,10 @@ class Coordinator:
                              "... --out')")
         self._lock.acquire()
         try:
+            if self.options.metrics_port is not None:  # from here on: /healthz answers during the recovery
+                host, port = self.metrics.serve(self.options.metrics_host, self.options.metrics_port)
+                shown = f"[{host}]" if ":" in host else host
+                self.log(f"metrics on http://{shown}:{port}/metrics (health checks /healthz, /readyz)")
             self._store = Store.open(self.path, mode="r+")
             if self._store.center:
                 raise ValueError(f"{self.path} centres its covariance (every class changes when one is added); "
@@ -210,6 +226,10 @@ class Coordinator:
             with self._abandonable_step():
                 warm_up_kernels(self._order())
             self._project.record_event("start", f"pid {os.getpid()} serving with queue {self._queue.url}")
+            self._record_state()
+            self._record_queue_depth(self._project.current().position, force=True)
+            self.metrics.set_info(version=__version__, queue=self._queue_url())
+            self.metrics.set_ready(True)
             self.log(f"ready: serving {self.path} (pid {os.getpid()}, {self._store.size} classes, generation "
                      f"{self._project.current().number}, queue {self._queue_url()})")
         except BaseException:
@@ -346,6 +366,8 @@ class Coordinator:
                 except OSError:
                     pass
             self._executor = None
+        self.metrics.set_stopping()
+        self.metrics.close()
         self._lock.release()
 
     def install_signal_handlers(self) -> None:
@@ -354,6 +376,7 @@ class Coordinator:
         progress is finished; then the coordinator stops."""
         def stop(signum, frame):  # noqa: ARG001
             self.stopping = True
+            self.metrics.set_stopping()  # an attribute only: safe in a handler
             if self._abandonable:
                 self._abandonable = False
                 self._abandoned_by = signal.Signals(signum).name
@@ -410,6 +433,7 @@ class Coordinator:
                         self._catch_up()
                 return 0
             self._maybe_refresh()  # a discarded refresh is retried when the queue is idle too
+            self._record_queue_depth(position)
             return 0
         deadline = time.monotonic() + self.options.batch_wait
         while len(messages) < self.options.batch_max and not self.stopping:
@@ -425,8 +449,28 @@ class Coordinator:
             self._project.record_event("error", f"{type(error).__name__}: {error}")
             raise
         self._queue.acknowledge(messages)
+        self._record_queue_depth(messages[-1].seq, force=True)
         self._maybe_refresh()
         return len(messages)
+
+    def _record_queue_depth(self, position: Any, *, force: bool = False) -> None:
+        """Measure the queue depth after the committed ``position`` for the metrics: after each batch
+        (``force``), else at most every :data:`~mmf_stream.service.metrics.QUEUE_DEPTH_INTERVAL` seconds."""
+        now = time.monotonic()
+        if not self.metrics.enabled or not (force or self.metrics.queue_depth_due(now)):
+            return
+        try:
+            depth = self._queue.depth(after=position)
+        except (ConnectionError, ValueError, sqlite3.DatabaseError):
+            return  # the queue's next read reports it
+        self.metrics.set_queue_depth(depth, now)
+
+    def _record_state(self) -> None:
+        """The project's size, generation and error, for the metrics."""
+        if self.metrics.enabled:
+            f, current = self.factorization, self._project.current()
+            self.metrics.project_state(classes=self._store.size, generation=None if current is None else current.number,
+                                       relative_error=None if f is None else f.relative_error)
 
     def _store_changed_outside(self) -> bool:
         """Whether another writer committed to the class store since the last generation (reads only
@@ -524,6 +568,11 @@ class Coordinator:
             self._project.commit(number)
             self.factorization = factorization
         kinds = Counter(record.change for record in records)
+        committed_at = time.time()
+        self.metrics.batch_committed(seconds=time.monotonic() - began, changes=kinds, dead_letters=len(dead),
+                                     latencies=[committed_at - record.submitted for record in records],
+                                     committed_at=committed_at)
+        self._record_state()
         self.log(f"batch: {len(records)} applied ({', '.join(f'{n} {k}' for k, n in sorted(kinds.items())) or 'none'}), "
                  f"{len(dead)} dead letter(s), {time.monotonic() - began:.2f} s, generation {number} ({reason})")
         crash_point("service-committed")
@@ -710,8 +759,10 @@ class Coordinator:
                                        queue_identity=self._queue_identity())
             self._project.commit(number)
             self.factorization = result
+        self._record_state()
         if reason != "refresh":
             return
+        self.metrics.refresh_committed(time.time())
         self._project.record_event("refresh", f"refreshed: batch of {refresh.size} classes, "
                                               f"{replayed} changes replayed; relative error "
                                               f"{result.relative_error:.6g}")
@@ -723,7 +774,8 @@ def serve(project: str | os.PathLike, *, order: int | None = None, queue: str | 
           refresh_drift: float = DEFAULT_REFRESH_DRIFT, refresh_growth: float = DEFAULT_REFRESH_GROWTH,
           catch_up_fraction: float = DEFAULT_CATCH_UP_FRACTION, inline_repair: bool = False,
           core_size: int | None = None, seed: int = DEFAULT_SEED, idle_exit: float | None = None,
-          log: Callable[[str], None] | None = None, rebuild_log: bool = False, adopt_queue: bool = False) -> None:
+          log: Callable[[str], None] | None = None, rebuild_log: bool = False, adopt_queue: bool = False,
+          metrics_port: int | None = None, metrics_host: str = DEFAULT_METRICS_HOST) -> None:
     """Serve ``project`` until SIGTERM/SIGINT (or ``idle_exit`` seconds without messages).
 
     Parameters
@@ -769,11 +821,20 @@ def serve(project: str | os.PathLike, *, order: int | None = None, queue: str | 
     adopt_queue : bool
         When the queue is not the one the committed position refers to (it was
         deleted or replaced), read it from its beginning instead of refusing.
+    metrics_port : int, optional
+        Serve Prometheus metrics (``/metrics``) and health checks (``/healthz``,
+        ``/readyz``) over HTTP on this port (0: a free one, logged); see
+        :mod:`mmf_stream.service.metrics`. Needs ``prometheus_client``.
+    metrics_host : str
+        The address to serve them on (default
+        :data:`~mmf_stream.service.options.DEFAULT_METRICS_HOST`, this machine
+        only; ``0.0.0.0`` in a container).
     """
     options = ServeOptions(order=order, queue=queue, scheduler=scheduler, batch_max=batch_max, batch_wait=batch_wait,
                            refresh_drift=refresh_drift, refresh_growth=refresh_growth,
                            catch_up_fraction=catch_up_fraction, inline_repair=inline_repair, core_size=core_size,
-                           seed=seed, rebuild_log=rebuild_log, adopt_queue=adopt_queue)
+                           seed=seed, rebuild_log=rebuild_log, adopt_queue=adopt_queue, metrics_port=metrics_port,
+                           metrics_host=metrics_host)
     coordinator = Coordinator(project, options, log=log)
     in_main = threading.current_thread() is threading.main_thread()
     previous = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGINT)} if in_main else {}

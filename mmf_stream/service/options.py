@@ -11,11 +11,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from mmf_stream.service.metrics import check_metrics_available
 from mmf_stream.service.queues.backends import check_queue_url
 from mmf_stream.service.queues.protocol import LOGGER_NAME
 
 __all__ = ["CATCH_UP_MAX_MESSAGES", "DEFAULT_BATCH_MAX", "DEFAULT_BATCH_WAIT", "DEFAULT_CATCH_UP_FRACTION",
-           "DEFAULT_ORDER", "DEFAULT_REFRESH_DRIFT", "DEFAULT_REFRESH_GROWTH", "DEFAULT_SEED", "IDLE_WAIT",
+           "DEFAULT_METRICS_HOST", "DEFAULT_ORDER", "DEFAULT_REFRESH_DRIFT", "DEFAULT_REFRESH_GROWTH", "DEFAULT_SEED", "IDLE_WAIT",
            "INSERT_CHUNK", "LOGGER_NAME", "REPLAY_STEP", "ServeOptions"]
 
 #: the order of a project's first factorization when ``--order`` is not given
@@ -46,6 +47,9 @@ INSERT_CHUNK = 32
 REPLAY_STEP = 32
 #: seconds a read waits for the first message of a batch (the loop checks for stop and refresh in between)
 IDLE_WAIT = 0.25
+#: the address the metrics and health checks are served on (``serve --metrics-host``): this machine only;
+#: 0.0.0.0 in a container, for the scraper and the probes
+DEFAULT_METRICS_HOST = "127.0.0.1"
 
 
 @dataclass
@@ -69,6 +73,11 @@ class ServeOptions:
     #: read the queue from its beginning when it is not the one the committed position refers to
     #: (``serve --adopt-queue``: after the operator replaced the queue on purpose)
     adopt_queue: bool = False
+    #: serve Prometheus metrics and health checks on this port (0: a free one; None: none), see
+    #: :mod:`mmf_stream.service.metrics`; needs prometheus_client
+    metrics_port: int | None = None
+    #: the address of the metrics server
+    metrics_host: str = DEFAULT_METRICS_HOST
 
     def check(self) -> ServeOptions:
         """Raise a one-line ValueError/TypeError for a setting that cannot work."""
@@ -88,5 +97,12 @@ class ServeOptions:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value) or value < 0:
                 raise ValueError(f"{name} must be a non-negative number, got {value!r}")
+        if self.metrics_port is not None:
+            port = self.metrics_port
+            if isinstance(port, bool) or not isinstance(port, (int, np.integer)) or not 0 <= port <= 65535:
+                raise ValueError(f"metrics_port must be an integer from 0 to 65535, got {port!r}")
+            if not isinstance(self.metrics_host, str) or not self.metrics_host.strip():
+                raise ValueError(f"metrics_host must be a host name or address, got {self.metrics_host!r}")
+            check_metrics_available()
         check_queue_url(self.queue)
         return self

@@ -7,6 +7,8 @@
   read back as a typed :class:`~mmf_stream.store.result_format.StoredFactorization`;
 * :mod:`~mmf_stream.store.generations`: a served project's factorization generations (copy-on-write
   layers, the SQLite commit log, recovery; docs/service.md);
+* :mod:`~mmf_stream.store.object_stores`: Zarr arrays read by URL (``s3://``, ``file://``, any fsspec
+  scheme; docs/guide/object-stores.md), the inputs a Dask worker reads itself;
 * :mod:`~mmf_stream.store.durability`: the durable-write helpers they share (fsync, atomic swaps,
   complete-read checks, what ``--overwrite`` may replace, crash points for tests).
 

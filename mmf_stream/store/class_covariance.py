@@ -1,4 +1,4 @@
-"""Class covariance of representations (mmf-math.md section 7).
+"""Class covariance of representations (docs/math.md, section 7).
 
 ``C[i, j] = mu_i' mu_j`` with ``mu_i`` the mean representation of class ``i``:
 one streaming pass of group-by sums over the instances, then an ``m x m``

@@ -5,7 +5,6 @@ import subprocess
 import sys
 
 import numpy as np
-import pytest
 import scipy.io
 
 import mmf_stream as ms

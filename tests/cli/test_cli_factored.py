@@ -9,7 +9,6 @@ import pytest
 import zarr
 
 import mmf_stream as ms
-from mmf_stream import cli
 from mmf_stream.cli import arguments
 from mmf_stream.store.class_store import Store, SymmetricCovariance
 from mmf_stream.cli import main

@@ -293,7 +293,7 @@ def test_factored_compression_becomes_explicit_on_compaction():
 def test_gram_compression_is_a_cluster_of_the_whole_active_set():
     """A staged cluster holds ``A = C[c, c]`` and ``P = C[c, S] C[S, c]`` with ``S`` the
     whole active set: rotations and wavelets inside the cluster keep ``P[t, t]`` equal
-    to the exact Gram over ``S`` (mmf-math.md section 4)."""
+    to the exact Gram over ``S`` (docs/math.md, section 4)."""
     rng = np.random.default_rng(4)
     M = rng.normal(size=(40, 10))
     C = M @ M.T

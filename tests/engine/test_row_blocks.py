@@ -10,6 +10,8 @@ from mmf_stream.engine import gram_kernels as GK
 from mmf_stream.engine import kernels as K
 from mmf_stream.engine import row_blocks as P
 
+from matrix_helpers import run_under_each_openblas_core
+
 
 @pytest.mark.parametrize("shape", [(1100, 1100, 64), (999, 40, 64), (257, 513, 33)])
 def test_stable_matmul_rows_do_not_depend_on_the_other_rows(shape):
@@ -71,12 +73,6 @@ def test_stable_matmul_entries_are_left_to_right_sums(shape):
     assert energies[7] == sum((float(y[7, j]) * float(x[7, j]) for j in range(24)), 0.0)
 
 
-def _openblas_cores_this_cpu_runs():
-    flags = open("/proc/cpuinfo").read() if sys.platform.startswith("linux") else ""
-    cores = ["Prescott", "Haswell"] if " avx2" in flags else ["Prescott"]
-    return cores + (["SkylakeX"] if " avx512f" in flags else [])
-
-
 def test_stable_products_do_not_depend_on_the_blas_kernel(tmp_path):
     """The same numbers whichever kernel OpenBLAS picks for the CPU (SkylakeX's small-matrix
     kernels rounded rows differently from the main kernel; Haswell's and Prescott's differ)."""
@@ -90,12 +86,7 @@ def test_stable_products_do_not_depend_on_the_blas_kernel(tmp_path):
         "np.savez(sys.argv[1], ab=stable_matmul(a, b), sub=stable_matmul(a[s], b[:, :7]), xx=stable_gram(x), "
         "w=w, e=wavelet_energies(x, w))\n"
     )
-    results = {}
-    for core in _openblas_cores_this_cpu_runs():
-        out = tmp_path / f"{core}.npz"
-        env = {"OPENBLAS_CORETYPE": core, "PATH": "/usr/bin:/bin"}
-        subprocess.run([sys.executable, "-c", script, str(out)], check=True, env=env, timeout=120)
-        results[core] = np.load(out)
+    results = run_under_each_openblas_core(script, tmp_path)
     first = next(iter(results.values()))
     for core, result in results.items():
         for name in ("ab", "sub", "xx", "w", "e"):
