@@ -11,7 +11,7 @@ For each order ``k``, each class's *partners* are:
   (:func:`mmf_stream.fidelity.first_partners`), for
   ``ms.factorize(means=M, order=k, schedule=...)`` with the default
   neighbour rule (``"faithful"``) and with ``options={"neighbours": "energy"}``
-  (the rule before 0.8), greedy and staged;
+  (the only rule up to 0.6), greedy and staged;
 * average-linkage (cosine) and Ward dendrograms (SciPy): its ``k - 1``
   nearest leaves (:func:`mmf_stream.fidelity.dendrogram_partners`);
 * random: ``k - 1`` other classes drawn uniformly.
