@@ -23,8 +23,8 @@ class EngineOptions:
     neighbours : {"faithful", "energy"}, default "faithful"
         How a pivot's candidate tuple is completed. ``"energy"``: the pivot's
         ``k - 1`` active positions of largest ``|C[p, j]| / ||C[j, :]||``
-        (normalised coupling of the current rows; the rule of the versions
-        before 0.8). ``"faithful"``: a pivot that was never rotated takes the
+        (normalised coupling of the current rows; the only rule up
+        to 0.6). ``"faithful"``: a pivot that was never rotated takes the
         ``k - 1`` active positions most similar to it *in the input*
         (``|C[p, j]| / sqrt(C[p, p] C[j, j])``, the cosine of class means),
         whatever they became since; a rotated pivot takes the energy rule
