@@ -259,11 +259,9 @@ def _best_cached(compression, cache: CandidateCache, tie_break, k, options: Engi
                 break
             cache.rebuild(compression, todo, k, options.rebuild_iter)
             budget -= todo.size
-    ranked = _ranked(cache, active)
-    top = K.smallest_scores(ranked, active, tie_break, options.rescore)
-    if ranked is not cache.scores:  # fewer fresh pivots than ``rescore``: only those
-        fresh_top = top[cache.fresh[top]]
-        top = fresh_top if fresh_top.size else top
+    # fewer fresh pivots than ``rescore``: the window is filled with rotated ones, which may win
+    # on the exact score (the last never-rotated indices then meet their tuple a little later)
+    top = K.smallest_scores(_ranked(cache, active), active, tie_break, options.rescore)
     unusable = top[stale[top]]  # the lazy budget ran out: a stale tuple may hold a removed index
     if unusable.size:
         cache.rebuild(compression, unusable, k, options.rebuild_iter)

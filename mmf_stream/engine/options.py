@@ -29,7 +29,7 @@ class EngineOptions:
         (``|C[p, j]| / sqrt(C[p, p] C[j, j])``, the cosine of class means),
         whatever they became since; a rotated pivot takes the energy rule
         among rotated positions only; and while any never-rotated index is
-        active, a level takes the best candidate of a never-rotated pivot.
+        active, a level ranks only never-rotated pivots' candidates.
         So every index joins its first tuple with its nearest classes, before
         they can leave as wavelets of unrelated tuples: the tuples follow a
         planted hierarchy as an average-linkage dendrogram does (see
