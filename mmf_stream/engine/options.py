@@ -33,9 +33,8 @@ class EngineOptions:
         So every index joins its first tuple with its nearest classes, before
         they can leave as wavelets of unrelated tuples: the tuples follow a
         planted hierarchy as an average-linkage dendrogram does (see
-        docs/fidelity.md). The price is error: measured 0-15% higher than
-        ``"energy"`` on the benchmarks' inputs (up to 30% on the karate
-        Laplacian); choose ``"energy"`` where only the error matters.
+        docs/fidelity.md). The price is error: measured 4-18% higher than
+        ``"energy"`` on the benchmarks' inputs (up to 33%); choose ``"energy"`` where only the error matters.
     identity_list : int, default 16
         ``neighbours="faithful"``: the input's most similar positions kept per
         index (computed once, from the rows at the start of the greedy levels;
