@@ -9,7 +9,7 @@ True
 
 from __future__ import annotations
 
-from mmf_stream import datasets, views
+from mmf_stream import datasets, fidelity, views
 from mmf_stream.api import factorize, factorize_incremental, load
 from mmf_stream.common.version import __version__
 from mmf_stream.datasets import class_means, grid_laplacian, hierarchical_covariance, karate_laplacian
@@ -31,6 +31,7 @@ __all__ = [
     "class_covariance",
     "class_means",
     "datasets",
+    "fidelity",
     "factorize",
     "factorize_incremental",
     "InsertionReport",

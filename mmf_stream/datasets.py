@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["hierarchical_covariance", "class_means", "karate_laplacian", "grid_laplacian"]
+__all__ = ["hierarchical_covariance", "class_means", "planted_tree", "karate_laplacian", "grid_laplacian"]
 
 
 def hierarchical_covariance(
@@ -239,6 +239,72 @@ def class_means(
     if not return_leaves:
         return means
     return means, _leaf_paths(leaf, depth, branching)
+
+
+def planted_tree(
+    depth: int = 4,
+    branching: int = 6,
+    D: int = 256,
+    *,
+    seed: int = 0,
+    decay: float = 0.6,
+    noise: float = 0.0,
+    offset: float = 1.0,
+    relu: bool = True,
+):
+    """Class means on a planted tree: one class per leaf, classes shuffled.
+
+    The tree has ``branching ** depth`` leaves. Each child of a node at depth
+    ``l`` (the root is depth 0) adds ``N(0, decay^(2l) I_D / D)`` to its
+    parent's centre, so the branches of one parent are about ``decay`` times
+    as far apart as the parent from its siblings. A class is its leaf's centre
+    plus ``N(0, noise^2 I_D / D)``, plus a shared positive offset (one vector
+    for all classes, entries ``offset * U(0.5, 1.5) / sqrt(D)``), passed
+    through a ReLU when ``relu`` (post-ReLU-like means: entries ``>= 0``).
+
+    Parameters
+    ----------
+    depth, branching : int, default 4, 6
+        Shape of the tree (1,296 classes by default).
+    D : int, default 256
+        Feature dimension.
+    seed : int, default 0
+    decay : float, default 0.6
+        Ratio of the offsets' scales from one depth to the next (0 < decay).
+    noise : float, default 0.0
+        Scale of each class's own offset from its leaf centre, relative to the
+        root's children's offsets.
+    offset : float, default 1.0
+        Size of the shared positive offset relative to the root's children's
+        offsets (0 for none).
+    relu : bool, default True
+
+    Returns
+    -------
+    M : ndarray of shape (branching ** depth, D)
+    paths : ndarray of shape (branching ** depth, depth)
+        Per class, the branch taken at each depth; two classes' lowest common
+        ancestor has the depth of their longest common prefix.
+    """
+    depth = _integer("depth", depth, 1)
+    branching = _integer("branching", branching, 2)
+    D = _integer("D", D, 1)
+    seed = _integer("seed", seed, 0)
+    decay = _non_negative("decay", decay)
+    noise = _non_negative("noise", noise)
+    offset = _non_negative("offset", offset)
+    if decay == 0.0:
+        raise ValueError("decay must be positive")
+    rng = np.random.default_rng(seed)
+    unit = 1.0 / np.sqrt(D)
+    centres = _centre_tree(rng, D, branching, [unit * decay**level for level in range(depth)])
+    size = centres.shape[0]
+    means = centres + rng.normal(scale=noise * unit, size=(size, D))
+    means += offset * unit * rng.uniform(0.5, 1.5, size=D)
+    if relu:
+        np.maximum(means, 0.0, out=means)
+    order = rng.permutation(size)
+    return means[order], _leaf_paths(order, depth, branching)
 
 
 def karate_laplacian(normalized: bool = False) -> np.ndarray:

@@ -12,6 +12,7 @@ import numpy as np
 from mmf_stream.cli.arguments import COVARIANCE_KERNEL, DENSE_KERNEL, FACTORED_KERNEL, compile_notice, int_at_least, lock_timeout_option, positive, progress_bar, quiet_dask_logs, storage_option
 from mmf_stream.common.formats import one_line
 from mmf_stream.common.progress import progress
+from mmf_stream.engine.options import DEFAULT_OPTIONS, NEIGHBOUR_RULES
 from mmf_stream.store.durability import check_replaceable, fsync_tree, own_format, staging_path, swap_into_place
 from mmf_stream.store.object_stores import is_url, open_url_array
 
@@ -124,6 +125,7 @@ def _factorize_here(args: argparse.Namespace, source, kwargs: dict, *, size: int
             labels=labels,
             schedule=args.schedule,
             candidates=args.candidates,
+            options={"neighbours": args.neighbours},
             progress=update,
             **kwargs,
         )
@@ -141,7 +143,6 @@ def _factorize_on_dask(args: argparse.Namespace, storage_options: dict | None) -
     local or by URL, is read by the workers themselves)."""
     import mmf_stream as ms
     from mmf_stream.dask_client import connect_client
-    from mmf_stream.engine.options import DEFAULT_OPTIONS
     from mmf_stream.engine.schedule import resolve_schedule
 
     if args.schedule == "greedy" or args.candidates == "exhaustive":
@@ -186,7 +187,7 @@ def _factorize_on_dask(args: argparse.Namespace, storage_options: dict | None) -
             try:
                 result = ms.factorize(
                     None if args.means is not None else data, order=args.order, core_size=args.core_size,
-                    seed=args.seed, labels=labels, schedule=args.schedule,
+                    seed=args.seed, labels=labels, schedule=args.schedule, options={"neighbours": args.neighbours},
                     progress=_StageProgress(update, bar), client=client, **kwargs,
                 )
             except ConnectionError as error:
@@ -473,6 +474,10 @@ def add_commands(sub) -> None:
     fac.add_argument("--candidates", choices=["neighbors", "exhaustive"], default="neighbors",
                      help="tuples scored per level: 'neighbors' (each index with its most coupled neighbours, "
                      "fast) or 'exhaustive' (every k-subset: tiny matrices only, warns when it will be slow)")
+    fac.add_argument("--neighbours", choices=list(NEIGHBOUR_RULES), default=DEFAULT_OPTIONS.neighbours,
+                     help="how a tuple is completed: 'faithful' (a class's first tuple holds its nearest classes: "
+                     "the graph follows the hierarchy; default) or 'energy' (the older rule: a few %% less error, "
+                     "tuples cross branches; docs/fidelity.md)")
     fac.add_argument("--schedule", choices=["auto", "greedy", "staged"], default="auto",
                      help="'greedy' (one level at a time over all indices), 'staged' (levels in stages of "
                      "independent clusters, for large m) or 'auto' (greedy for small inputs, staged above; default)")

@@ -69,9 +69,24 @@ class DenseCompression:
     def gram(self, t: np.ndarray) -> np.ndarray:
         return K.tuple_gram(self.matrix, t)
 
-    def rebuild(self, pivots, k, tuples, grams, directions, scores, iterations) -> None:
-        _rebuild_dense(self.matrix, self.energy, self.active, pivots, k, tuples, grams, directions, scores,
-                       iterations)
+    def rebuild(self, pivots, k, tuples, grams, directions, scores, iterations, exclude=None) -> None:
+        """Neighbour candidates of ``pivots`` (energy rule; positions ``exclude`` are not neighbours
+        unless too few others are active)."""
+        _rebuild_dense(self.matrix, K.neighbour_scale(self.energy, exclude), self.active, pivots, k, tuples, grams,
+                       directions, scores, iterations)
+
+    def identity_lists(self, pivots: np.ndarray, count: int) -> np.ndarray:
+        """Per pivot, the ``count`` active positions of largest ``|C[p, j]| / sqrt(C[j, j])``."""
+        scale = K.neighbour_scale(np.where(self.active, np.diagonal(self.matrix), 0.0))
+        out = np.empty((pivots.shape[0], count), dtype=np.int64)
+        for start in range(0, pivots.shape[0], _PIVOT_BATCH):
+            batch = pivots[start : start + _PIVOT_BATCH]
+            out[start : start + batch.shape[0]] = K.identity_lists(self.matrix[batch], scale, self.active, batch, count)
+        return out
+
+    def tuple_inputs(self, tuples: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Each tuple's Gram over the active set and its block."""
+        return K.dense_tuple_inputs(self.matrix, tuples)
 
     def rotate(self, t, rotation, pos):
         return _apply_level(self.matrix, self.energy, self.active, t, rotation, pos)
@@ -176,15 +191,16 @@ class FactoredCompression:
         x = self.rows[t]
         return x @ self.inner @ x.T
 
-    def rebuild(self, pivots, k, tuples, grams, directions, scores, iterations) -> None:
+    def rebuild(self, pivots, k, tuples, grams, directions, scores, iterations, exclude=None) -> None:
         if self.explicit is not None:
-            self.explicit.rebuild(pivots, k, tuples, grams, directions, scores, iterations)
+            self.explicit.rebuild(pivots, k, tuples, grams, directions, scores, iterations, exclude)
             return
         pivots = np.asarray(pivots, dtype=np.int64)
+        scale = K.neighbour_scale(self.energy, exclude)
         for start in range(0, pivots.shape[0], _PIVOT_BATCH):
             batch = pivots[start : start + _PIVOT_BATCH]
             coupling = self.rows[batch] @ self.rows.T
-            chosen = GK.neighbour_tuples(coupling, self.energy, self.active, batch, k)
+            chosen = GK.neighbour_tuples(coupling, scale, self.active, batch, k)
             x = self.rows[chosen]  # (b, k, D)
             blocks = np.ascontiguousarray(x @ x.transpose(0, 2, 1))
             batch_grams = np.ascontiguousarray((x @ self.inner) @ x.transpose(0, 2, 1))
@@ -195,6 +211,28 @@ class FactoredCompression:
             grams[batch] = batch_grams
             directions[batch] = batch_directions
             scores[batch] = batch_scores
+
+    def identity_lists(self, pivots: np.ndarray, count: int) -> np.ndarray:
+        """Per pivot, the ``count`` active positions of largest cosine ``|x_p . x_j| / (|x_p| |x_j|)``."""
+        if self.explicit is not None:
+            return self.explicit.identity_lists(pivots, count)
+        norms = np.where(self.active, np.einsum("ij,ij->i", self.rows, self.rows), 0.0)
+        scale = K.neighbour_scale(norms)
+        out = np.empty((pivots.shape[0], count), dtype=np.int64)
+        for start in range(0, pivots.shape[0], _PIVOT_BATCH):
+            batch = pivots[start : start + _PIVOT_BATCH]
+            out[start : start + batch.shape[0]] = K.identity_lists(self.rows[batch] @ self.rows.T, scale, self.active,
+                                                                   batch, count)
+        return out
+
+    def tuple_inputs(self, tuples: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Each tuple's Gram over the active set and its block."""
+        if self.explicit is not None:
+            return self.explicit.tuple_inputs(tuples)
+        x = self.rows[tuples]  # (b, k, D)
+        blocks = np.ascontiguousarray(x @ x.transpose(0, 2, 1))
+        grams = np.ascontiguousarray((x @ self.inner) @ x.transpose(0, 2, 1))
+        return grams, blocks
 
     def rotate(self, t, rotation, pos):
         self.rows[t] = rotation @ self.rows[t]
@@ -342,9 +380,19 @@ class GramCompression:
     def gram(self, t: np.ndarray) -> np.ndarray:
         return K.tuple_block(self.gram_matrix, t)
 
-    def rebuild(self, pivots, k, tuples, grams, directions, scores, iterations) -> None:
-        GK.rebuild_from_gram(self.matrix, self.gram_matrix, self.energy, self.active, np.asarray(pivots, np.int64),
-                             k, tuples, grams, directions, scores, iterations)
+    def rebuild(self, pivots, k, tuples, grams, directions, scores, iterations, exclude=None) -> None:
+        GK.rebuild_from_gram(self.matrix, self.gram_matrix, K.neighbour_scale(self.energy, exclude), self.active,
+                             np.asarray(pivots, np.int64), k, tuples, grams, directions, scores, iterations)
+
+    def identity_lists(self, pivots: np.ndarray, count: int) -> np.ndarray:
+        """Per pivot, the ``count`` active positions of largest ``|A[p, j]| / sqrt(A[j, j])``."""
+        scale = K.neighbour_scale(np.where(self.active, np.diagonal(self.matrix), 0.0))
+        pivots = np.asarray(pivots, dtype=np.int64)
+        return K.identity_lists(self.matrix[pivots], scale, self.active, pivots, count)
+
+    def tuple_inputs(self, tuples: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Each tuple's Gram over the active set and its block."""
+        return GK.gram_tuple_inputs(self.matrix, self.gram_matrix, tuples)
 
     def rotate(self, t, rotation, pos):
         new_rows = GK.rotate_symmetric(self.matrix, t, rotation)
@@ -401,10 +449,7 @@ def _build_candidate(matrix, scale, active, pivot, k, starts, max_iter):
 
 
 @njit(cache=True)
-def _rebuild_dense(matrix, energy, active, pivots, k, tuples, grams, directions, scores, iterations):
-    scale = np.empty(energy.shape[0])
-    for j in range(energy.shape[0]):
-        scale[j] = 1.0 / np.sqrt(energy[j]) if energy[j] > 0.0 else 0.0
+def _rebuild_dense(matrix, scale, active, pivots, k, tuples, grams, directions, scores, iterations):
     for p in pivots:
         # int64, not literal, arguments: wavelet_direction is compiled once
         t, gram, direction, value = _build_candidate(matrix, scale, active, p, k, np.int64(1), np.int64(iterations))

@@ -218,13 +218,13 @@ def assemble(*pieces: RowShard) -> Bucket:
     return Bucket(list(pieces))
 
 
-def factor_bucket(bucket: Bucket, clusters: list[tuple[np.ndarray, np.ndarray, int]], factored: bool,
+def factor_bucket(bucket: Bucket, clusters: list[tuple[np.ndarray, np.ndarray, int, np.ndarray | None]], factored: bool,
                   inner: np.ndarray | None, order: int, options: EngineOptions) -> BucketWork:
-    """Factor every cluster of a bucket (members in positions, tie-break values, quota) and rotate its rows."""
+    """Factor every cluster of a bucket (members in positions, tie-break values, quota, fresh mask) and rotate its rows."""
     # the bucket's only consumer is this task, on the same worker: its rows are rotated in
     # place (a lost bucket is rebuilt from its pieces, never reused half-rotated)
     work = BucketWork(bucket, [])
-    for members, tie_break, quota in clusters:
+    for members, tie_break, quota, fresh in clusters:
         local = np.searchsorted(bucket.positions, members)
         x = bucket.take(local)
         if factored:
@@ -232,7 +232,7 @@ def factor_bucket(bucket: Bucket, clusters: list[tuple[np.ndarray, np.ndarray, i
         else:
             block, gram = P.dense_cluster_inputs(x, members)
         result = factor_cluster(ClusterTask(block, gram, tie_break=tie_break, quota=int(quota), order=order,
-                                            options=options))
+                                            options=options, fresh=fresh))
         work.levels.append(result)
         if not factored:
             K.apply_rotations(x, result.tuples, result.rotations, False)
@@ -503,7 +503,8 @@ class DaskCompression:
         return runs
 
     def factor_stage(self, members: list[np.ndarray], quotas: np.ndarray, tie_breaks: list[np.ndarray],
-                     order: int, options: EngineOptions) -> list[ClusterLevels]:
+                     order: int, options: EngineOptions,
+                     freshes: list[np.ndarray] | None = None) -> list[ClusterLevels]:
         record = self._record()
         started = time.perf_counter()
         client = self.client
@@ -528,7 +529,8 @@ class DaskCompression:
         for b, run in enumerate(runs):
             hint = dict(workers=[workers[b % len(workers)]], allow_other_workers=True)
             bucket = client.submit(assemble, *pieces[b], key=self._key("bucket", names[b]), **hint)
-            clusters = [(members[number], tie_breaks[number], int(quotas[number])) for number in run]
+            clusters = [(members[number], tie_breaks[number], int(quotas[number]),
+                         None if freshes is None else freshes[number]) for number in run]
             record.bytes_sent += _nbytes(clusters)
             work = client.submit(factor_bucket, bucket, clusters, self.factored, self.inner, order, options,
                                  key=self._key("factor", names[b]), **hint)

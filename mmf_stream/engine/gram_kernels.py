@@ -17,15 +17,11 @@ from mmf_stream.engine import kernels as K
 
 
 @njit(cache=True)
-def rebuild_from_gram(block_matrix, gram_matrix, energy, active, pivots, k, tuples, grams, directions, scores,
+def rebuild_from_gram(block_matrix, gram_matrix, scale, active, pivots, k, tuples, grams, directions, scores,
                       iterations):
     """Cache entries for ``pivots``: the pivot and its ``k - 1`` most strongly
-    coupled active neighbours (``|A[p, j]| / sqrt(energy[j])``), scored with the
-    exact Gram ``P[t, t]``."""
-    n = energy.shape[0]
-    scale = np.empty(n)
-    for j in range(n):
-        scale[j] = 1.0 / np.sqrt(energy[j]) if energy[j] > 0.0 else 0.0
+    coupled active neighbours (``|A[p, j]| * scale[j]``, see
+    :func:`mmf_stream.engine.kernels.neighbour_scale`), scored with the exact Gram ``P[t, t]``."""
     for p in pivots:
         neighbours = K.nearest_neighbours(block_matrix[p], scale, active, p, k - 1)
         t = np.empty(k, dtype=np.int64)
@@ -44,12 +40,9 @@ def rebuild_from_gram(block_matrix, gram_matrix, energy, active, pivots, k, tupl
 
 
 @njit(cache=True)
-def neighbour_tuples(rows, energy, active, pivots, k):
-    """Tuples for ``pivots`` from their coupling rows (``rows[i] = C[pivots[i], :]``)."""
-    n = energy.shape[0]
-    scale = np.empty(n)
-    for j in range(n):
-        scale[j] = 1.0 / np.sqrt(energy[j]) if energy[j] > 0.0 else 0.0
+def neighbour_tuples(rows, scale, active, pivots, k):
+    """Tuples for ``pivots`` from their coupling rows (``rows[i] = C[pivots[i], :]``), neighbours
+    ranked by ``|C[p, j]| * scale[j]``."""
     out = np.empty((pivots.shape[0], k), dtype=np.int64)
     for i in range(pivots.shape[0]):
         p = pivots[i]
@@ -58,6 +51,19 @@ def neighbour_tuples(rows, energy, active, pivots, k):
         for j in range(k - 1):
             out[i, 1 + j] = neighbours[j]
     return out
+
+
+@njit(cache=True)
+def gram_tuple_inputs(block_matrix, gram_matrix, tuples):
+    """``(P[t, t], A[t, t])`` of each tuple (rows of ``tuples``)."""
+    b, k = tuples.shape
+    grams = np.empty((b, k, k))
+    blocks = np.empty((b, k, k))
+    for i in range(b):
+        t = tuples[i]
+        grams[i] = K.tuple_block(gram_matrix, t)
+        blocks[i] = K.tuple_block(block_matrix, t)
+    return grams, blocks
 
 
 @njit(cache=True)

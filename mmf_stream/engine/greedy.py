@@ -26,6 +26,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from mmf_stream.engine import gram_kernels as GK
 from mmf_stream.engine import kernels as K
 from mmf_stream.engine.options import DEFAULT_OPTIONS, EngineOptions
 from mmf_stream.engine.raw import RawFactorization, Snapshot
@@ -80,22 +81,64 @@ class LevelLog:
 
 
 class CandidateCache:
-    """One candidate tuple per position, with its Gram, wavelet direction and error."""
+    """One candidate tuple per position, with its Gram, wavelet direction and error.
 
-    def __init__(self, n: int, order: int) -> None:
+    With ``fresh`` (a mask of the positions never rotated so far: the
+    ``"faithful"`` neighbour rule of :class:`EngineOptions`), a fresh pivot's
+    tuple is itself and its most similar active positions in its identity
+    list (``lists``, computed once from the rows as they are when the cache is
+    made); every other pivot takes the energy rule among rotated positions.
+    """
+
+    def __init__(self, n: int, order: int, fresh: np.ndarray | None = None) -> None:
         self.tuples = np.zeros((n, order), dtype=np.int64)
         self.grams = np.zeros((n, order, order))
         self.directions = np.zeros((n, order))
         self.scores = np.full(n, np.inf)
         self.stale = np.zeros(n, dtype=np.bool_)
+        self.fresh = fresh
+        self.lists: np.ndarray | None = None
+
+    def make_lists(self, compression, count: int) -> None:
+        """Identity lists of the fresh positions (from the compression's current rows)."""
+        self.lists = np.full((compression.n, count), -1, dtype=np.int64)
+        fresh = np.flatnonzero(self.fresh & compression.active)
+        if fresh.size:
+            self.lists[fresh] = compression.identity_lists(fresh, count)
 
     def rebuild(self, compression, pivots: np.ndarray, order: int, iterations: int) -> None:
-        compression.rebuild(pivots, order, self.tuples, self.grams, self.directions, self.scores, iterations)
+        if self.fresh is None:
+            compression.rebuild(pivots, order, self.tuples, self.grams, self.directions, self.scores, iterations)
+            self.stale[pivots] = False
+            return
+        pivots = np.asarray(pivots, dtype=np.int64)
+        listed = pivots[self.fresh[pivots]]
+        rest = pivots[~self.fresh[pivots]]
+        if listed.size:
+            tuples, ok = K.tuples_from_lists(self.lists, compression.active, listed, order)
+            rest = np.concatenate([rest, listed[~ok]])
+            listed, tuples = listed[ok], tuples[ok]
+        if listed.size:
+            grams, blocks = compression.tuple_inputs(tuples)
+            directions = np.empty((listed.shape[0], order))
+            scores = np.empty(listed.shape[0])
+            GK.score_candidates(grams, blocks, iterations, directions, scores)
+            self.tuples[listed] = tuples
+            self.grams[listed] = grams
+            self.directions[listed] = directions
+            self.scores[listed] = scores
+        if rest.size:
+            compression.rebuild(np.sort(rest), order, self.tuples, self.grams, self.directions, self.scores,
+                                iterations, self.fresh)
         self.stale[pivots] = False
 
     def compact(self, keep: np.ndarray, previous: int) -> None:
         remap = np.full(previous, -1, dtype=np.int64)
         remap[keep] = np.arange(keep.shape[0])
+        if self.fresh is not None:
+            self.fresh = self.fresh[keep]
+            lists = self.lists[keep]
+            self.lists = np.where(lists >= 0, remap[np.maximum(lists, 0)], -1)
         self.tuples = remap[self.tuples[keep]]
         self.stale = self.stale[keep]
         self.grams = self.grams[keep]
@@ -115,18 +158,30 @@ def greedy_levels(
     progress: Callable[[int], None] | None = None,
     snapshot_sizes: tuple[int, ...] = (),
     snapshots: list[Snapshot] | None = None,
+    fresh: np.ndarray | None = None,
 ) -> np.ndarray:
     """Run ``n_levels`` greedy levels on ``compression``, appending them to ``log``.
 
     ``tie_break`` (one value per position) orders candidates of equal score.
+    ``fresh`` marks the positions never rotated before (default: all of
+    them); the ``"faithful"`` neighbour rule (``options.neighbours``) uses a
+    copy of it.
     For each of ``snapshot_sizes``, a :class:`Snapshot` of the compression is
     appended to ``snapshots`` when that many positions are still active.
     Returns ``tie_break`` for the compression's positions at the end (it
     follows compactions).
     """
     k = order
-    cache = None if exhaustive else CandidateCache(compression.n, k)
+    if options.neighbours == "energy" or exhaustive:
+        fresh = None
+    elif fresh is None:
+        fresh = np.ones(compression.n, dtype=np.bool_)
+    else:
+        fresh = np.array(fresh, dtype=np.bool_)
+    cache = None if exhaustive else CandidateCache(compression.n, k, fresh)
     if cache is not None:
+        if fresh is not None:
+            cache.make_lists(compression, options.identity_list)
         cache.rebuild(compression, np.flatnonzero(compression.active), k, options.rebuild_iter)
     n_active = int(np.count_nonzero(compression.active))
     wanted = {int(size) for size in snapshot_sizes}
@@ -143,6 +198,8 @@ def greedy_levels(
         if cache is not None:
             K.candidate_downdate(cache.tuples, cache.grams, cache.directions, cache.scores, compression.active,
                                  cache.stale, t, column)
+            if cache.fresh is not None:
+                cache.fresh[t] = False
         compression.remove(s, column)
         if cache is not None:
             cache.stale &= compression.active
@@ -161,6 +218,18 @@ def greedy_levels(
             progress(pending)
             pending = 0
     return tie_break
+
+
+def _ranked(cache: CandidateCache, active: np.ndarray) -> np.ndarray:
+    """The scores the level ranks: under the ``"faithful"`` rule, only fresh pivots' candidates
+    while any fresh index is active (every index's first tuple comes before any tuple of rotated
+    indices alone, so a class meets its nearest classes before they are removed)."""
+    if cache.fresh is None:
+        return cache.scores
+    fresh_active = cache.fresh & active
+    if not fresh_active.any():
+        return cache.scores
+    return np.where(fresh_active, cache.scores, np.inf)
 
 
 def _best_cached(compression, cache: CandidateCache, tie_break, k, options: EngineOptions):
@@ -184,13 +253,15 @@ def _best_cached(compression, cache: CandidateCache, tie_break, k, options: Engi
         budget = options.max_rebuilds
         window = max(options.rescore, _LAZY_WINDOW)
         while budget > 0:
-            top = K.smallest_scores(cache.scores, active, tie_break, window)
+            top = K.smallest_scores(_ranked(cache, active), active, tie_break, window)
             todo = top[stale[top]][:budget]
             if not todo.size:
                 break
             cache.rebuild(compression, todo, k, options.rebuild_iter)
             budget -= todo.size
-    top = K.smallest_scores(cache.scores, active, tie_break, options.rescore)
+    # fewer fresh pivots than ``rescore``: the window is filled with rotated ones, which may win
+    # on the exact score (the last never-rotated indices then meet their tuple a little later)
+    top = K.smallest_scores(_ranked(cache, active), active, tie_break, options.rescore)
     unusable = top[stale[top]]  # the lazy budget ran out: a stale tuple may hold a removed index
     if unusable.size:
         cache.rebuild(compression, unusable, k, options.rebuild_iter)

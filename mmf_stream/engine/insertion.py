@@ -28,7 +28,8 @@ from numba import njit
 from mmf_stream.engine.kernels import rotate_rows_inplace
 from mmf_stream.engine.options import DEFAULT_OPTIONS, EngineOptions
 from mmf_stream.engine.raw import InsertionState, RawFactorization, Snapshot
-from mmf_stream.engine.schedule import factor_dense, factor_means, resolve_schedule, shallow_target, snapshot_sizes
+from mmf_stream.engine.schedule import (factor_dense, factor_means, never_rotated, resolve_schedule, shallow_target,
+                                       snapshot_sizes)
 
 
 @njit(cache=True)
@@ -124,7 +125,7 @@ def insert_dense(raw: RawFactorization, state: InsertionState, order: int, colum
     core_size = raw.core.shape[0]  # kept: the result has the same core size
     wanted = tuple(s for s in snapshot_sizes(new_size, order, core_size, options) if s < n_tail)
     tail, tail_state = factor_dense(grown[-1].block.copy(), order, n_tail - core_size, seed=seed, options=options,
-                                    snapshot_sizes=wanted)
+                                    snapshot_sizes=wanted, fresh=never_rotated(raw.tuples[:cut_level], tail_indices))
     result, new_state = _assemble(raw, cut_level, extras, tail, tail_state, tail_indices, grown, new_size, options)
     return result, new_state, cut_level
 
@@ -157,7 +158,8 @@ def insert_means(raw: RawFactorization, state: InsertionState, order: int, means
     wanted = tuple(s for s in snapshot_sizes(new_size, order, core_size, options) if s < n_tail)
     schedule = resolve_schedule("auto", n_tail, True, options)
     tail, tail_state = factor_means(grown[-1].rows.copy(), order, n_tail - core_size, seed=seed, options=options,
-                                    snapshot_sizes=wanted, schedule=schedule)
+                                    snapshot_sizes=wanted, schedule=schedule,
+                                    fresh=never_rotated(raw.tuples[:cut_level], tail_indices))
     final_rows = np.vstack([state.final_rows, np.zeros((count, means.shape[1]))])
     final_rows[tail_indices] = tail_state.final_rows
     result, new_state = _assemble(raw, cut_level, extras, tail, tail_state, tail_indices, grown, new_size, options,
@@ -176,7 +178,8 @@ def _append_unrelated(raw: RawFactorization, state: InsertionState, order: int, 
     matrix[: core.shape[0], : core.shape[0]] = raw.core_block
     matrix[core.shape[0] :, core.shape[0] :] = block
     indices = np.concatenate([core, np.arange(size, size + count)])
-    tail, _ = factor_dense(matrix, order, n - core.shape[0], seed=seed, options=options)
+    tail, _ = factor_dense(matrix, order, n - core.shape[0], seed=seed, options=options,
+                           fresh=never_rotated(raw.tuples, indices))
     diagonal = np.concatenate([raw.diagonal, np.zeros(count)])
     diagonal[indices] = tail.diagonal
     new_core = indices[tail.core]

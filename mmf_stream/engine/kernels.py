@@ -485,6 +485,64 @@ def nearest_neighbours(row, scale, active, pivot, count):
     return _filled(best_pos)
 
 
+def neighbour_scale(energy: np.ndarray, exclude: np.ndarray | None = None) -> np.ndarray:
+    """``1 / sqrt(energy)`` (0 where the energy is 0, and at ``exclude``): the neighbour rule's scale."""
+    scale = np.zeros(energy.shape[0])
+    positive = energy > 0.0
+    scale[positive] = 1.0 / np.sqrt(energy[positive])
+    if exclude is not None:
+        scale[exclude] = 0.0
+    return scale
+
+
+@njit(cache=True)
+def identity_lists(rows, scale, active, pivots, count):
+    """Per pivot, the ``count`` active positions ``j`` with the largest ``|rows[i, j]| * scale[j]``
+    (``rows[i]`` is pivot ``pivots[i]``'s row), best first, padded with -1."""
+    out = np.full((pivots.shape[0], count), -1, dtype=np.int64)
+    for i in range(pivots.shape[0]):
+        found = nearest_neighbours(rows[i], scale, active, pivots[i], count)
+        for a in range(found.shape[0]):
+            out[i, a] = found[a]
+    return out
+
+
+@njit(cache=True)
+def tuples_from_lists(lists, active, pivots, k):
+    """Per pivot, itself and the first ``k - 1`` active entries of its list; ``ok[i]`` is False
+    (and the tuple unusable) when fewer than ``k - 1`` entries are active."""
+    tuples = np.zeros((pivots.shape[0], k), dtype=np.int64)
+    ok = np.zeros(pivots.shape[0], dtype=np.bool_)
+    for i in range(pivots.shape[0]):
+        p = pivots[i]
+        tuples[i, 0] = p
+        filled = 1
+        for a in range(lists.shape[1]):
+            j = lists[p, a]
+            if j < 0:  # removed by a compaction (or padding)
+                continue
+            if active[j] and j != p:
+                tuples[i, filled] = j
+                filled += 1
+                if filled == k:
+                    break
+        ok[i] = filled == k
+    return tuples, ok
+
+
+@njit(cache=True)
+def dense_tuple_inputs(matrix, tuples):
+    """``(G, A[t, t])`` of each tuple (rows of ``tuples``) of a dense compression."""
+    b, k = tuples.shape
+    grams = np.empty((b, k, k))
+    blocks = np.empty((b, k, k))
+    for i in range(b):
+        t = tuples[i].copy()
+        grams[i] = tuple_gram(matrix, t)
+        blocks[i] = tuple_block(matrix, t)
+    return grams, blocks
+
+
 @njit(cache=True, inline="always")
 def rotate_tuple_rows(rows, t, rotation):
     """New rows ``t`` of ``Q A Q'`` from the old rows ``A[t, :]`` (k x n).

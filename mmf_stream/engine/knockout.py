@@ -85,7 +85,7 @@ from mmf_stream.engine.insertion import keep_two, permute, renumber, snapshot_fo
 from mmf_stream.engine.kernels import rotate_rows_inplace
 from mmf_stream.engine.options import DEFAULT_OPTIONS, EngineOptions
 from mmf_stream.engine.raw import InsertionState, RawFactorization, Snapshot
-from mmf_stream.engine.schedule import factor_dense, factor_means, resolve_schedule, snapshot_sizes
+from mmf_stream.engine.schedule import factor_dense, factor_means, never_rotated, resolve_schedule, snapshot_sizes
 
 #: levels per block of the backward error sweep (BLAS products of this many rows)
 ERROR_BLOCK = 128
@@ -644,7 +644,8 @@ def _finish(head: _Head, woken: np.ndarray, woken_rows: np.ndarray, state: Inser
     wanted = tuple(s for s in snapshot_sizes(new_size, order, core_size, options) if s < n_tail)
     schedule = resolve_schedule("auto", n_tail, True, options)
     tail, tail_state = factor_means(tail_rows.copy(), order, n_tail - core_size, seed=seed, options=options,
-                                    snapshot_sizes=wanted, schedule=schedule)
+                                    snapshot_sizes=wanted, schedule=schedule,
+                                    fresh=never_rotated(plan.tuples[:cut], tail_indices))
     # rows that changed: those that left before the cut and were reached, then the tail's
     reached = head.reached
     departed = reached[(plan.left_at[reached] >= 0) & (plan.left_at[reached] < cut)]
@@ -872,7 +873,7 @@ def _knock_out_dense(raw, state, order, removed, new_index, matrix, shallow, see
     n_tail = tail_indices.shape[0]
     wanted = tuple(s for s in snapshot_sizes(new_size, order, core_size, options) if s < n_tail)
     tail, tail_state = factor_dense(block.copy(), order, n_tail - core_size, seed=seed, options=options,
-                                    snapshot_sizes=wanted)
+                                    snapshot_sizes=wanted, fresh=never_rotated(plan.tuples[:cut], tail_indices))
     diagonal[tail_indices] = tail.diagonal
     head = np.flatnonzero(~plan.dropped[:cut])
     result = _joined(plan, head, errors, diagonal, tail, tail_indices, new_index)

@@ -62,8 +62,14 @@ def factor(
     progress: Callable[[int], None] | None = None,
     snapshot_sizes: tuple[int, ...] = (),
     map_clusters: MapClusters | None = None,
+    fresh: np.ndarray | None = None,
 ) -> tuple[RawFactorization, InsertionState]:
-    """``n_levels`` levels of MMF on ``compression`` (consumed), with the insertion state."""
+    """``n_levels`` levels of MMF on ``compression`` (consumed), with the insertion state.
+
+    ``fresh`` marks the rows never rotated before (default: all; a re-run tail
+    passes those of its rows that no earlier level touched), for the
+    ``"faithful"`` neighbour rule.
+    """
     size = compression.n
     log = LevelLog(size, order, n_levels)
     tie_break = np.random.default_rng(seed).permutation(size).astype(np.float64)
@@ -71,7 +77,7 @@ def factor(
     if size in snapshot_sizes:
         snapshots.append(compression.snapshot(0))
     common = dict(tie_break=tie_break, options=options, progress=progress, snapshot_sizes=snapshot_sizes,
-                  snapshots=snapshots)
+                  snapshots=snapshots, fresh=fresh)
     if schedule == "staged" and not exhaustive:
         compression = staged_levels(compression, order, n_levels, log, seed=seed, map_clusters=map_clusters,
                                     **common)
@@ -84,6 +90,13 @@ def factor(
         compression.final_rows[compression.index[live]] = compression.rows[live]
         final_rows = compression.final_rows
     return raw, InsertionState(snapshots=snapshots, final_rows=final_rows)
+
+
+def never_rotated(tuples: np.ndarray, indices: np.ndarray) -> np.ndarray:
+    """Mask of ``indices`` that no tuple of ``tuples`` (the levels before a re-run tail) contains:
+    the ``fresh`` rows of the tail for the ``"faithful"`` neighbour rule."""
+    indices = np.asarray(indices, dtype=np.int64)
+    return ~np.isin(indices, np.asarray(tuples, dtype=np.int64).ravel())
 
 
 def factor_dense(matrix: np.ndarray, order: int, n_levels: int, **kwargs) -> tuple[RawFactorization, InsertionState]:

@@ -55,6 +55,7 @@ class ClusterTask:
     quota: int  # levels to run
     order: int
     options: EngineOptions
+    fresh: np.ndarray | None = None  # (c,) members never rotated before (None: all)
 
 
 @dataclass(frozen=True)
@@ -77,7 +78,8 @@ def factor_cluster(task: ClusterTask) -> ClusterLevels:
     compression = GramCompression(task.block, task.gram)
     size = compression.n
     log = LevelLog(size, task.order, task.quota)
-    greedy_levels(compression, task.order, task.quota, log, tie_break=task.tie_break, options=task.options)
+    greedy_levels(compression, task.order, task.quota, log, tie_break=task.tie_break, options=task.options,
+                  fresh=task.fresh)
     n = log.count
     return ClusterLevels(tuples=log.tuples[:n].copy(), wavelets=log.wavelets[:n].copy(),
                          rotations=log.rotations[:n].copy())
@@ -140,8 +142,12 @@ def staged_levels(
     snapshot_sizes: tuple[int, ...] = (),
     snapshots: list[Snapshot] | None = None,
     map_clusters: MapClusters | None = None,
+    fresh: np.ndarray | None = None,
 ) -> Any:
     """Run ``n_levels`` levels in stages, then greedy levels below ``options.greedy_below``.
+
+    ``fresh`` marks the rows never rotated before (default: all); clusters and
+    the final greedy levels receive it for the ``"faithful"`` neighbour rule.
 
     ``map_clusters(function, tasks)`` runs :func:`factor_cluster` on every
     :class:`ClusterTask` and returns the results in the tasks' order (default:
@@ -153,6 +159,7 @@ def staged_levels(
     run_map = map_clusters if map_clusters is not None else map
     rng = np.random.default_rng([seed, 0x5EED])
     wanted = sorted({int(s) for s in snapshot_sizes}, reverse=True)
+    fresh = np.ones(compression.n, dtype=np.bool_) if fresh is None else np.array(fresh, dtype=np.bool_)
     done = 0
     while done < n_levels:
         n_active = int(np.count_nonzero(compression.active))
@@ -166,17 +173,19 @@ def staged_levels(
         if int(quotas.sum()) == 0:
             break
         tie_breaks = [tie_break[group] for group in members]
+        freshes = [fresh[group] for group in members]
         if hasattr(compression, "factor_stage"):  # the compression runs its clusters itself (Dask)
-            results = compression.factor_stage(members, quotas, tie_breaks, order, options)
+            results = compression.factor_stage(members, quotas, tie_breaks, order, options, freshes)
         else:
             tasks = (
                 ClusterTask(*compression.cluster_inputs(group), tie_break=group_tie_break, quota=int(quota),
-                            order=order, options=options)
-                for group, group_tie_break, quota in zip(members, tie_breaks, quotas)
+                            order=order, options=options, fresh=group_fresh)
+                for group, group_tie_break, quota, group_fresh in zip(members, tie_breaks, quotas, freshes)
             )
             results = list(run_map(factor_cluster, tasks))
         # fixed cluster order: the recorded sequence of levels
         tuples, wavelets, diagonal, row_energy = compression.apply_stage(members, results)
+        fresh[tuples.ravel()] = False
         rotations = np.concatenate([result.rotations for result in results])
         for i in range(tuples.shape[0]):
             log.add(compression.index[tuples[i]], int(compression.index[wavelets[i]]), rotations[i],
@@ -190,6 +199,7 @@ def staged_levels(
         keep = np.flatnonzero(compression.active)
         compression.compact(keep)
         tie_break = tie_break[keep]
+        fresh = fresh[keep]
         if progress is not None:
             progress(stage_levels)
     if hasattr(compression, "to_local"):  # distributed: the last levels run here
@@ -197,5 +207,5 @@ def staged_levels(
     if done < n_levels:
         compression.prepare_greedy(_EXPLICIT_FACTOR * options.greedy_below)
         greedy_levels(compression, order, n_levels - done, log, tie_break=tie_break, options=options,
-                      progress=progress, snapshot_sizes=tuple(wanted), snapshots=snapshots)
+                      progress=progress, snapshot_sizes=tuple(wanted), snapshots=snapshots, fresh=fresh)
     return compression

@@ -256,7 +256,9 @@ def stored_from_arrays(read: Callable[[str], np.ndarray], meta: dict[str, Any], 
     options = None
     if isinstance(meta.get("options"), dict):
         try:
-            options = resolve_options({**meta["options"], "snapshot_fractions": tuple(meta["options"]["snapshot_fractions"])})
+            # results written before the neighbour rule was an option used the energy rule
+            options = resolve_options({"neighbours": "energy", **meta["options"],
+                                       "snapshot_fractions": tuple(meta["options"]["snapshot_fractions"])})
         except (TypeError, ValueError, KeyError):
             options = None  # written by another version: the defaults apply
     raw = RawFactorization(**arrays)

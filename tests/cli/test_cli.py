@@ -239,3 +239,19 @@ def test_covariance_dense_covariance_option(tmp_path, capsys):
     code = main(["covariance", *args, "--out", str(tmp_path / "s"), "--append", "--dense-covariance"])
     assert code == 2 and "computes its covariance from the means" in capsys.readouterr().err
     assert ms.Store.open(tmp_path / "s", mode="r").n_instances == 60
+
+
+def test_factorize_neighbour_rule_option(tmp_path):
+    M, _ = ms.datasets.planted_tree(2, 5, 16, seed=0)
+    np.save(tmp_path / "m.npy", M)
+    for rule in ("energy", "faithful"):
+        out = tmp_path / f"{rule}.zarr"
+        done = _run("factorize", "--means", tmp_path / "m.npy", "--order", 3, "--neighbours", rule, "--out", out,
+                    "--quiet")
+        assert done.returncode == 0, done.stderr
+        result = ms.load(out)
+        assert result.metadata["options"].neighbours == rule
+        expected = ms.factorize(means=M, order=3, options={"neighbours": rule})
+        np.testing.assert_array_equal(result.tuples, expected.tuples)
+    done = _run("factorize", "--means", tmp_path / "m.npy", "--neighbours", "cosine", "--out", tmp_path / "x.zarr")
+    assert done.returncode == 2 and "Traceback" not in done.stderr and "--neighbours" in done.stderr
