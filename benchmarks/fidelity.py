@@ -9,9 +9,9 @@ For each order ``k``, each class's *partners* are:
 
 * MMF: the other members of the first level whose tuple contains it
   (:func:`mmf_stream.fidelity.first_partners`), for
-  ``ms.factorize(means=M, order=k, schedule=...)`` with the default
-  neighbour rule (``"faithful"``) and with ``options={"neighbours": "energy"}``
-  (the only rule up to 0.6), greedy and staged;
+  ``ms.factorize(means=M, order=k, schedule=...)`` with
+  ``options={"neighbours": "faithful"}`` and with the default
+  ``options={"neighbours": "energy"}`` (the only rule up to 0.6), greedy and staged;
 * average-linkage (cosine) and Ward dendrograms (SciPy): its ``k - 1``
   nearest leaves (:func:`mmf_stream.fidelity.dendrogram_partners`);
 * random: ``k - 1`` other classes drawn uniformly.

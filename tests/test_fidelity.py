@@ -69,13 +69,15 @@ def test_dendrogram_partners_find_siblings(tree):
         assert tree_fidelity(dendrogram_partners(M, 3, method), paths) >= 1.9
 
 
-# ------------------------------------------------------------------ the default is faithful
+# ------------------------------------------------------------------ the faithful rule
+
+FAITHFUL = {"neighbours": "faithful"}
 
 
 @pytest.mark.parametrize("order", [2, 3, 4, 5])
-def test_default_partners_are_as_faithful_as_the_dendrogram(tree, order):
+def test_faithful_partners_are_as_faithful_as_the_dendrogram(tree, order):
     M, paths = tree
-    f = ms.factorize(means=M, order=order)
+    f = ms.factorize(means=M, order=order, options=FAITHFUL)
     dendrogram = tree_fidelity(dendrogram_partners(M, order - 1, "average"), paths)
     assert tree_fidelity(first_partners(f.tuples, M.shape[0]), paths) >= 0.95 * dendrogram
 
@@ -88,7 +90,7 @@ def test_the_energy_rule_crosses_branches_the_target_rejects(tree):
     assert tree_fidelity(first_partners(old.tuples, M.shape[0]), paths) < 0.9 * dendrogram
     rng = np.random.default_rng(0)
     shuffled = rng.permutation(M.shape[0])
-    f = ms.factorize(means=M, order=5)
+    f = ms.factorize(means=M, order=5, options=FAITHFUL)
     planted_wrong = [shuffled[p] for p in first_partners(f.tuples, M.shape[0])]
     assert tree_fidelity(planted_wrong, paths) < 0.5 * dendrogram
 
@@ -126,8 +128,8 @@ def test_first_tuples_come_before_tuples_of_rotated_indices_only(tree):
 
 def test_dense_and_factored_faithful_runs_agree_on_partners(tree):
     M, paths = tree
-    dense = ms.factorize(M @ M.T, order=3)
-    factored = ms.factorize(means=M, order=3)
+    dense = ms.factorize(M @ M.T, order=3, options=FAITHFUL)
+    factored = ms.factorize(means=M, order=3, options=FAITHFUL)
     a = tree_fidelity(first_partners(dense.tuples, M.shape[0]), paths)
     b = tree_fidelity(first_partners(factored.tuples, M.shape[0]), paths)
     assert a == pytest.approx(b, abs=0.05)
@@ -145,9 +147,11 @@ def test_neighbour_options_are_validated(bad):
         ms.factorize(means=np.eye(6), order=2, options=bad)
 
 
-def test_default_rule_is_faithful_and_results_remember_it(tmp_path, tree):
-    assert EngineOptions().neighbours == "faithful"
+def test_default_rule_keeps_the_error_lead_and_results_remember_the_rule(tmp_path, tree):
+    """The default stays the energy rule (the faithful one costs 4-33% more error on the
+    benchmark inputs, docs/fidelity.md); a result remembers which rule made it."""
+    assert EngineOptions().neighbours == "energy"
     M, _ = tree
-    f = ms.factorize(means=M[:40], order=3, options={"neighbours": "energy"})
+    f = ms.factorize(means=M[:40], order=3, options=FAITHFUL)
     f.save(tmp_path / "f.zarr")
-    assert ms.load(tmp_path / "f.zarr").metadata["options"].neighbours == "energy"
+    assert ms.load(tmp_path / "f.zarr").metadata["options"].neighbours == "faithful"

@@ -475,9 +475,9 @@ def add_commands(sub) -> None:
                      help="tuples scored per level: 'neighbors' (each index with its most coupled neighbours, "
                      "fast) or 'exhaustive' (every k-subset: tiny matrices only, warns when it will be slow)")
     fac.add_argument("--neighbours", choices=list(NEIGHBOUR_RULES), default=DEFAULT_OPTIONS.neighbours,
-                     help="how a tuple is completed: 'faithful' (a class's first tuple holds its nearest classes: "
-                     "the graph follows the hierarchy; default) or 'energy' (the older rule: a few %% less error, "
-                     "tuples cross branches; docs/fidelity.md)")
+                     help="how a tuple is completed: 'energy' (default: the least error, tuples may cross branches) or "
+                     "'faithful' (a class's first tuple holds its nearest classes: the graph follows the hierarchy, "
+                     "4-18%% more error; docs/fidelity.md)")
     fac.add_argument("--schedule", choices=["auto", "greedy", "staged"], default="auto",
                      help="'greedy' (one level at a time over all indices), 'staged' (levels in stages of "
                      "independent clusters, for large m) or 'auto' (greedy for small inputs, staged above; default)")
