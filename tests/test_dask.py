@@ -62,6 +62,28 @@ def test_bit_identical_to_the_local_engine_on_1_2_3_workers(inputs, tmp_path, wo
     assert dense.error == pytest.approx(np.linalg.norm(C - dense.reconstruct()), rel=1e-9)
 
 
+def test_stages_without_levels_run_the_same_on_a_cluster(tmp_path):
+    """Blocks of 2 rows (< k): every tuple is decoupled, so stages stop without levels, pass
+    decoupled tuples over, then stop checking (the clusters receive the rule): bit identical."""
+    rng = np.random.default_rng(4)
+    n = 600
+    matrix = np.zeros((n, n))
+    for start in range(0, n, 2):
+        X = rng.normal(size=(2, 3))
+        matrix[start : start + 2, start : start + 2] = X @ X.T
+    order = rng.permutation(n)
+    matrix = matrix[np.ix_(order, order)]
+    path = tmp_path / "pairs.zarr"
+    stored = zarr.create_array(str(path), shape=matrix.shape, chunks=(300, 300), dtype="f8")
+    stored[:] = matrix
+    local = ms.factorize(matrix, order=4, core_size=60, schedule="staged", options=OPTIONS)
+    with local_cluster(tmp_path / "cluster", 2) as address:
+        remote = ms.factorize(str(path), order=4, core_size=60, schedule="staged", options=OPTIONS, client=address)
+    assert_identical(local, remote)
+    levels = [record["levels"] for record in remote.metadata["dask"]["stages"]]
+    assert levels[:2] == [0, 0] and levels[2] > 0
+
+
 def test_worker_killed_mid_stage_gives_the_same_result(inputs, tmp_path):
     directory = tmp_path / "cluster"
     killed = []

@@ -219,8 +219,12 @@ def assemble(*pieces: RowShard) -> Bucket:
 
 
 def factor_bucket(bucket: Bucket, clusters: list[tuple[np.ndarray, np.ndarray, int, np.ndarray | None]], factored: bool,
-                  inner: np.ndarray | None, order: int, options: EngineOptions) -> BucketWork:
-    """Factor every cluster of a bucket (members in positions, tie-break values, quota, fresh mask) and rotate its rows."""
+                  inner: np.ndarray | None, order: int, options: EngineOptions,
+                  decoupled: str | None = "stop") -> BucketWork:
+    """Factor every cluster of a bucket (members in positions, tie-break values, quota, fresh mask) and rotate its rows.
+
+    ``decoupled`` is :attr:`ClusterTask.decoupled` of every cluster.
+    """
     # the bucket's only consumer is this task, on the same worker: its rows are rotated in
     # place (a lost bucket is rebuilt from its pieces, never reused half-rotated)
     work = BucketWork(bucket, [])
@@ -232,7 +236,7 @@ def factor_bucket(bucket: Bucket, clusters: list[tuple[np.ndarray, np.ndarray, i
         else:
             block, gram = P.dense_cluster_inputs(x, members)
         result = factor_cluster(ClusterTask(block, gram, tie_break=tie_break, quota=int(quota), order=order,
-                                            options=options, fresh=fresh))
+                                            options=options, fresh=fresh, decoupled=decoupled))
         work.levels.append(result)
         if not factored:
             K.apply_rotations(x, result.tuples, result.rotations, False)
@@ -504,7 +508,8 @@ class DaskCompression:
 
     def factor_stage(self, members: list[np.ndarray], quotas: np.ndarray, tie_breaks: list[np.ndarray],
                      order: int, options: EngineOptions,
-                     freshes: list[np.ndarray] | None = None) -> list[ClusterLevels]:
+                     freshes: list[np.ndarray] | None = None,
+                     decoupled: str | None = "stop") -> list[ClusterLevels]:
         record = self._record()
         started = time.perf_counter()
         client = self.client
@@ -533,7 +538,7 @@ class DaskCompression:
                          None if freshes is None else freshes[number]) for number in run]
             record.bytes_sent += _nbytes(clusters)
             work = client.submit(factor_bucket, bucket, clusters, self.factored, self.inner, order, options,
-                                 key=self._key("factor", names[b]), **hint)
+                                 decoupled, key=self._key("factor", names[b]), **hint)
             self._work.append(work)
             self._hints.append(hint)
             level_futures.append(client.submit(bucket_levels, work, key=self._key("levels", names[b])))

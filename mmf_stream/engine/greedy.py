@@ -37,6 +37,8 @@ _LAZY_WINDOW = 16
 #: (and it has at least ``_COMPACT_MIN`` positions)
 _COMPACT_FRACTION = 0.5
 _COMPACT_MIN = 64
+#: the values of ``greedy_levels(decoupled=...)``
+DECOUPLED_RULES = (None, "stop", "skip")
 
 
 class LevelLog:
@@ -159,6 +161,7 @@ def greedy_levels(
     snapshot_sizes: tuple[int, ...] = (),
     snapshots: list[Snapshot] | None = None,
     fresh: np.ndarray | None = None,
+    decoupled: str | None = None,
 ) -> np.ndarray:
     """Run ``n_levels`` greedy levels on ``compression``, appending them to ``log``.
 
@@ -166,6 +169,15 @@ def greedy_levels(
     ``fresh`` marks the positions never rotated before (default: all of
     them); the ``"faithful"`` neighbour rule (``options.neighbours``) uses a
     copy of it.
+    ``decoupled`` (a staged cluster, :data:`DECOUPLED_RULES`) handles a
+    winning tuple that falls apart into groups with no coupling between them
+    (:func:`is_decoupled` with ``options.decoupled_tolerance``; None there:
+    never): such a tuple is a smaller one padded with unrelated rows, because
+    the cluster holds too few rows of the pivot's group. ``"stop"``: the loop
+    stops before it; ``"skip"``: its pivot is passed over for the rest of the
+    run, and the loop stops when every candidate left is passed over; None:
+    no check. Either way fewer than ``n_levels`` levels may be run; the rows
+    left stay active for the next stage, whose clusters are formed anew.
     For each of ``snapshot_sizes``, a :class:`Snapshot` of the compression is
     appended to ``snapshots`` when that many positions are still active.
     Returns ``tie_break`` for the compression's positions at the end (it
@@ -186,12 +198,32 @@ def greedy_levels(
     n_active = int(np.count_nonzero(compression.active))
     wanted = {int(size) for size in snapshot_sizes}
     pending = 0
+    if decoupled not in DECOUPLED_RULES:
+        raise ValueError(f"decoupled must be one of {DECOUPLED_RULES}, got {decoupled!r}")
+    skip_decoupled = decoupled is not None and cache is not None and options.decoupled_tolerance is not None
+    passed = np.zeros(compression.n, dtype=np.bool_) if skip_decoupled else None  # pivots of decoupled tuples
     for level in range(n_levels):
         if exhaustive:
             t, direction = _best_exhaustive(compression, k, options)
+            block = compression.block(t)
+        elif not skip_decoupled:
+            t, direction, _ = _best_cached(compression, cache, tie_break, k, options)
+            block = compression.block(t)
         else:
-            t, direction = _best_cached(compression, cache, tie_break, k, options)
-        block = compression.block(t)
+            while True:
+                chosen = _best_cached(compression, cache, tie_break, k, options, passed)
+                if chosen is None:
+                    break
+                t, direction, pivot = chosen
+                block = compression.block(t)
+                if not is_decoupled(compression.gram(t), block, options.decoupled_tolerance):
+                    break
+                if decoupled == "stop":
+                    chosen = None
+                    break
+                passed[pivot] = True
+            if chosen is None:  # decoupled (every candidate left, for "skip"): the rows wait for the next stage
+                break
         rotation, pos = K.rotation_from_wavelet(direction, block)
         s, diag_s, row_energy, column = compression.rotate(t, rotation, pos)
         log.add(compression.index[t], int(compression.index[s]), rotation, 2.0 * row_energy, diag_s)
@@ -213,11 +245,49 @@ def greedy_levels(
             tie_break = tie_break[keep]
             if cache is not None:
                 cache.compact(keep, n)
+            if passed is not None:
+                passed = passed[keep]
         pending += 1
         if progress is not None and (pending >= 64 or level + 1 == n_levels):
             progress(pending)
             pending = 0
     return tie_break
+
+
+def is_decoupled(gram: np.ndarray, block: np.ndarray, tolerance: float) -> bool:
+    """Whether a tuple's members fall apart into groups with no coupling between them.
+
+    Parameters
+    ----------
+    gram : ndarray, shape (k, k)
+        The tuple's Gram over the active set, ``C[t, S] C[S, t]``.
+    block : ndarray, shape (k, k)
+        ``C[t, t]``.
+    tolerance : float
+        Members ``i, j`` are coupled when ``|gram[i, j]|`` exceeds ``tolerance``
+        times ``sqrt(gram[i, i] gram[j, j])`` or ``|block[i, j]|`` exceeds it
+        times ``sqrt(|block[i, i] block[j, j]|)``
+        (``EngineOptions.decoupled_tolerance``).
+
+    Returns
+    -------
+    bool
+        True when the graph whose edges are the coupled pairs is disconnected.
+    """
+    k = gram.shape[0]
+    g_scale = np.sqrt(np.maximum(np.diagonal(gram), 0.0))
+    a_scale = np.sqrt(np.abs(np.diagonal(block)))
+    coupled = (np.abs(gram) > tolerance * np.outer(g_scale, g_scale)) | (
+        np.abs(block) > tolerance * np.outer(a_scale, a_scale))
+    reached = np.zeros(k, dtype=np.bool_)
+    reached[0] = True
+    frontier = [0]
+    while frontier:
+        i = frontier.pop()
+        new = np.flatnonzero(coupled[i] & ~reached)
+        reached[new] = True
+        frontier.extend(new.tolist())
+    return not bool(reached.all())
 
 
 def _ranked(cache: CandidateCache, active: np.ndarray) -> np.ndarray:
@@ -232,8 +302,11 @@ def _ranked(cache: CandidateCache, active: np.ndarray) -> np.ndarray:
     return np.where(fresh_active, cache.scores, np.inf)
 
 
-def _best_cached(compression, cache: CandidateCache, tie_break, k, options: EngineOptions):
-    """Select the level's tuple from the candidate cache.
+def _best_cached(compression, cache: CandidateCache, tie_break, k, options: EngineOptions,
+                 passed: np.ndarray | None = None):
+    """Select the level's tuple from the candidate cache: ``(tuple, direction, pivot)``.
+
+    Pivots marked in ``passed`` are not ranked; None when no pivot is left.
 
     Stale candidates are rebuilt first: all of them when at most
     ``options.eager_rebuilds``; else that many with the best estimated scores,
@@ -241,9 +314,9 @@ def _best_cached(compression, cache: CandidateCache, tie_break, k, options: Engi
     at most);
     the best ``options.rescore`` are then rescored exactly.
     """
-    active = compression.active
     stale = cache.stale
-    rebuild = np.flatnonzero(active & stale)
+    rebuild = np.flatnonzero(compression.active & stale)
+    active = compression.active if passed is None else compression.active & ~passed
     if rebuild.size <= options.eager_rebuilds:
         if rebuild.size:
             cache.rebuild(compression, rebuild, k, options.rebuild_iter)
@@ -275,8 +348,10 @@ def _best_cached(compression, cache: CandidateCache, tie_break, k, options: Engi
         cache.directions[p] = direction
         cache.scores[p] = max(value, 0.0)
         if best is None or value < best[0]:
-            best = (value, t.copy(), direction)
-    return best[1], best[2]
+            best = (value, t.copy(), direction, int(p))
+    if best is None:
+        return None
+    return best[1], best[2], best[3]
 
 
 def _best_exhaustive(compression, k, options: EngineOptions):

@@ -64,6 +64,17 @@ class EngineOptions:
         Largest cluster of a staged run (docs/math.md, section 4).
     stage_fraction : float, default 0.5
         Fraction of each cluster's indices that become wavelets in one stage.
+    decoupled_tolerance : float or None, default 1e-10
+        A staged cluster stops its levels before a tuple whose members fall
+        apart into groups with no coupling between them: no entry of the
+        tuple's block ``C[t, t]`` or Gram ``C[t, S] C[S, t]`` between the groups
+        exceeds this fraction of the geometric mean of the two diagonal entries.
+        Such a tuple is a smaller one padded with unrelated rows (the cluster
+        holds fewer than ``k`` rows of a block); its rows wait for the next
+        stage. When no cluster of a stage made a level, the final greedy
+        levels take over at most ``4 * greedy_below`` active indices; above,
+        the next stage passes such tuples over instead of stopping, and the
+        one after that does not check. None: clusters never stop early.
     greedy_below : int, default 1024
         A staged run finishes with plain greedy levels once this few indices
         are active.
@@ -121,6 +132,7 @@ class EngineOptions:
     max_rebuilds: int = 64
     cluster_size: int = 256
     stage_fraction: float = 0.5
+    decoupled_tolerance: float | None = 1e-10
     greedy_below: int = 1024
     sketch_width: int = 64
     auto_dense_greedy_max: int = 6000
@@ -163,6 +175,8 @@ class EngineOptions:
             raise ValueError("options.snapshot_fractions must be decreasing fractions in (0, 1)")
         if not 0.0 < float(self.removal_wake_capture) <= 1.0:
             raise ValueError(f"options.removal_wake_capture must be in (0, 1], got {self.removal_wake_capture!r}")
+        if self.decoupled_tolerance is not None and not 0.0 <= float(self.decoupled_tolerance) < 1.0:
+            raise ValueError(f"options.decoupled_tolerance must be in [0, 1) or None, got {self.decoupled_tolerance!r}")
         if self.refresh_drift is not None and not float(self.refresh_drift) > 0.0:
             raise ValueError(f"options.refresh_drift must be positive or None, got {self.refresh_drift!r}")
 

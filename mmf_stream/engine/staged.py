@@ -39,8 +39,13 @@ from mmf_stream.engine.raw import Snapshot
 _POWER_ITERATIONS = 8
 
 #: a factored compression holds ``A`` and ``P`` explicitly for the final greedy
-#: levels when at most this many times ``options.greedy_below`` indices are active
+#: levels when at most this many times ``options.greedy_below`` indices are active;
+#: a stage without levels hands over to the final greedy levels at this size
 _EXPLICIT_FACTOR = 4
+
+#: a stage in which no cluster made a level (every winner decoupled) is followed
+#: by one that passes decoupled tuples over, then by one that does not check
+_DECOUPLED_LADDER = {"stop": "skip", "skip": None}
 
 MapClusters = Callable[[Callable, Iterable], Iterable]
 
@@ -56,6 +61,7 @@ class ClusterTask:
     order: int
     options: EngineOptions
     fresh: np.ndarray | None = None  # (c,) members never rotated before (None: all)
+    decoupled: str | None = "stop"  # what a decoupled winning tuple does (greedy_levels)
 
 
 @dataclass(frozen=True)
@@ -74,12 +80,19 @@ class ClusterLevels:
 
 
 def factor_cluster(task: ClusterTask) -> ClusterLevels:
-    """Greedy levels inside one cluster: a pure function of ``task``."""
+    """Greedy levels inside one cluster: a pure function of ``task``.
+
+    At most ``task.quota`` levels: by default (``task.decoupled="stop"``) the
+    cluster stops before a level whose tuple would be decoupled (rows of
+    unrelated groups padding a smaller tuple, because the cluster holds fewer
+    than ``order`` rows of the pivot's group); those rows stay active for the
+    next stage.
+    """
     compression = GramCompression(task.block, task.gram)
     size = compression.n
     log = LevelLog(size, task.order, task.quota)
     greedy_levels(compression, task.order, task.quota, log, tie_break=task.tie_break, options=task.options,
-                  fresh=task.fresh)
+                  fresh=task.fresh, decoupled=task.decoupled)
     n = log.count
     return ClusterLevels(tuples=log.tuples[:n].copy(), wavelets=log.wavelets[:n].copy(),
                          rotations=log.rotations[:n].copy())
@@ -149,6 +162,13 @@ def staged_levels(
     ``fresh`` marks the rows never rotated before (default: all); clusters and
     the final greedy levels receive it for the ``"faithful"`` neighbour rule.
 
+    Clusters stop before a decoupled tuple (:func:`factor_cluster`). A stage
+    in which no cluster made a level ends the stages when at most
+    ``4 * options.greedy_below`` indices are active (the final greedy levels
+    take over); above, the next stage passes decoupled tuples over
+    (``"skip"``), and if that makes no level either, the one after does not
+    check; after a stage with levels, clusters stop again.
+
     ``map_clusters(function, tasks)`` runs :func:`factor_cluster` on every
     :class:`ClusterTask` and returns the results in the tasks' order (default:
     in turn, in this process). A compression with a ``factor_stage`` method
@@ -161,6 +181,7 @@ def staged_levels(
     wanted = sorted({int(s) for s in snapshot_sizes}, reverse=True)
     fresh = np.ones(compression.n, dtype=np.bool_) if fresh is None else np.array(fresh, dtype=np.bool_)
     done = 0
+    decoupled: str | None = "stop"
     while done < n_levels:
         n_active = int(np.count_nonzero(compression.active))
         allowed = min(n_levels - done, n_active - options.greedy_below)
@@ -175,11 +196,12 @@ def staged_levels(
         tie_breaks = [tie_break[group] for group in members]
         freshes = [fresh[group] for group in members]
         if hasattr(compression, "factor_stage"):  # the compression runs its clusters itself (Dask)
-            results = compression.factor_stage(members, quotas, tie_breaks, order, options, freshes)
+            results = compression.factor_stage(members, quotas, tie_breaks, order, options, freshes,
+                                               decoupled=decoupled)
         else:
             tasks = (
                 ClusterTask(*compression.cluster_inputs(group), tie_break=group_tie_break, quota=int(quota),
-                            order=order, options=options, fresh=group_fresh)
+                            order=order, options=options, fresh=group_fresh, decoupled=decoupled)
                 for group, group_tie_break, quota, group_fresh in zip(members, tie_breaks, quotas, freshes)
             )
             results = list(run_map(factor_cluster, tasks))
@@ -202,6 +224,12 @@ def staged_levels(
         fresh = fresh[keep]
         if progress is not None:
             progress(stage_levels)
+        if stage_levels == 0:  # every cluster stopped before a decoupled tuple
+            if decoupled is None or n_active <= _EXPLICIT_FACTOR * options.greedy_below:
+                break  # the final greedy levels take over (cheap at this size)
+            decoupled = _DECOUPLED_LADDER[decoupled]
+        else:
+            decoupled = "stop"
     if hasattr(compression, "to_local"):  # distributed: the last levels run here
         compression = compression.to_local()
     if done < n_levels:
