@@ -82,6 +82,16 @@ def test_faithful_partners_are_as_faithful_as_the_dendrogram(tree, order):
     assert tree_fidelity(first_partners(f.tuples, M.shape[0]), paths) >= 0.95 * dendrogram
 
 
+@pytest.mark.parametrize("order", [4, 5])
+def test_faithful_partners_on_a_noisy_narrow_tree(order):
+    """16 dimensions, noise 0.3: a class's own nearest list is noisy; the faithful rule completes
+    a tuple by average linkage over the list (0.90x the dendrogram at k = 5 one by one)."""
+    M, paths = ms.datasets.planted_tree(3, 6, 16, noise=0.3, seed=1)
+    f = ms.factorize(means=M, order=order, options=FAITHFUL)
+    dendrogram = tree_fidelity(dendrogram_partners(M, order - 1, "average"), paths)
+    assert tree_fidelity(first_partners(f.tuples, M.shape[0]), paths) >= 0.95 * dendrogram
+
+
 def test_the_energy_rule_crosses_branches_the_target_rejects(tree):
     """The check can fail: the old rule (and random partners) fall short of 0.95x the dendrogram."""
     M, paths = tree

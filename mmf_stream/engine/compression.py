@@ -76,12 +76,15 @@ class DenseCompression:
                        directions, scores, iterations)
 
     def identity_lists(self, pivots: np.ndarray, count: int) -> np.ndarray:
-        """Per pivot, the ``count`` active positions of largest ``|C[p, j]| / sqrt(C[j, j])``."""
+        """Per pivot, the ``count`` active positions of largest ``|C[p, j]| / sqrt(C[j, j])``,
+        in pooled order (:func:`~mmf_stream.engine.kernels.pool_lists`)."""
         scale = K.neighbour_scale(np.where(self.active, np.diagonal(self.matrix), 0.0))
         out = np.empty((pivots.shape[0], count), dtype=np.int64)
         for start in range(0, pivots.shape[0], _PIVOT_BATCH):
             batch = pivots[start : start + _PIVOT_BATCH]
-            out[start : start + batch.shape[0]] = K.identity_lists(self.matrix[batch], scale, self.active, batch, count)
+            lists = K.identity_lists(self.matrix[batch], scale, self.active, batch, count)
+            K.pool_lists(K.list_blocks(self.matrix, batch, lists), lists, np.arange(batch.shape[0]))
+            out[start : start + batch.shape[0]] = lists
         return out
 
     def tuple_inputs(self, tuples: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -213,7 +216,8 @@ class FactoredCompression:
             scores[batch] = batch_scores
 
     def identity_lists(self, pivots: np.ndarray, count: int) -> np.ndarray:
-        """Per pivot, the ``count`` active positions of largest cosine ``|x_p . x_j| / (|x_p| |x_j|)``."""
+        """Per pivot, the ``count`` active positions of largest cosine ``|x_p . x_j| / (|x_p| |x_j|)``,
+        in pooled order (:func:`~mmf_stream.engine.kernels.pool_lists`)."""
         if self.explicit is not None:
             return self.explicit.identity_lists(pivots, count)
         norms = np.where(self.active, np.einsum("ij,ij->i", self.rows, self.rows), 0.0)
@@ -221,8 +225,11 @@ class FactoredCompression:
         out = np.empty((pivots.shape[0], count), dtype=np.int64)
         for start in range(0, pivots.shape[0], _PIVOT_BATCH):
             batch = pivots[start : start + _PIVOT_BATCH]
-            out[start : start + batch.shape[0]] = K.identity_lists(self.rows[batch] @ self.rows.T, scale, self.active,
-                                                                   batch, count)
+            lists = K.identity_lists(self.rows[batch] @ self.rows.T, scale, self.active, batch, count)
+            members = np.concatenate([batch[:, None], np.where(lists >= 0, lists, batch[:, None])], axis=1)
+            x = self.rows[members]  # (b, count + 1, D)
+            K.pool_lists(x @ x.transpose(0, 2, 1), lists, np.arange(batch.shape[0]))
+            out[start : start + batch.shape[0]] = lists
         return out
 
     def tuple_inputs(self, tuples: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -385,10 +392,13 @@ class GramCompression:
                              np.asarray(pivots, np.int64), k, tuples, grams, directions, scores, iterations)
 
     def identity_lists(self, pivots: np.ndarray, count: int) -> np.ndarray:
-        """Per pivot, the ``count`` active positions of largest ``|A[p, j]| / sqrt(A[j, j])``."""
+        """Per pivot, the ``count`` active positions of largest ``|A[p, j]| / sqrt(A[j, j])``,
+        in pooled order (:func:`~mmf_stream.engine.kernels.pool_lists`)."""
         scale = K.neighbour_scale(np.where(self.active, np.diagonal(self.matrix), 0.0))
         pivots = np.asarray(pivots, dtype=np.int64)
-        return K.identity_lists(self.matrix[pivots], scale, self.active, pivots, count)
+        lists = K.identity_lists(self.matrix[pivots], scale, self.active, pivots, count)
+        K.pool_lists(K.list_blocks(self.matrix, pivots, lists), lists, np.arange(pivots.shape[0]))
+        return lists
 
     def tuple_inputs(self, tuples: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Each tuple's Gram over the active set and its block."""

@@ -15,6 +15,8 @@ off-diagonal energy of the wavelet row when the wavelet direction is ``o``.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from numba import njit
 
@@ -504,6 +506,61 @@ def identity_lists(rows, scale, active, pivots, count):
         found = nearest_neighbours(rows[i], scale, active, pivots[i], count)
         for a in range(found.shape[0]):
             out[i, a] = found[a]
+    return out
+
+
+@njit(cache=True, inline="always")
+def _pooled_order(blocks, i, lists, row):
+    """Reorder the filled entries of ``lists[row]`` by greedy average linkage (``blocks[i]``:
+    ``C[t, t]`` of the pivot, at 0, and the list's entries, at 1..L)."""
+    n = 1
+    while n <= lists.shape[1] and lists[row, n - 1] >= 0:
+        n += 1
+    if n <= 2:
+        return
+    scale = np.empty(n)
+    for a in range(n):
+        scale[a] = 1.0 / math.sqrt(max(abs(blocks[i, a, a]), 1e-300))
+    chosen = np.zeros(n, dtype=np.bool_)
+    chosen[0] = True
+    total = np.empty(n)
+    for a in range(n):
+        total[a] = abs(blocks[i, 0, a]) * scale[0] * scale[a]
+    entries = lists[row, : n - 1].copy()
+    for step in range(n - 1):
+        best = -1
+        for a in range(1, n):  # ties: the earlier (more similar to the pivot) entry
+            if not chosen[a] and (best < 0 or total[a] > total[best]):
+                best = a
+        chosen[best] = True
+        lists[row, step] = entries[best - 1]
+        for a in range(n):
+            total[a] += abs(blocks[i, best, a]) * scale[best] * scale[a]
+
+
+@njit(cache=True)
+def pool_lists(blocks, lists, rows):
+    """Reorder each identity list ``lists[rows[i]]`` so that every entry is the one most similar on
+    average (``|cosine|`` from ``blocks[i]``, see :func:`_pooled_order`) to the pivot and the
+    entries before it: a tuple completed from the list's first active entries is a tight group,
+    not the pivot's nearest rows one by one (a noisy row's list pools its neighbours' views)."""
+    for i in range(rows.shape[0]):
+        _pooled_order(blocks, i, lists, rows[i])
+
+
+@njit(cache=True)
+def list_blocks(matrix, pivots, lists):
+    """``A[t, t]`` for each ``t`` = pivot ``pivots[i]`` followed by ``lists[i]`` (-1 padding: the pivot)."""
+    b, count = lists.shape
+    out = np.empty((b, count + 1, count + 1))
+    t = np.empty(count + 1, dtype=np.int64)
+    for i in range(b):
+        t[0] = pivots[i]
+        for a in range(count):
+            t[a + 1] = lists[i, a] if lists[i, a] >= 0 else pivots[i]
+        for a in range(count + 1):
+            for c in range(count + 1):
+                out[i, a, c] = matrix[t[a], t[c]]
     return out
 
 

@@ -39,9 +39,11 @@ class EngineOptions:
         as a hierarchy.
     identity_list : int, default 16
         ``neighbours="faithful"``: the input's most similar positions kept per
-        index (computed once, from the rows at the start of the greedy levels;
-        a never-rotated pivot whose list has fewer than ``k - 1`` active
-        entries left falls back to the energy rule).
+        index (computed once, from the rows at the start of the greedy levels,
+        and ordered by average linkage: each entry is the one of largest mean
+        cosine to the index and the entries before it; a never-rotated pivot
+        takes the first ``k - 1`` active entries, and one whose list has fewer
+        left falls back to the energy rule).
     rescore : int, default 2
         Cached candidates rescored exactly at each greedy level (guards against
         drift of the cached scores and lets the multi-start optimiser choose).

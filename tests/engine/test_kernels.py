@@ -148,3 +148,22 @@ def test_max_asymmetry_reports_worst_entry():
     assert (i, j) == (1, 4) and np.isclose(worst, 0.5) and finite
     matrix[2, 2] = np.nan
     assert not K.max_asymmetry(matrix)[4]
+
+
+def test_pool_lists_orders_by_average_linkage():
+    """Entry 3 is third nearest to the pivot but near entry 1, which comes first: it goes second."""
+    cos = np.array([[1.0, 0.9, 0.85, 0.8],
+                    [0.9, 1.0, 0.1, 0.9],
+                    [0.85, 0.1, 1.0, 0.1],
+                    [0.8, 0.9, 0.1, 1.0]])
+    scale = np.array([2.0, 1.0, 3.0, 0.5])  # a block's scale does not matter: cosines are pooled
+    block = cos * np.outer(scale, scale)
+    block[0, 2] = block[2, 0] = -block[0, 2]  # nor its sign
+    matrix = np.zeros((6, 6))
+    matrix[np.ix_([4, 0, 1, 5], [4, 0, 1, 5])] = block  # pivot 4, list entries 0, 1, 5
+    lists = np.array([[0, 1, 5, -1]])
+    K.pool_lists(K.list_blocks(matrix, np.array([4]), lists), lists, np.array([0]))
+    assert lists.tolist() == [[0, 5, 1, -1]]  # padding stays at the end
+    one = np.array([[0, -1, -1, -1]])
+    K.pool_lists(K.list_blocks(matrix, np.array([4]), one), one, np.array([0]))
+    assert one.tolist() == [[0, -1, -1, -1]]
