@@ -1,7 +1,10 @@
 """The interactive MMF graph: one self-contained HTML file (no network access).
 
 Zoom (wheel) and pan (drag), hover a class for its level, tuple partners and the
-error its level added, search labels, and show only the first N levels. Labels
+error its level added, search labels, and show only the first N levels. Links
+read as in the figure (:func:`~mmf_stream.views.figure.draw_graph`): a curve
+between nearby columns of one row, else two labelled ports, re-placed whenever
+the browser re-wraps the levels into rows. Labels
 are user data: every label is escaped in the markup (``html.escape``) and in the
 embedded JSON (``<``, ``>``, ``&`` as ``\\u`` escapes), and the script only ever
 assigns ``textContent``.
@@ -15,11 +18,14 @@ import os
 from pathlib import Path
 from typing import Any
 
+from mmf_stream.views.figure import _PORT_LINE, _PORT_PAD, MAX_CURVE_SPAN
 from mmf_stream.views.layout import GraphLayout, display_labels, first_difference, layout, shorten
 
-#: page geometry (CSS pixels at zoom 1): gap between level columns, distance
-#: between members of a level, room above a level's first member and below its last
-_COL_PAD = 36
+#: page geometry (CSS pixels at zoom 1): gap between level columns (half of it
+#: on each side of a level's boxes: room for a curve, or for the labelled ports
+#: of two boxes facing each other across it), distance between members of a
+#: level, room above a level's first member and below its last
+_COL_PAD = 48
 _ROW_H = 34
 _HEAD = 34
 _FOOT = 30
@@ -48,7 +54,9 @@ svg#graph { width: 100%; height: 100%; user-select: none; display: block; }
 .node.match rect { stroke: #000; stroke-width: 3; }
 .node:hover rect { stroke-width: 3; }
 .link { fill: none; stroke-opacity: 0.5; stroke-width: 1.5; }
-.link.wrapped { stroke-dasharray: 3 2; stroke-opacity: 0.8; }
+.port line { stroke-width: 1.6; }
+.port rect { fill: #fff; stroke-width: 0.8; }
+.port text { dominant-baseline: central; text-anchor: middle; pointer-events: none; }
 .levelhead { font-size: 11px; fill: #616161; text-anchor: middle; }
 .level.first-difference .frame { fill: none; stroke: #c62828; stroke-width: 2; stroke-dasharray: 6 3; }
 .level.first-difference .levelhead { fill: #c62828; font-weight: 700; }
@@ -71,16 +79,33 @@ _SCRIPT = r"""
   var scale = 1, tx = PAD, ty = PAD, drag = null;
   var groups = Array.prototype.slice.call(svg.querySelectorAll('.level'));
   var links = Array.prototype.slice.call(svg.querySelectorAll('.link'));
+  // each link's two labelled ports: [out of the source box, into the target box]
+  var ports = links.map(function () { return [null, null]; });
+  svg.querySelectorAll('.port').forEach(function (port) {
+    ports[Number(port.getAttribute('data-link'))][port.getAttribute('data-end') === 'out' ? 0 : 1] = port;
+  });
   var limit = document.getElementById('limit');
   function apply() { viewport.setAttribute('transform', 'translate(' + tx + ',' + ty + ') scale(' + scale + ')'); }
   function shown() {
     var n = Math.floor(Number(limit.value));
     return n >= 1 ? Math.min(n, data.levels.length) : data.levels.length;
   }
+  // a port at (x, y), a box's edge: its line runs dir (+1 right, -1 left) into
+  // the column gap and its tag (the other end's level number) follows it,
+  // inside the half of the gap next to the box
+  function placePort(port, x, y, dir) {
+    var line = port.querySelector('line'), tag = port.querySelector('rect'), number = port.querySelector('text');
+    var end = x + dir * geo.portLine, left = dir > 0 ? end : end - geo.tagWidth;
+    line.setAttribute('x1', x); line.setAttribute('x2', end); line.setAttribute('y1', y); line.setAttribute('y2', y);
+    tag.setAttribute('x', left); tag.setAttribute('y', y - geo.tagHeight / 2);
+    number.setAttribute('x', left + geo.tagWidth / 2); number.setAttribute('y', y);
+  }
   // lay the first n levels out in rows and zoom so that they fill the stage
   // with readable labels: the number of levels a row is the one giving the
   // largest zoom; below the smallest readable zoom the rows take the stage's
-  // width and the page is panned vertically
+  // width and the page is panned vertically. A link is a curve when its ends
+  // are in one row at most maxCurveSpan columns apart, else two labelled ports
+  // (as in the figure); links into hidden levels are hidden
   function arrange() {
     var n = shown(), width = stage.clientWidth - 2 * PAD, height = stage.clientHeight - 2 * PAD;
     var best = 1, bestScale = 0;
@@ -92,20 +117,26 @@ _SCRIPT = r"""
       bestScale = geo.minScale; best = Math.max(1, Math.floor(width / (geo.column * geo.minScale)));
     }
     best = Math.ceil(n / Math.ceil(n / best));
+    var half = (geo.column - geo.box) / 2;
+    function left(c) { return (c % best) * geo.column + half; }
+    function top(c) { return Math.floor(c / best) * geo.band + geo.head; }
     groups.forEach(function (group) {
       var c = Number(group.getAttribute('data-column'));
-      group.setAttribute('transform', 'translate(' + (c % best) * geo.column + ',' + (Math.floor(c / best) * geo.band + geo.head) + ')');
+      group.setAttribute('transform', 'translate(' + left(c) + ',' + top(c) + ')');
     });
-    links.forEach(function (path) {
+    links.forEach(function (path, i) {
       var c0 = Number(path.getAttribute('data-source')), r0 = Number(path.getAttribute('data-source-row'));
       var c1 = Number(path.getAttribute('data-column')), r1 = Number(path.getAttribute('data-row'));
-      var x0 = (c0 % best) * geo.column + geo.box, y0 = Math.floor(c0 / best) * geo.band + geo.head + r0 * geo.row;
-      var x1 = (c1 % best) * geo.column, y1 = Math.floor(c1 / best) * geo.band + geo.head + r1 * geo.row;
-      var wrapped = Math.floor(c0 / best) !== Math.floor(c1 / best), stub = 0.7 * (geo.column - geo.box), mid = (x0 + x1) / 2;
+      var x0 = left(c0) + geo.box, y0 = top(c0) + r0 * geo.row, x1 = left(c1), y1 = top(c1) + r1 * geo.row, mid = (x0 + x1) / 2;
+      var wrapped = Math.floor(c0 / best) !== Math.floor(c1 / best), ported = wrapped || c1 - c0 > geo.maxCurveSpan;
+      var shownLink = c1 < n;
       path.classList.toggle('wrapped', wrapped);
-      path.setAttribute('d', wrapped
-        ? 'M' + x0 + ',' + y0 + ' h' + stub + ' M' + (x1 - stub) + ',' + y1 + ' h' + stub
-        : 'M' + x0 + ',' + y0 + ' C' + mid + ',' + y0 + ' ' + mid + ',' + y1 + ' ' + x1 + ',' + y1);
+      path.classList.toggle('ported', ported);
+      path.style.display = shownLink && !ported ? '' : 'none';
+      path.setAttribute('d', 'M' + x0 + ',' + y0 + ' C' + mid + ',' + y0 + ' ' + mid + ',' + y1 + ' ' + x1 + ',' + y1);
+      placePort(ports[i][0], x0, y0, 1);
+      placePort(ports[i][1], x1, y1, -1);
+      ports[i].forEach(function (port) { port.style.display = shownLink && ported ? '' : 'none'; });
     });
     var rows = Math.ceil(n / best);
     scale = bestScale;
@@ -174,9 +205,6 @@ _SCRIPT = r"""
       group.hidden = Number(group.getAttribute('data-column')) >= n;
       group.style.display = group.hidden ? 'none' : '';
     });
-    links.forEach(function (path) {
-      path.style.display = Number(path.getAttribute('data-column')) >= n ? 'none' : '';
-    });
     arrange();
     runSearch(false);
   }
@@ -198,28 +226,55 @@ def _box_width(graph: GraphLayout) -> float:
     return max(60.0, _CHAR_W * (longest + 2) + 12)
 
 
+def _port_geometry(graph: GraphLayout) -> dict[str, float]:
+    """A labelled port's sizes (CSS pixels at zoom 1), as the figure's :func:`~mmf_stream.views.figure.port_font`.
+
+    Its line is :data:`~mmf_stream.views.figure._PORT_LINE` of the column gap;
+    its tag (the other end's level number, padded) fits in the rest of the half
+    of the gap next to its box, so the ports of two boxes facing each other
+    across a gap never meet and no tag reaches a box.
+    """
+    digits = len(str(max(graph.levels, default=1)))
+    line = _PORT_LINE * _COL_PAD
+    room = 0.5 * _COL_PAD - line - 1.0  # 1 px between the tag and the middle of the gap
+    font = max(3.0, min(0.8 * 12, room / (0.64 * digits + 2 * _PORT_PAD)))
+    return {"portLine": round(line, 2), "tagFont": round(font, 2),
+            "tagWidth": round(font * (0.64 * digits + 2 * _PORT_PAD), 2), "tagHeight": round(font * (1 + 2 * _PORT_PAD), 2)}
+
+
 def _svg(graph: GraphLayout, marked_level: int | None = None) -> str:
-    """The graph's level groups (local coordinates) and links; the page's script places them in rows."""
+    """The graph's level groups (local coordinates), links and ports; the page's script places them in rows."""
     esc = html.escape
     box_w = _box_width(graph)
     col_w = box_w + _COL_PAD
     band = _HEAD + (graph.order - 1) * _ROW_H + _FOOT
     per_row = max(1, min(len(graph.levels), 12))  # a sane arrangement before the script runs
+    port = _port_geometry(graph)
 
     def origin(column: int) -> tuple[float, float]:
-        return (column % per_row) * col_w, (column // per_row) * band + _HEAD
+        return (column % per_row) * col_w + _COL_PAD / 2, (column // per_row) * band + _HEAD
 
     parts: list[str] = ['<g class="links">']
+    ports: list[str] = ['<g class="ports">']
     columns: dict[int, list[str]] = {c: [] for c in range(len(graph.levels))}
-    for link in graph.links:
+    for i, link in enumerate(graph.links):
         (c0, r0), (c1, r1) = link.source, link.target
         (ox0, oy0), (ox1, oy1) = origin(c0), origin(c1)
         x0, y0, x1, y1 = ox0 + box_w, oy0 + r0 * _ROW_H, ox1, oy1 + r1 * _ROW_H
         mid = (x0 + x1) / 2
+        colour = esc(link.colour)
         parts.append(
-            f'<path class="link" data-source="{c0}" data-source-row="{r0}" data-column="{c1}" data-row="{r1}" '
-            f'stroke="{esc(link.colour)}" d="M{x0:.1f},{y0:.1f} C{mid:.1f},{y0:.1f} {mid:.1f},{y1:.1f} {x1:.1f},{y1:.1f}"/>'
+            f'<path class="link" data-link="{i}" data-source="{c0}" data-source-row="{r0}" data-column="{c1}" data-row="{r1}" '
+            f'stroke="{colour}" d="M{x0:.1f},{y0:.1f} C{mid:.1f},{y0:.1f} {mid:.1f},{y1:.1f} {x1:.1f},{y1:.1f}"/>'
         )
+        # the two labelled ports, placed (and shown where the link is not a curve) by the script
+        for end, number in (("out", graph.levels[c1]), ("in", graph.levels[c0])):
+            ports.append(
+                f'<g class="port" data-link="{i}" data-end="{end}" style="display:none">'
+                f'<line stroke="{colour}"/><rect width="{port["tagWidth"]}" height="{port["tagHeight"]}" '
+                f'rx="{port["tagHeight"] / 3:.2f}" stroke="{colour}"/>'
+                f'<text fill="{colour}" font-size="{port["tagFont"]}">{number}</text></g>'
+            )
     for i, node in enumerate(graph.nodes):
         y = node.row * _ROW_H
         classes = "node" + (" wavelet" if node.is_wavelet else "") + (" highlight" if node.highlighted else "")
@@ -230,6 +285,7 @@ def _svg(graph: GraphLayout, marked_level: int | None = None) -> str:
             f'<text x="{box_w / 2:.1f}" y="{y:.1f}">{esc(text)}</text></g>'
         )
     parts.append("</g>")
+    ports.append("</g>")
     bottom = (graph.order - 1) * _ROW_H
     for column, number in enumerate(graph.levels):
         x, y = origin(column)
@@ -242,7 +298,7 @@ def _svg(graph: GraphLayout, marked_level: int | None = None) -> str:
             f'<g class="level{" first-difference" if marked else ""}" data-level="{number}" data-column="{column}" '
             f'transform="translate({x:.1f},{y:.1f})">{frame}{head}{"".join(columns[column])}</g>'
         )
-    return "".join(parts)
+    return "".join(parts + ports)
 
 
 def render_html(
@@ -262,6 +318,7 @@ def render_html(
         "geometry": {
             "box": box_w, "column": box_w + _COL_PAD, "row": _ROW_H, "head": _HEAD,
             "band": _HEAD + (graph.order - 1) * _ROW_H + _FOOT, "minScale": MIN_FIT_SCALE, "maxScale": MAX_FIT_SCALE,
+            "maxCurveSpan": MAX_CURVE_SPAN, **_port_geometry(graph),
         },
         "nodes": [
             {"label": n.label, "level": n.level, "partners": n.partners, "error": n.squared_error, "wavelet": n.is_wavelet}
@@ -328,8 +385,14 @@ def to_html(
 
     The page opens with the levels wrapped into rows and zoomed to fill the
     window with readable labels (at least :data:`MIN_FIT_SCALE`); the "first N
-    levels" control and "reset view" refit it. Labels are shortened on the
-    boxes; the tooltip shows the full text and stays inside the window.
+    levels" control and "reset view" refit it. A link whose ends fall in
+    different rows at the window's width, or that skips more than
+    :data:`~mmf_stream.views.figure.MAX_CURVE_SPAN` columns, is two labelled
+    ports as in the figure: a short line out of the earlier box tagged with the
+    later level's number and one into the later box tagged with the earlier
+    level's, each inside the half of the column gap next to its box; other
+    links are curves. Labels are shortened on the boxes; the tooltip shows the
+    full text and stays inside the window.
 
     Returns
     -------

@@ -410,3 +410,126 @@ def test_page_fits_refits_and_keeps_its_tooltip_inside(tmp_path):
             assert "a rather long class name" in page.inner_text("#tip")
         finally:
             browser.close()
+
+
+# ---------------------------------------------------------------- labelled ports in the page
+#: per link after arrange(): its columns, whether the browser drew its ends in different rows,
+#: the curve's visibility, its visible ports (their text, line, tag and number rectangles), the
+#: boxes at its ends and every visible box (client pixels), and the column gap at the zoom
+_LINKS_JS = """() => {
+  const geo = JSON.parse(document.getElementById('mmf-data').textContent).geometry;
+  const scale = document.getElementById('viewport').transform.baseVal.consolidate().matrix.a;
+  const box = e => { const r = e.getBoundingClientRect(); return [r.left, r.top, r.right, r.bottom]; };
+  const shown = e => getComputedStyle(e).display !== 'none' && e.getClientRects().length > 0;
+  const groups = {};
+  document.querySelectorAll('.level').forEach(g => { groups[g.getAttribute('data-column')] = g; });
+  const rowOf = c => groups[c].transform.baseVal.consolidate().matrix.f;
+  const nodeBox = (c, r) => box([...groups[c].querySelectorAll('.node rect')]
+    .find(rect => Math.abs(rect.y.baseVal.value - (r * geo.row - 12)) < 0.01));
+  const links = [...document.querySelectorAll('.link')].map(path => {
+    const c0 = path.getAttribute('data-source'), c1 = path.getAttribute('data-column');
+    const ports = [...document.querySelectorAll('.port[data-link="' + path.getAttribute('data-link') + '"]')]
+      .filter(shown).map(p => ({end: p.getAttribute('data-end'), text: p.textContent.trim(),
+        line: box(p.querySelector('line')), tag: box(p.querySelector('rect')), number: box(p.querySelector('text'))}));
+    return {c0: Number(c0), c1: Number(c1), wrapped: rowOf(c0) !== rowOf(c1), curve: shown(path), ports,
+      source: nodeBox(c0, Number(path.getAttribute('data-source-row'))),
+      target: nodeBox(c1, Number(path.getAttribute('data-row')))};
+  });
+  return {links, gap: (geo.column - geo.box) * scale,
+    boxes: [...document.querySelectorAll('.node rect')].filter(shown).map(box)};
+}"""
+
+
+def _overlap(a, b, slack=0.5):
+    return a[0] < b[2] - slack and b[0] < a[2] - slack and a[1] < b[3] - slack and b[1] < a[3] - slack
+
+
+def _check_ports(state, levels):
+    """Every wrapped (or long) link is two ports tagged with the other end's level, each in its own gap."""
+    from mmf_stream.views.figure import MAX_CURVE_SPAN
+
+    gap, boxes, tol = state["gap"], state["boxes"], 1.0
+    tags = []
+    for link in state["links"]:
+        ported = link["wrapped"] or link["c1"] - link["c0"] > MAX_CURVE_SPAN
+        if not ported:
+            assert link["curve"] and link["ports"] == [], link  # a curve, no visible tag
+            continue
+        assert not link["curve"], link
+        ends = {port["end"]: port for port in link["ports"]}
+        assert len(link["ports"]) == 2 and set(ends) == {"out", "in"}, link
+        assert ends["out"]["text"] == str(levels[link["c1"]]), link
+        assert ends["in"]["text"] == str(levels[link["c0"]]), link
+        # the gap right of the source box and the gap left of the target box
+        spans = {"out": (link["source"][2], link["source"][2] + gap), "in": (link["target"][0] - gap, link["target"][0])}
+        touches = {"out": (link["source"][2], 0), "in": (link["target"][0], 2)}
+        for end, port in ends.items():
+            lo, hi = spans[end]
+            at, side = touches[end]
+            assert abs(port["line"][side] - at) <= tol, (end, port, link)  # the line starts at its box
+            for part in ("line", "tag", "number"):
+                assert lo - tol <= port[part][0] and port[part][2] <= hi + tol, (end, part, port, lo, hi)
+            assert all(port["tag"][i] - tol <= port["number"][i] <= port["tag"][i + 2] + tol for i in (0, 1)), port
+            assert port["number"][2] <= port["tag"][2] + tol, port  # the number fits its tag
+            for part in ("tag", "number"):
+                assert not any(_overlap(port[part], b) for b in boxes), (end, part, port)
+            tags.append(port["tag"])
+    for i, a in enumerate(tags):  # the ports of two boxes facing each other across a gap never meet
+        assert not any(_overlap(a, b) for b in tags[i + 1:]), a
+    return sum(link["wrapped"] for link in state["links"])
+
+
+def test_page_draws_wrapped_links_as_labelled_ports(food, tmp_path):
+    """Links whose ends the browser wraps to different rows (or that skip columns) are labelled ports,
+    re-placed on every re-arrange (resize, reset, "first N levels"); links in one row stay curves."""
+    if not _chromium():
+        if os.environ.get("MMF_STREAM_REQUIRE_BROWSER"):
+            pytest.fail("chromium is required (MMF_STREAM_REQUIRE_BROWSER is set) but not installed")
+        pytest.skip("chromium is not installed (scripts/test.sh installs it)")
+    from playwright.sync_api import sync_playwright
+
+    _, f = food
+    levels = layout(f).levels
+    page_path = tmp_path / "graph.html"
+    ms.views.to_html(f, page_path)
+    problems = []
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=_chromium(), args=["--no-sandbox", "--disable-gpu"])
+        try:
+            page = browser.new_page(viewport={"width": 1200, "height": 700})
+            page.on("console", lambda m: problems.append(m.text) if m.type in ("error", "warning") else None)
+            page.on("pageerror", lambda e: problems.append(str(e)))
+            page.goto(page_path.as_uri())
+            page.wait_for_selector("body[data-ready=yes]", timeout=10_000)
+            state = page.evaluate(_LINKS_JS)
+            assert _check_ports(state, levels) >= 3  # rows of 4 levels: several links wrap
+            assert any(not link["wrapped"] and not link["ports"] for link in state["links"])  # and curves remain
+            # one row: nothing wraps, the tags of the links that wrapped are hidden; long links stay ports
+            page.set_viewport_size({"width": 2600, "height": 400})
+            page.wait_for_function("() => document.querySelector('.level[data-column=\"9\"]')"
+                                   ".transform.baseVal.consolidate().matrix.f < 40")
+            wide = page.evaluate(_LINKS_JS)
+            assert _check_ports(wide, levels) == 0
+            assert sum(bool(link["ports"]) for link in wide["links"]) < sum(bool(link["ports"]) for link in state["links"])
+            # narrow: more rows, the tags follow their boxes
+            page.set_viewport_size({"width": 640, "height": 900})
+            page.wait_for_function("() => document.querySelector('.level[data-column=\"9\"]')"
+                                   ".transform.baseVal.consolidate().matrix.f > 400")
+            narrow = page.evaluate(_LINKS_JS)
+            assert _check_ports(narrow, levels) > _check_ports(state, levels)
+            # zoom and drag, then reset: the same arrangement as before the zoom
+            page.mouse.wheel(0, -300)
+            page.mouse.move(300, 400)
+            page.mouse.down()
+            page.mouse.move(200, 300, steps=3)
+            page.mouse.up()
+            page.click("#reset")
+            assert page.evaluate(_LINKS_JS) == narrow
+            # the first 5 levels only: links into hidden levels show neither curve nor tags
+            page.fill("#limit", "5")
+            first = page.evaluate(_LINKS_JS)
+            _check_ports({**first, "links": [link for link in first["links"] if link["c1"] < 5]}, levels)
+            assert all(not link["curve"] and not link["ports"] for link in first["links"] if link["c1"] >= 5)
+        finally:
+            browser.close()
+    assert problems == []
