@@ -1,6 +1,6 @@
 """How faithfully the MMF graph follows a planted hierarchy, against dendrograms.
 
-Run:  python benchmarks/fidelity.py [--markdown] [--quick] [--orders 2,3,4,5] [--seed 0]
+Run:  python benchmarks/fidelity.py [--markdown] [--quick | --extra] [--orders 2,3,4,5] [--seed 0]
 
 Inputs: ``ms.datasets.planted_tree(depth, branching, D, noise=, offset=)``,
 class means on a planted tree (post-ReLU-like, a shared positive offset,
@@ -51,6 +51,12 @@ SETTINGS = [
     (4, 4, 256, 0.1, 3.0),
 ]
 QUICK_SETTINGS = [(3, 6, 64, 0.0, 1.0), (3, 5, 16, 0.3, 1.0)]
+#: ``--extra``: trees nobody tuned the rule on, each with its own seed (depth, branching, D, noise,
+#: offset, seed): other seeds of the noisy tree, noisier and wider trees, a deep binary-like one
+EXTRA_SETTINGS = [
+    (3, 6, 16, 0.3, 1.0, 1), (3, 6, 16, 0.3, 1.0, 2), (3, 7, 32, 0.5, 0.5, 0), (4, 5, 64, 0.3, 2.0, 0),
+    (2, 20, 32, 0.3, 1.0, 0), (5, 3, 64, 0.2, 1.0, 0), (3, 10, 32, 0.4, 1.0, 0), (3, 9, 24, 0.6, 1.0, 3),
+]
 
 
 def random_partners(size: int, count: int, rng: np.random.Generator) -> list[np.ndarray]:
@@ -83,6 +89,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--markdown", action="store_true", help="print a Markdown table")
     parser.add_argument("--quick", action="store_true", help="small trees only (smoke test)")
+    parser.add_argument("--extra", action="store_true", help="the trees nobody tuned for (EXTRA_SETTINGS)")
     parser.add_argument("--orders", default="2,3,4,5", help="comma-separated orders k (default 2,3,4,5)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
@@ -91,13 +98,16 @@ def main() -> None:
               "MMF greedy", "/avg", "MMF staged", "/avg", "energy greedy", "energy staged",
               "error greedy/energy", "error staged/energy", "error staged/greedy"]
     rows = []
-    for setting in QUICK_SETTINGS if args.quick else SETTINGS:
-        depth, branching, dim, noise, offset = setting
+    settings = QUICK_SETTINGS if args.quick else EXTRA_SETTINGS if args.extra else SETTINGS
+    for setting in settings:
+        depth, branching, dim, noise, offset = setting[:5]
+        seed = setting[5] if len(setting) > 5 else args.seed
         for order in orders:
-            r = measure(setting, order, args.seed)
+            r = measure(setting[:5], order, seed)
             avg = r["average"]
             rows.append([
-                f"{depth}/{branching}/{dim}/{noise:g}/{offset:g}", branching**depth, order,
+                f"{depth}/{branching}/{dim}/{noise:g}/{offset:g}" + (f" seed {seed}" if args.extra else ""),
+                branching**depth, order,
                 f"{avg:.2f}", f"{r['ward']:.2f}", f"{r['random']:.2f}",
                 f"{r['faithful', 'greedy']:.2f}", f"{r['faithful', 'greedy'] / avg:.3f}",
                 f"{r['faithful', 'staged']:.2f}", f"{r['faithful', 'staged'] / avg:.3f}",
