@@ -7,7 +7,8 @@ and ``options={"neighbours": "faithful"}`` (docs/fidelity.md), same run, same
 inputs: the hierarchical covariance (greedy and, from 2,000 classes, staged),
 the karate and 32 x 32 grid Laplacians, and class means (D = 512) as a dense
 covariance and as means (factored), at order 4 with core m/8 and at order 5
-to full depth. The ratio is faithful over energy (below 1: the faithful rule
+to full depth, and 20,000 class means (D = 256, staged) at order 5 to full
+depth (``--large``). The ratio is faithful over energy (below 1: the faithful rule
 has the smaller error).
 """
 
@@ -28,8 +29,8 @@ from _common import print_table  # noqa: E402
 RULES = ("energy", "faithful")
 
 
-def cases(sizes: list[int]):
-    """``(input, call, run(rule) -> error)`` for every case."""
+def cases(sizes: list[int], large: int = 0):
+    """``(input, call, run(rule) -> error)`` for every case (``large``: one staged class-means case)."""
     for m in sizes:
         C = ms.hierarchical_covariance(m, seed=0)
         for schedule in ("greedy", "staged") if m >= 2000 else ("greedy",):
@@ -52,16 +53,21 @@ def cases(sizes: list[int]):
             means=M, order=4, core_size=m // 8, options={"neighbours": rule}).error
         yield name, "order 5, full depth, factored", lambda rule, M=M: ms.factorize(
             means=M, order=5, options={"neighbours": rule}).error
+    if large:
+        M = ms.datasets.class_means(large, 256, seed=0)
+        yield f"class_means m = {large}, D = 256", "order 5, full depth, factored (staged)", lambda rule, M=M: (
+            ms.factorize(means=M, order=5, options={"neighbours": rule}).error)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--markdown", action="store_true", help="print a Markdown table")
     parser.add_argument("--sizes", default="1000,2000,4000", help="hierarchical sizes (the first two: class means)")
+    parser.add_argument("--large", type=int, default=20000, help="classes of the staged class-means case (0: none)")
     args = parser.parse_args()
     sizes = [int(x) for x in args.sizes.split(",")]
     rows = []
-    for name, call, run in cases(sizes):
+    for name, call, run in cases(sizes, args.large):
         energy, faithful = (run(rule) for rule in RULES)
         rows.append([name, call, f"{energy:.4g}", f"{faithful:.4g}", f"{faithful / energy:.3f}"])
         print("  done:", " | ".join(rows[-1]), file=sys.stderr, flush=True)

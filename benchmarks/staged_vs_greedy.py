@@ -3,8 +3,8 @@
 Run:  python benchmarks/staged_vs_greedy.py [--markdown] [--parts trees,hierarchical,means]
       [--sizes 2000,4000,8000] [--orders 3,4,5] [--means-sizes 2048,4096]
 
-* Planted trees (``ms.datasets.planted_tree``, class means, the default
-  neighbour rule): ``ms.factorize(means=M, order=k, schedule="staged")``
+* Planted trees (``ms.datasets.planted_tree``, class means, the neighbour
+  rule ``--rule``, default the default ``"energy"``): ``ms.factorize(means=M, order=k, schedule="staged")``
   over ``schedule="greedy"``, with the fidelity ratio (mean LCA depth of the
   first-tuple partners, :mod:`mmf_stream.fidelity`).
 * The hierarchical covariance (dense, order 4, core m/8) at ``--sizes``.
@@ -51,6 +51,8 @@ def main() -> None:
     parser.add_argument("--orders", default="3,4,5", help="tree orders k")
     parser.add_argument("--means-sizes", default="2048,4096", help="class-means sizes")
     parser.add_argument("--parts", default="trees,hierarchical,means", help="which inputs to run")
+    parser.add_argument("--rule", default="energy", choices=["energy", "faithful"],
+                        help="the trees' neighbour rule (EngineOptions.neighbours)")
     args = parser.parse_args()
     parts = set(args.parts.split(","))
     rows = []
@@ -58,10 +60,11 @@ def main() -> None:
         M, paths = ms.datasets.planted_tree(depth, branching, dim, noise=noise, offset=offset, seed=0)
         for order in (int(x) for x in args.orders.split(",")):
             def run(options=None, schedule="greedy", M=M, order=order):
-                return ms.factorize(means=M, order=order, schedule=schedule, options=options)
+                return ms.factorize(means=M, order=order, schedule=schedule,
+                                    options={**(options or {}), "neighbours": args.rule})
             greedy, staged = run(), run(schedule="staged")
             fidelity = [tree_fidelity(first_partners(f.tuples, M.shape[0]), paths) for f in (greedy, staged)]
-            rows.append([f"tree {depth}/{branching}/{dim}/{noise:g}/{offset:g}", M.shape[0], order,
+            rows.append([f"tree {depth}/{branching}/{dim}/{noise:g}/{offset:g}, {args.rule}", M.shape[0], order,
                          f"{staged.error / greedy.error:.3f}", f"{fidelity[1] / fidelity[0]:.3f}",
                          f"{spread(lambda o: run(o).error, greedy.error):.3f}"])
             print("  done:", " | ".join(map(str, rows[-1])), file=sys.stderr, flush=True)

@@ -38,7 +38,7 @@ def test_common_direction_times_both_inputs(monkeypatch, capsys):
 
 
 def test_neighbour_rules_compare_both_rules(monkeypatch, capsys):
-    rows = run_script("neighbour_rules.py", ["--sizes", "200,300"], monkeypatch, capsys)
-    assert len(rows) == 2 + 2 + 2 * 3  # hierarchical (300 staged too), two Laplacians, class means
+    rows = run_script("neighbour_rules.py", ["--sizes", "200,300", "--large", "300"], monkeypatch, capsys)
+    assert len(rows) == 2 + 2 + 2 * 3 + 1  # hierarchical (300 staged too), two Laplacians, class means, large
     for row in rows:
         assert float(row[4]) == pytest.approx(float(row[3]) / float(row[2]), rel=2e-3, abs=2e-3)

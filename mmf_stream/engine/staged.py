@@ -1,7 +1,7 @@
 """Staged levels for large m (docs/math.md, section 4).
 
 A stage partitions the active set into clusters of at most
-``options.cluster_size`` rows that are similar (a principal-direction tree on
+``options.stage_cluster_size`` rows that are similar (a principal-direction tree on
 a sketch of the rows), runs greedy levels inside every cluster independently,
 then applies every cluster's levels to the compression in a fixed order.
 
@@ -188,7 +188,7 @@ def staged_levels(
         if allowed <= 0 or getattr(compression, "explicit", None) is not None:
             break
         live = np.flatnonzero(compression.active)
-        groups = partition(compression.features(options.sketch_width, rng), options.cluster_size, rng)
+        groups = partition(compression.features(options.sketch_width, rng), options.stage_cluster_size, rng)
         members = [live[g] for g in groups]
         quotas = _quotas(np.array([g.shape[0] for g in groups]), order, options.stage_fraction, allowed)
         if int(quotas.sum()) == 0:
