@@ -1,6 +1,8 @@
-"""Shared pieces of the benchmark scripts: memory probes and table printing."""
+"""Shared pieces of the benchmark scripts: memory probes, progress lines and table printing."""
 
 from __future__ import annotations
+
+import sys
 
 #: source of a function reading this process's memory from /proc (pasted into child scripts):
 #: VmHWM (peak) and VmRSS (current) belong to this process image, whereas getrusage's
@@ -13,6 +15,11 @@ def status_mb(key):
                 return int(line.split()[1]) / 1024
     raise RuntimeError(key)
 '''
+
+
+def report_row(row: list) -> None:
+    """One progress line on stderr for a finished table row (the table itself goes to stdout at the end)."""
+    print("  done:", " | ".join(map(str, row)), file=sys.stderr, flush=True)
 
 
 def print_table(title: str, header: list[str], rows: list[list], markdown: bool) -> None:

@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import mmf_stream as ms  # noqa: E402
-from _common import STATUS_MB, print_table  # noqa: E402
+from _common import STATUS_MB, print_table, report_row  # noqa: E402
 
 #: (seconds, absolute error) of the C++ reference, from issue 2
 REFERENCE = {
@@ -115,7 +115,7 @@ def main() -> None:
             "-" if ref_err is None else f"{result['error'] / ref_err:.2f}",
             "-" if ref_s is None else f"{seconds / ref_s:.2f}",
         ])
-        print("  done:", " | ".join(map(str, rows[-1])), file=sys.stderr, flush=True)
+        report_row(rows[-1])
 
     print_table(
         f"batch MMF, {datetime.date.today().isoformat()}, median of {args.repeats} runs, single thread, "

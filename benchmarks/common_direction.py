@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import mmf_stream as ms  # noqa: E402
-from _common import print_table  # noqa: E402
+from _common import print_table, report_row  # noqa: E402
 from mmf_stream.engine.options import DEFAULT_OPTIONS  # noqa: E402
 
 #: the smaller ``eager_rebuilds`` timed beside the default
@@ -64,7 +64,7 @@ def main() -> None:
         for eager in (DEFAULT_OPTIONS.eager_rebuilds, FEWER_REBUILDS):
             (h_s, h_err), (c_s, c_err) = (timed(inputs[name], eager) for name in ("hierarchical", "common"))
             rows.append([m, eager, f"{h_s:.2f}", f"{c_s:.2f}", f"{c_s / h_s:.2f}", f"{h_err:.4g}", f"{c_err:.4g}"])
-            print("  done:", " | ".join(map(str, rows[-1])), file=sys.stderr, flush=True)
+            report_row(rows[-1])
     print_table(f"Common direction (weight {args.weight:g}, D = {args.dim}) against the hierarchical covariance, "
                 f"dense greedy order 5 full depth, {datetime.date.today().isoformat()}, mmf_stream {ms.__version__}",
                 ["m", "eager_rebuilds", "hierarchical s", "common direction s", "ratio", "hierarchical error",

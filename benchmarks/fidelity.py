@@ -39,7 +39,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import mmf_stream as ms  # noqa: E402
-from _common import print_table  # noqa: E402
+from _common import print_table, report_row  # noqa: E402
 from mmf_stream.fidelity import dendrogram_partners, first_partners, tree_fidelity  # noqa: E402
 
 #: (depth, branching, D, noise, offset): the issue's tree, a noisy narrow one, one without the
@@ -116,7 +116,7 @@ def main() -> None:
                 f"{r['faithful', 'staged', 'error'] / r['energy', 'staged', 'error']:.3f}",
                 f"{r['faithful', 'staged', 'error'] / r['faithful', 'greedy', 'error']:.3f}",
             ])
-            print("  done:", " | ".join(map(str, rows[-1])), file=sys.stderr, flush=True)
+            report_row(rows[-1])
     print_table(
         f"MMF graph fidelity on planted trees, {datetime.date.today().isoformat()}, seed {args.seed}, "
         f"mmf_stream {ms.__version__}: mean LCA depth of each class's partners (depth - 1 = siblings)",

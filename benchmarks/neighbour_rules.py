@@ -24,7 +24,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import mmf_stream as ms  # noqa: E402
-from _common import print_table  # noqa: E402
+from _common import print_table, report_row  # noqa: E402
 
 RULES = ("energy", "faithful")
 
@@ -70,7 +70,7 @@ def main() -> None:
     for name, call, run in cases(sizes, args.large):
         energy, faithful = (run(rule) for rule in RULES)
         rows.append([name, call, f"{energy:.4g}", f"{faithful:.4g}", f"{faithful / energy:.3f}"])
-        print("  done:", " | ".join(rows[-1]), file=sys.stderr, flush=True)
+        report_row(rows[-1])
     print_table(f"Error of the neighbour rules, {datetime.date.today().isoformat()}, mmf_stream {ms.__version__}",
                 ["input", "call", "error, energy", "error, faithful", "faithful / energy"], rows, args.markdown)
 

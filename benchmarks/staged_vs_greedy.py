@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import mmf_stream as ms  # noqa: E402
-from _common import print_table  # noqa: E402
+from _common import print_table, report_row  # noqa: E402
 from mmf_stream.fidelity import first_partners, tree_fidelity  # noqa: E402
 
 #: (depth, branching, D, noise, offset): 1,296 to 3,125 classes, all above the factored ``auto`` switch
@@ -67,7 +67,7 @@ def main() -> None:
             rows.append([f"tree {depth}/{branching}/{dim}/{noise:g}/{offset:g}, {args.rule}", M.shape[0], order,
                          f"{staged.error / greedy.error:.3f}", f"{fidelity[1] / fidelity[0]:.3f}",
                          f"{spread(lambda o: run(o).error, greedy.error):.3f}"])
-            print("  done:", " | ".join(map(str, rows[-1])), file=sys.stderr, flush=True)
+            report_row(rows[-1])
     for m in (int(x) for x in args.sizes.split(",")) if "hierarchical" in parts else []:
         C = ms.hierarchical_covariance(m, seed=0)
 
@@ -76,7 +76,7 @@ def main() -> None:
         greedy = run()
         rows.append(["hierarchical covariance", m, 4, f"{run(schedule='staged') / greedy:.3f}", "",
                      f"{spread(run, greedy):.3f}"])
-        print("  done:", " | ".join(map(str, rows[-1])), file=sys.stderr, flush=True)
+        report_row(rows[-1])
     for m in (int(x) for x in args.means_sizes.split(",")) if "means" in parts else []:
         M = ms.datasets.class_means(m, 256, seed=0)
         for order, core in ((5, None), (4, m // 8)):
@@ -87,7 +87,7 @@ def main() -> None:
                 seconds.append(time.perf_counter() - started)
             rows.append([f"class means D = 256, {'full depth' if core is None else 'core m/8'}", m, order,
                          f"{errors[1] / errors[0]:.3f}", "", f"greedy {seconds[0]:.1f} s, staged {seconds[1]:.1f} s"])
-            print("  done:", " | ".join(map(str, rows[-1])), file=sys.stderr, flush=True)
+            report_row(rows[-1])
     print_table(f"Staged over greedy, {datetime.date.today().isoformat()}, mmf_stream {ms.__version__}",
                 ["input", "m", "k", "error staged/greedy", "fidelity staged/greedy", "greedy spread (or seconds)"],
                 rows, args.markdown)

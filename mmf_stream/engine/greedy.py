@@ -216,7 +216,8 @@ def greedy_levels(
                     break
                 t, direction, pivot = chosen
                 block = compression.block(t)
-                if not is_decoupled(compression.gram(t), block, options.decoupled_tolerance):
+                # the winner's Gram was just computed exactly (cache.grams[pivot]): not again
+                if not is_decoupled(cache.grams[pivot], block, options.decoupled_tolerance):
                     break
                 if decoupled == "stop":
                     chosen = None

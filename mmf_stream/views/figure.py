@@ -227,15 +227,26 @@ def _add_title(fig: Any, artist: Any, text: str) -> None:
     titles[gid] = text
 
 
+def port_tag_ems(graph: GraphLayout) -> float:
+    """Width of a labelled port's tag in ems: the largest level number and the tag's pad on both sides."""
+    return _DIGIT_EMS * len(str(max(graph.levels, default=1))) + 2 * _PORT_PAD
+
+
+def port_tag_font(room: float, graph: GraphLayout, largest: float, slack: float = 0.0) -> float:
+    """Font size of a port's tag that fits ``room`` (the same unit), at most ``largest``, at least 3
+    (``slack``: ems kept free beside the tag)."""
+    return max(3.0, min(largest, room / (port_tag_ems(graph) + slack)))
+
+
 def port_font(g: Geometry, graph: GraphLayout) -> float:
     """Size (points) of the level numbers on labelled ports: what fits in half a column gap."""
-    digits = len(str(max(graph.levels, default=1)))
     room = 72.0 * (0.5 * g.gap - _PORT_LINE * g.gap - 0.03 * g.scale)  # points for the tag
-    return max(3.0, min(0.8 * g.font, room / (0.64 * digits + 2 * _PORT_PAD + 0.2)))
+    return port_tag_font(room, graph, 0.8 * g.font, slack=0.2)
 
 
 _PORT_LINE = 0.12  # a port's line, as a fraction of the gap; its number follows it, in a tag
 _PORT_PAD = 0.25  # the tag's pad around the number (fraction of its font size)
+_DIGIT_EMS = 0.64  # a digit's width (fraction of the font size)
 
 
 def link_routes(graph: GraphLayout, g: Geometry) -> tuple[list[int], list[int]]:

@@ -18,7 +18,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from mmf_stream.views.figure import _PORT_LINE, _PORT_PAD, MAX_CURVE_SPAN
+from mmf_stream.views.figure import _PORT_LINE, _PORT_PAD, MAX_CURVE_SPAN, port_tag_ems, port_tag_font
 from mmf_stream.views.layout import GraphLayout, display_labels, first_difference, layout, shorten
 
 #: page geometry (CSS pixels at zoom 1): gap between level columns (half of it
@@ -234,12 +234,11 @@ def _port_geometry(graph: GraphLayout) -> dict[str, float]:
     of the gap next to its box, so the ports of two boxes facing each other
     across a gap never meet and no tag reaches a box.
     """
-    digits = len(str(max(graph.levels, default=1)))
     line = _PORT_LINE * _COL_PAD
     room = 0.5 * _COL_PAD - line - 1.0  # 1 px between the tag and the middle of the gap
-    font = max(3.0, min(0.8 * 12, room / (0.64 * digits + 2 * _PORT_PAD)))
+    font = port_tag_font(room, graph, 0.8 * 12)
     return {"portLine": round(line, 2), "tagFont": round(font, 2),
-            "tagWidth": round(font * (0.64 * digits + 2 * _PORT_PAD), 2), "tagHeight": round(font * (1 + 2 * _PORT_PAD), 2)}
+            "tagWidth": round(font * port_tag_ems(graph), 2), "tagHeight": round(font * (1 + 2 * _PORT_PAD), 2)}
 
 
 def _svg(graph: GraphLayout, marked_level: int | None = None) -> str:
